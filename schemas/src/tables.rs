@@ -1,0 +1,113 @@
+//! Arrow schemas of the lake tables (`raw`, `rollup_1m`, `dlq`).
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// A table of the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Every sample as published: one row per (vm, metric, device, ts).
+    Raw,
+    /// Mergeable one-minute partial aggregates per (vm, metric, device, minute).
+    Rollup1m,
+    /// Records that did not decode or validate, with the reason.
+    Dlq,
+}
+
+impl Table {
+    /// Every table, in the order they are written.
+    pub const ALL: [Table; 3] = [Table::Raw, Table::Rollup1m, Table::Dlq];
+
+    /// The table's name: its top-level prefix in the lake and its SQL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Raw => "raw",
+            Table::Rollup1m => "rollup_1m",
+            Table::Dlq => "dlq",
+        }
+    }
+
+    /// The Arrow schema of the table's Parquet files (partition columns `dt`/`hour` excluded).
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::Raw => RAW.clone(),
+            Table::Rollup1m => ROLLUP.clone(),
+            Table::Dlq => DLQ.clone(),
+        }
+    }
+}
+
+/// The timestamp type of every time column: milliseconds, UTC.
+pub fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// The tag columns shared by `raw` and the rollups, in storage order.
+pub const TAG_COLUMNS: [&str; 6] = ["ns", "mcis", "vm", "csp", "region", "os"];
+
+fn tag_fields() -> impl Iterator<Item = Field> {
+    TAG_COLUMNS
+        .iter()
+        .map(|n| Field::new(*n, DataType::Utf8, false))
+}
+
+static RAW: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![Field::new("ts", ts_type(), false)];
+    fields.extend(tag_fields());
+    fields.extend([
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("device", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ]);
+    Arc::new(Schema::new(fields))
+});
+
+static ROLLUP: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![Field::new("window_start", ts_type(), false)];
+    fields.extend(tag_fields());
+    fields.extend([
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("device", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("sum", DataType::Float64, false),
+        Field::new("min", DataType::Float64, false),
+        Field::new("max", DataType::Float64, false),
+        Field::new("first", DataType::Float64, false),
+        Field::new("first_ts", ts_type(), false),
+        Field::new("last", DataType::Float64, false),
+        Field::new("last_ts", ts_type(), false),
+    ]);
+    Arc::new(Schema::new(fields))
+});
+
+static DLQ: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("received_at", ts_type(), false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw_base64", DataType::Utf8, false),
+    ]))
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_and_rollup_share_tag_columns() {
+        for t in [Table::Raw, Table::Rollup1m] {
+            let s = t.schema();
+            for tag in TAG_COLUMNS {
+                assert!(s.field_with_name(tag).is_ok(), "{} lacks {tag}", t.name());
+            }
+            assert!(
+                s.field_with_name("dt").is_err(),
+                "partition columns live in the path"
+            );
+        }
+    }
+}
