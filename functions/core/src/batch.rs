@@ -1,0 +1,216 @@
+//! One topic-partition's share of a batch: accepted messages, rejected records, and the lake objects they become.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use damselfly_schemas::paths::{HourPartition, batch_object_key};
+use damselfly_schemas::{MetricMessage, Table};
+
+use crate::decode::{InputRecord, Rejection, Validation, decode};
+use crate::encode::{self, EncodeError, RawRow, RollupKey};
+use crate::rollup::{Partial, minute_of};
+
+/// A record that went to the dead-letter table, with why and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DlqRow {
+    /// Kafka record timestamp (ms); decides the row's hour partition.
+    pub received_at_ms: i64,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record key, lossily decoded as UTF-8.
+    pub key: Option<String>,
+    /// Why the record was rejected.
+    pub reason: String,
+    /// The record value, base64-encoded, so nothing is lost.
+    pub raw_base64: String,
+}
+
+/// Counts describing a processed batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStats {
+    /// Records seen.
+    pub records: u64,
+    /// Samples (metric values) accepted into `raw`.
+    pub samples: u64,
+    /// Records sent to the dead-letter table.
+    pub rejected: u64,
+}
+
+impl std::ops::AddAssign for BatchStats {
+    fn add_assign(&mut self, o: Self) {
+        self.records += o.records;
+        self.samples += o.samples;
+        self.rejected += o.rejected;
+    }
+}
+
+/// One object to write to the lake: its key relative to the lake root and its Parquet bytes.
+#[derive(Debug, Clone)]
+pub struct LakeObject {
+    /// The table the object belongs to.
+    pub table: Table,
+    /// Key relative to the lake root.
+    pub key: String,
+    /// Parquet file contents.
+    pub bytes: bytes::Bytes,
+    /// Rows in the file.
+    pub rows: usize,
+}
+
+/// The records of one topic-partition in one batch, decoded.
+#[derive(Debug, Clone)]
+pub struct PartitionBatch {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Offset of the first record seen; names every object this batch writes.
+    pub first_offset: Option<i64>,
+    /// Offset of the last record seen.
+    pub last_offset: Option<i64>,
+    /// Accepted messages.
+    pub messages: Vec<MetricMessage>,
+    /// Rejected records.
+    pub dlq: Vec<DlqRow>,
+}
+
+impl PartitionBatch {
+    /// An empty batch for one topic-partition.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+            first_offset: None,
+            last_offset: None,
+            messages: Vec::new(),
+            dlq: Vec::new(),
+        }
+    }
+
+    /// Decodes a record into the batch, or files it in the dead-letter rows with the reason.
+    pub fn push(&mut self, rec: &InputRecord<'_>, now_ms: i64, limits: &Validation) {
+        match decode(rec, now_ms, limits) {
+            Ok(msg) => {
+                self.track(rec.offset);
+                self.messages.push(msg);
+            }
+            Err(why) => self.reject(rec, &why),
+        }
+    }
+
+    /// Files a record in the dead-letter rows.
+    pub fn reject(&mut self, rec: &InputRecord<'_>, why: &Rejection) {
+        self.track(rec.offset);
+        tracing::debug!(topic = rec.topic, partition = rec.partition, offset = rec.offset, reason = %why, "record rejected");
+        self.dlq.push(DlqRow {
+            received_at_ms: rec.timestamp_ms,
+            topic: rec.topic.to_owned(),
+            partition: rec.partition,
+            offset: rec.offset,
+            key: rec.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            reason: why.to_string(),
+            raw_base64: base64::engine::general_purpose::STANDARD
+                .encode(rec.value.unwrap_or_default()),
+        });
+    }
+
+    fn track(&mut self, offset: i64) {
+        self.first_offset.get_or_insert(offset);
+        self.last_offset = Some(offset);
+    }
+
+    /// What this batch holds.
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            records: (self.messages.len() + self.dlq.len()) as u64,
+            samples: self.messages.iter().map(|m| m.sample_count() as u64).sum(),
+            rejected: self.dlq.len() as u64,
+        }
+    }
+
+    /// Encodes the batch into lake objects: per table, one Parquet file per hour partition,
+    /// named deterministically by topic, partition and first offset.
+    pub fn objects(&self) -> Result<Vec<LakeObject>, EncodeError> {
+        let Some(first_offset) = self.first_offset else {
+            return Ok(Vec::new());
+        };
+        let key =
+            |table, hour| batch_object_key(table, hour, &self.topic, self.partition, first_offset);
+        let mut out = Vec::new();
+
+        let mut raw: BTreeMap<HourPartition, Vec<RawRow<'_>>> = BTreeMap::new();
+        let mut rollups: BTreeMap<HourPartition, BTreeMap<RollupKey<'_>, Partial>> =
+            BTreeMap::new();
+        for msg in &self.messages {
+            let hour = hour_of(msg.ts)?;
+            let window = minute_of(msg.ts);
+            let rows = raw.entry(hour).or_default();
+            let windows = rollups.entry(hour_of(window)?).or_default();
+            for (device, metric, value) in samples(msg) {
+                rows.push(RawRow {
+                    tags: &msg.tags,
+                    metric,
+                    device,
+                    ts: msg.ts,
+                    value,
+                });
+                let k = RollupKey::new(&msg.tags, metric, device, window);
+                let p = Partial::of(msg.ts, value);
+                windows
+                    .entry(k)
+                    .and_modify(|acc| acc.merge(&p))
+                    .or_insert(p);
+            }
+        }
+        for (hour, mut rows) in raw {
+            let rows_n = rows.len();
+            out.push(LakeObject {
+                table: Table::Raw,
+                key: key(Table::Raw, hour),
+                bytes: encode::raw_parquet(&mut rows)?,
+                rows: rows_n,
+            });
+        }
+        for (hour, windows) in rollups {
+            out.push(LakeObject {
+                table: Table::Rollup1m,
+                key: key(Table::Rollup1m, hour),
+                bytes: encode::rollup_parquet(&windows)?,
+                rows: windows.len(),
+            });
+        }
+        let mut dlq: BTreeMap<HourPartition, Vec<&DlqRow>> = BTreeMap::new();
+        for row in &self.dlq {
+            dlq.entry(hour_of(row.received_at_ms)?)
+                .or_default()
+                .push(row);
+        }
+        for (hour, rows) in dlq {
+            out.push(LakeObject {
+                table: Table::Dlq,
+                key: key(Table::Dlq, hour),
+                bytes: encode::dlq_parquet(&rows)?,
+                rows: rows.len(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Every sample of a message as (device, metric, value); device is "" for device-less metrics.
+pub fn samples(msg: &MetricMessage) -> impl Iterator<Item = (&str, &str, f64)> {
+    let plain = msg.metrics.iter().map(|(m, v)| ("", m.as_str(), *v));
+    let per_device = msg
+        .devices
+        .iter()
+        .flat_map(|(d, ms)| ms.iter().map(move |(m, v)| (d.as_str(), m.as_str(), *v)));
+    plain.chain(per_device)
+}
+
+fn hour_of(ts_ms: i64) -> Result<HourPartition, EncodeError> {
+    HourPartition::of_millis(ts_ms).ok_or(EncodeError::TimestampOutOfRange(ts_ms))
+}

@@ -1,0 +1,195 @@
+//! Decoding and validating one Kafka record into a metric message, or a reason it is rejected.
+
+use std::time::Duration;
+
+use damselfly_schemas::MetricMessage;
+
+/// One Kafka record as the core sees it: where it came from and its raw bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    /// Topic the record was read from.
+    pub topic: &'a str,
+    /// Partition within the topic.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Kafka record timestamp, milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    /// Record key (the VM id for well-behaved producers).
+    pub key: Option<&'a [u8]>,
+    /// Record value (the JSON message).
+    pub value: Option<&'a [u8]>,
+}
+
+/// Limits a record must respect to be accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// Samples older than this, relative to processing time, are rejected.
+    pub max_past: Duration,
+    /// Samples further than this in the future, relative to processing time, are rejected.
+    pub max_future: Duration,
+    /// Records whose value is larger than this many bytes are rejected.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Validation {
+    fn default() -> Self {
+        Self {
+            max_past: Duration::from_secs(7 * 24 * 3600),
+            max_future: Duration::from_secs(10 * 60),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why a record was not accepted; becomes the `reason` column of the `dlq` table.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    /// The record has no value (a tombstone).
+    #[error("record has no value")]
+    NoValue,
+    /// The value exceeds [`Validation::max_message_bytes`].
+    #[error("record value is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Size of the value.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The value is not a valid wire message.
+    #[error("{0}")]
+    Wire(#[from] damselfly_schemas::WireError),
+    /// The sample timestamp is outside the accepted window.
+    #[error("timestamp {ts} is {what} (accepted: {window})")]
+    TimeWindow {
+        /// The message timestamp in ms.
+        ts: i64,
+        /// "too old" or "in the future".
+        what: &'static str,
+        /// The accepted window, human readable.
+        window: String,
+    },
+    /// The adapter could not even read the record (e.g. bad base64 in a Lambda event).
+    #[error("undecodable record: {0}")]
+    Envelope(String),
+}
+
+/// Decodes and validates one record against the limits, as of `now_ms`.
+pub fn decode(
+    rec: &InputRecord<'_>,
+    now_ms: i64,
+    limits: &Validation,
+) -> Result<MetricMessage, Rejection> {
+    let value = rec.value.ok_or(Rejection::NoValue)?;
+    if value.len() > limits.max_message_bytes {
+        return Err(Rejection::TooLarge {
+            size: value.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    let msg = MetricMessage::from_json(value)?;
+    msg.check_key(rec.key)?;
+    // JSON has no NaN or infinity, and serde_json rejects out-of-range numbers, so every value
+    // that parsed is finite.
+    let past = now_ms.saturating_sub(limits.max_past.as_millis() as i64);
+    let future = now_ms.saturating_add(limits.max_future.as_millis() as i64);
+    if msg.ts < past || msg.ts > future {
+        return Err(Rejection::TimeWindow {
+            ts: msg.ts,
+            what: if msg.ts < past {
+                "too old"
+            } else {
+                "in the future"
+            },
+            window: format!(
+                "{} back to {} ahead",
+                humanize(limits.max_past),
+                humanize(limits.max_future)
+            ),
+        });
+    }
+    Ok(msg)
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 && s > 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_737_200_000;
+
+    fn rec<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> InputRecord<'a> {
+        InputRecord {
+            topic: "metrics",
+            partition: 0,
+            offset: 7,
+            timestamp_ms: NOW,
+            key,
+            value,
+        }
+    }
+
+    fn msg(ts: i64) -> String {
+        format!(
+            r#"{{"v":1,"ts":{ts},"tags":{{"ns":"n","mcis":"m","vm":"vm-1"}},"metrics":{{"cpu_utilization":5}}}}"#
+        )
+    }
+
+    #[test]
+    fn accepts_a_good_record() {
+        let body = msg(NOW);
+        let m = decode(
+            &rec(Some(b"vm-1"), Some(body.as_bytes())),
+            NOW,
+            &Validation::default(),
+        )
+        .unwrap();
+        assert_eq!(m.tags.vm, "vm-1");
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        let limits = Validation {
+            max_message_bytes: 200,
+            ..Validation::default()
+        };
+        let old = msg(NOW - 8 * 86_400_000);
+        let future = msg(NOW + 3_600_000);
+        let huge = format!("{:<300}", msg(NOW));
+        let good = msg(NOW);
+        let cases: Vec<(InputRecord<'_>, &str)> = vec![
+            (rec(None, None), "no value"),
+            (
+                rec(None, Some(b"\xff\x00garbage")),
+                "not a v1 metric message",
+            ),
+            (
+                rec(None, Some(br#"{"v":1,"ts":1"#)),
+                "not a v1 metric message",
+            ),
+            (
+                rec(None, Some(old.as_bytes())),
+                "too old (accepted: 7d back to 10m ahead)",
+            ),
+            (rec(None, Some(future.as_bytes())), "in the future"),
+            (rec(None, Some(huge.as_bytes())), "over the 200-byte limit"),
+            (
+                rec(Some(b"vm-2"), Some(good.as_bytes())),
+                "does not match tags.vm",
+            ),
+        ];
+        for (r, want) in cases {
+            let got = decode(&r, NOW, &limits).unwrap_err().to_string();
+            assert!(got.contains(want), "got `{got}`, want `{want}`");
+        }
+    }
+}

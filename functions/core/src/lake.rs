@@ -1,0 +1,234 @@
+//! The lake: where it lives (local directory or S3 prefix) and writing batch objects into it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+
+use crate::batch::LakeObject;
+
+/// How many objects are uploaded at once.
+const PUT_CONCURRENCY: usize = 8;
+
+/// Why the lake could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The lake URL is not a local path, `file://` URL or `s3://bucket[/prefix]` URL.
+    #[error(
+        "lake URL `{url}` is not usable: {why} (use a local directory, file:///abs/path or s3://bucket/prefix)"
+    )]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The object store refused an operation (after its own retries).
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// A local directory could not be created.
+    #[error("creating lake directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Where a lake lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LakeLocation {
+    /// A directory on the local file system (absolute).
+    Local(PathBuf),
+    /// A prefix in an S3 bucket (or an S3-compatible store such as LocalStack).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix without leading or trailing `/`; may be empty.
+        prefix: String,
+    },
+}
+
+impl LakeLocation {
+    /// Parses a lake URL: a path, `file:///abs/path` or `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, LakeError> {
+        let bad = |why: &str| LakeError::BadUrl {
+            url: url.to_owned(),
+            why: why.to_owned(),
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name"));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        let path = match url.strip_prefix("file://") {
+            Some(p) if p.starts_with('/') => PathBuf::from(p),
+            Some(_) => return Err(bad("a file:// URL needs an absolute path (file:///...)")),
+            None if url.contains("://") => return Err(bad("unsupported scheme")),
+            None if url.is_empty() => return Err(bad("empty")),
+            None => PathBuf::from(url),
+        };
+        let abs = std::path::absolute(&path).map_err(|e| bad(&e.to_string()))?;
+        Ok(Self::Local(abs))
+    }
+
+    /// The URL of the store's root as a query engine registers it (`file:///` or `s3://bucket`).
+    pub fn store_url(&self) -> String {
+        match self {
+            Self::Local(_) => "file:///".to_owned(),
+            Self::S3 { bucket, .. } => format!("s3://{bucket}"),
+        }
+    }
+
+    /// The URL of a table's directory, with a trailing slash (`s3://bucket/prefix/raw/`).
+    pub fn table_url(&self, table: &str) -> String {
+        match self {
+            Self::Local(dir) => format!("file://{}/{table}/", dir.display()),
+            Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}/{table}/"),
+            Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}/{table}/"),
+        }
+    }
+
+    /// An object store for the whole bucket or file system (not limited to the lake's prefix).
+    pub fn root_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
+        Ok(match self {
+            Self::Local(_) => Arc::new(LocalFileSystem::new()),
+            Self::S3 { bucket, .. } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // LocalStack and other local S3s are plain HTTP.
+                let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
+                if endpoint.is_ok_and(|e| e.starts_with("http://")) {
+                    builder = builder.with_allow_http(true);
+                }
+                Arc::new(builder.build()?)
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for LakeLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(dir) => write!(f, "{}", dir.display()),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// A lake opened for reading and writing: keys are relative to its root.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    location: LakeLocation,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Lake {
+    /// Opens the lake at a URL, creating a local directory if needed.
+    pub fn open(url: &str) -> Result<Self, LakeError> {
+        let location = LakeLocation::parse(url)?;
+        let store: Arc<dyn ObjectStore> = match &location {
+            LakeLocation::Local(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| LakeError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Arc::new(LocalFileSystem::new_with_prefix(dir)?)
+            }
+            LakeLocation::S3 { prefix, .. } if prefix.is_empty() => location.root_store()?,
+            LakeLocation::S3 { prefix, .. } => Arc::new(PrefixStore::new(
+                location.root_store()?,
+                Path::from(prefix.as_str()),
+            )),
+        };
+        Ok(Self { location, store })
+    }
+
+    /// A lake over any object store (tests use `InMemory`).
+    pub fn with_store(location: LakeLocation, store: Arc<dyn ObjectStore>) -> Self {
+        Self { location, store }
+    }
+
+    /// Where the lake lives.
+    pub fn location(&self) -> &LakeLocation {
+        &self.location
+    }
+
+    /// The store, rooted at the lake.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Writes objects, a few at a time; each put is atomic (readers see all of an object or none).
+    pub async fn put_all(&self, objects: &[LakeObject]) -> Result<(), LakeError> {
+        // Collected first: a lazy `map` over borrowed objects makes the future too general to be `Send`.
+        let puts: Vec<_> = objects
+            .iter()
+            .map(|o| {
+                let (store, path) = (self.store.clone(), Path::from(o.key.as_str()));
+                let payload = PutPayload::from_bytes(o.bytes.clone());
+                async move { store.put(&path, payload).await }
+            })
+            .collect();
+        futures::stream::iter(puts)
+            .buffer_unordered(PUT_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Every object key under a table, sorted.
+    pub async fn list(&self, table: &str) -> Result<Vec<String>, LakeError> {
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&Path::from(table)))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lake_urls() {
+        assert_eq!(
+            LakeLocation::parse("s3://b/lake/").unwrap(),
+            LakeLocation::S3 {
+                bucket: "b".into(),
+                prefix: "lake".into()
+            }
+        );
+        assert_eq!(
+            LakeLocation::parse("s3://b").unwrap().table_url("raw"),
+            "s3://b/raw/"
+        );
+        assert_eq!(
+            LakeLocation::parse("file:///tmp/l").unwrap(),
+            LakeLocation::Local("/tmp/l".into())
+        );
+        assert_eq!(LakeLocation::parse("/tmp/l").unwrap(), LakeLocation::Local("/tmp/l".into()));
+        let err = LakeLocation::parse("gs://b/x").unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported scheme") && err.contains("s3://bucket/prefix"),
+            "{err}"
+        );
+        assert!(LakeLocation::parse("file://rel/x").is_err());
+        assert!(LakeLocation::parse("s3:///x").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Damselfly's pure pipeline logic: records in, lake objects out; no Kafka, no AWS SDK, no Lambda.
+//!
+//! The aggregate function is `decode` -> [`batch::PartitionBatch`] -> [`encode`] -> [`lake::Lake`].
+//! Everything here is plain data and `dyn ObjectStore`, so it is tested with in-memory stores.
+
+pub mod batch;
+pub mod decode;
+pub mod encode;
+pub mod lake;
+pub mod rollup;
+
+pub use batch::{BatchStats, PartitionBatch};
+pub use decode::{InputRecord, Rejection, Validation};
+pub use lake::{Lake, LakeError, LakeLocation};
