@@ -1,0 +1,131 @@
+//! The aggregate function's configuration, read from the environment as Lambda provides it.
+
+use std::time::Duration;
+
+use damselfly_core::Validation;
+
+/// Settings of the aggregate function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Lake URL (`LAKE`): a local path, `file:///...` or `s3://bucket/prefix`.
+    pub lake: String,
+    /// Record validation limits (`DAMSELFLY_MAX_PAST`, `DAMSELFLY_MAX_FUTURE`, `DAMSELFLY_MAX_MESSAGE_BYTES`).
+    pub limits: Validation,
+}
+
+/// A configuration problem, naming the variable and how to fix it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{var} is not set: {fix}")]
+    Missing {
+        /// The environment variable.
+        var: &'static str,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// A variable is set to something unusable.
+    #[error("{var}={value:?} is invalid ({why}): {fix}")]
+    Invalid {
+        /// The environment variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        why: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through a lookup function (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let lake = get("LAKE")
+            .filter(|v| !v.is_empty())
+            .ok_or(ConfigError::Missing {
+                var: "LAKE",
+                fix: "set it to the lake URL, e.g. s3://my-bucket/lake or /var/lib/damselfly/lake",
+            })?;
+        let defaults = Validation::default();
+        let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
+                    var,
+                    value: v,
+                    why: e.to_string(),
+                    fix: "use a duration such as 90s, 10m, 7d",
+                }),
+            }
+        };
+        let max_message_bytes = match get("DAMSELFLY_MAX_MESSAGE_BYTES") {
+            None => defaults.max_message_bytes,
+            Some(v) => v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+                    var: "DAMSELFLY_MAX_MESSAGE_BYTES",
+                    value: v,
+                    why: e.to_string(),
+                    fix: "use a whole number of bytes, e.g. 1048576",
+                })?,
+        };
+        Ok(Self {
+            lake,
+            limits: Validation {
+                max_past: duration("DAMSELFLY_MAX_PAST", defaults.max_past)?,
+                max_future: duration("DAMSELFLY_MAX_FUTURE", defaults.max_future)?,
+                max_message_bytes,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = cfg(&[("LAKE", "s3://b/l")]).unwrap();
+        assert_eq!(c.lake, "s3://b/l");
+        assert_eq!(c.limits, Validation::default());
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_fix() {
+        let e = cfg(&[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("LAKE is not set: set it to the lake URL"),
+            "{e}"
+        );
+        let e = cfg(&[("LAKE", "/l"), ("DAMSELFLY_MAX_PAST", "forever")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("DAMSELFLY_MAX_PAST=\"forever\" is invalid") && e.contains("such as 90s"),
+            "{e}"
+        );
+        let e = cfg(&[("LAKE", "/l"), ("DAMSELFLY_MAX_MESSAGE_BYTES", "1MB")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DAMSELFLY_MAX_MESSAGE_BYTES") && e.contains("whole number"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The aggregate handler: Lambda's Kafka event -> core batches -> lake objects, written before it returns.
+
+use std::collections::BTreeMap;
+
+use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
+use base64::Engine as _;
+use damselfly_core::batch::LakeObject;
+use damselfly_core::encode::EncodeError;
+use damselfly_core::{
+    BatchStats, InputRecord, Lake, LakeError, PartitionBatch, Rejection, Validation,
+};
+use serde::Serialize;
+
+use crate::Config;
+
+/// The aggregate function with its injected lake.
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    lake: Lake,
+    limits: Validation,
+}
+
+/// What one invocation did; returned to the caller as the function's JSON result.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct AggregateSummary {
+    /// Record, sample and rejection counts.
+    #[serde(flatten)]
+    pub stats: BatchStats,
+    /// Topic-partitions in the event.
+    pub partitions: usize,
+    /// Objects written to the lake.
+    pub objects: usize,
+}
+
+/// Why an invocation failed; the event source retries the whole batch.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The lake could not be written: transient, retry the batch.
+    #[error("writing the lake: {0}")]
+    Lake(#[from] LakeError),
+    /// The batch could not be encoded: a bug, retrying will not help.
+    #[error("encoding the batch: {0}")]
+    Encode(#[from] EncodeError),
+    /// The blocking encode task died.
+    #[error("encode task failed: {0}")]
+    Task(String),
+}
+
+impl HandlerError {
+    /// Whether retrying the same batch may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HandlerError::Lake(_) | HandlerError::Task(_))
+    }
+}
+
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    /// Lambda reports `errorType` `Retryable` or `NonRetryable`, so on-failure destinations and logs can tell them apart.
+    fn from(e: HandlerError) -> Self {
+        let kind = if e.is_retryable() {
+            "Retryable"
+        } else {
+            "NonRetryable"
+        };
+        lambda_runtime::Diagnostic {
+            error_type: kind.to_owned(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+impl Aggregate {
+    /// A handler writing to `lake` with the given validation limits.
+    pub fn new(lake: Lake, limits: Validation) -> Self {
+        Self { lake, limits }
+    }
+
+    /// Opens the configured lake.
+    pub fn from_config(config: &Config) -> Result<Self, LakeError> {
+        Ok(Self::new(Lake::open(&config.lake)?, config.limits.clone()))
+    }
+
+    /// The lake this handler writes.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// Processes one event: every record lands in `raw`/`rollup_1m` or in `dlq`; returns once all is written.
+    pub async fn handle(&self, event: KafkaEvent) -> Result<AggregateSummary, HandlerError> {
+        let limits = self.limits.clone();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (objects, summary) =
+            tokio::task::spawn_blocking(move || encode_event(event, now_ms, &limits))
+                .await
+                .map_err(|e| HandlerError::Task(e.to_string()))??;
+        self.lake.put_all(&objects).await?;
+        tracing::debug!(
+            records = summary.stats.records,
+            samples = summary.stats.samples,
+            rejected = summary.stats.rejected,
+            partitions = summary.partitions,
+            objects = summary.objects,
+            "batch written"
+        );
+        Ok(summary)
+    }
+}
+
+/// Decodes and encodes a whole event (CPU work, no I/O).
+pub fn encode_event(
+    event: KafkaEvent,
+    now_ms: i64,
+    limits: &Validation,
+) -> Result<(Vec<LakeObject>, AggregateSummary), EncodeError> {
+    // BTreeMap: deterministic processing order whatever the event's map order.
+    let groups: BTreeMap<String, Vec<KafkaRecord>> = event.records.into_iter().collect();
+    let mut summary = AggregateSummary {
+        partitions: groups.len(),
+        ..Default::default()
+    };
+    let mut objects = Vec::new();
+    for (group, mut records) in groups {
+        records.sort_by_key(|r| r.offset);
+        let fallback_topic = group.rsplit_once('-').map_or(group.as_str(), |(t, _)| t);
+        let mut batch: Option<PartitionBatch> = None;
+        for r in &records {
+            let topic = r.topic.as_deref().unwrap_or(fallback_topic);
+            let b = batch.get_or_insert_with(|| PartitionBatch::new(topic, r.partition as i32));
+            let key = r.key.as_deref().map(b64);
+            let value = r.value.as_deref().map(b64);
+            let rec = |key, value| InputRecord {
+                topic,
+                partition: r.partition as i32,
+                offset: r.offset,
+                timestamp_ms: r.timestamp.0.timestamp_millis(),
+                key,
+                value,
+            };
+            match (key.transpose(), value.transpose()) {
+                (Ok(k), Ok(v)) => b.push(&rec(k.as_deref(), v.as_deref()), now_ms, limits),
+                (Err(e), _) | (_, Err(e)) => {
+                    let raw = r.value.as_deref().map(str::as_bytes);
+                    b.reject(
+                        &rec(None, raw),
+                        &Rejection::Envelope(format!("key or value is not base64: {e}")),
+                    )
+                }
+            }
+        }
+        if let Some(b) = batch {
+            summary.stats += b.stats();
+            objects.extend(b.objects()?);
+        }
+    }
+    summary.objects = objects.len();
+    Ok((objects, summary))
+}
+
+fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::STANDARD.decode(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow_array::{Array, Int64Array, StringArray};
+    use aws_lambda_events::encodings::MillisecondTimestamp;
+    use damselfly_core::LakeLocation;
+    use object_store::ObjectStoreExt as _;
+    use object_store::memory::InMemory;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    const NOW: i64 = 1_763_737_230_000; // 2025-11-21T15:00:30Z
+
+    fn record(partition: i64, offset: i64, key: &str, value: &[u8]) -> KafkaRecord {
+        let mut r = KafkaRecord::default();
+        r.topic = Some("metrics".into());
+        r.partition = partition;
+        r.offset = offset;
+        r.timestamp = MillisecondTimestamp(chrono::DateTime::from_timestamp_millis(NOW).unwrap());
+        r.timestamp_type = Some("CREATE_TIME".into());
+        r.key = Some(base64::engine::general_purpose::STANDARD.encode(key));
+        r.value = Some(base64::engine::general_purpose::STANDARD.encode(value));
+        r
+    }
+
+    fn message(vm: &str, ts: i64, cpu: f64) -> Vec<u8> {
+        format!(
+            r#"{{"v":1,"ts":{ts},"tags":{{"ns":"ns1","mcis":"web","vm":"{vm}","csp":"aws","region":"r1","os":"linux"}},
+               "metrics":{{"cpu_utilization":{cpu}}},"devices":{{"eth0":{{"bytes_in":100,"bytes_out":50}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn event(records: Vec<KafkaRecord>) -> KafkaEvent {
+        let mut e = KafkaEvent::default();
+        e.event_source = Some("SelfManagedKafka".into());
+        for r in records {
+            e.records
+                .entry(format!("metrics-{}", r.partition))
+                .or_default()
+                .push(r);
+        }
+        e
+    }
+
+    fn handler() -> (Aggregate, Arc<InMemory>) {
+        let store = Arc::new(InMemory::new());
+        let lake = Lake::with_store(LakeLocation::Local("/mem".into()), store.clone());
+        let limits = Validation {
+            max_past: std::time::Duration::from_secs(u32::MAX as u64),
+            ..Default::default()
+        };
+        (Aggregate::new(lake, limits), store)
+    }
+
+    async fn read(store: &InMemory, key: &str) -> arrow_array::RecordBatch {
+        let bytes = store.get(&key.into()).await.unwrap().bytes().await.unwrap();
+        let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        reader.next().unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_raw_rollup_and_dlq_under_deterministic_keys() {
+        let (h, store) = handler();
+        let ev = event(vec![
+            record(3, 40, "vm-b", &message("vm-b", NOW - 60_000, 10.0)),
+            record(3, 41, "vm-a", &message("vm-a", NOW - 60_000, 30.0)),
+            record(3, 42, "vm-x", b"{not json"),
+            record(3, 43, "vm-a", &message("vm-a", NOW - 50_000, 50.0)),
+        ]);
+        let summary = h.handle(ev).await.unwrap();
+        assert_eq!(
+            summary.stats,
+            BatchStats {
+                records: 4,
+                samples: 9,
+                rejected: 1
+            }
+        );
+        assert_eq!((summary.partitions, summary.objects), (1, 3));
+        assert_eq!(
+            h.lake().list("").await.unwrap(),
+            [
+                "dlq/dt=2025-11-21/hour=15/metrics+3+0000000040.parquet",
+                "raw/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",
+                "rollup_1m/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",
+            ]
+        );
+
+        let raw = read(
+            &store,
+            "raw/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",
+        )
+        .await;
+        assert_eq!(raw.num_rows(), 9);
+        let vms = raw
+            .column_by_name("vm")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let metrics = raw
+            .column_by_name("metric")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let order: Vec<_> = (0..raw.num_rows())
+            .map(|i| (vms.value(i), metrics.value(i)))
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "raw rows are sorted by vm, metric");
+
+        let rollup = read(
+            &store,
+            "rollup_1m/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",
+        )
+        .await;
+        // vm-a and vm-b x 3 series, one minute each: vm-a's two samples fall in one window.
+        assert_eq!(rollup.num_rows(), 6);
+        let counts = rollup
+            .column_by_name("count")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(counts.iter().map(Option::unwrap).sum::<i64>(), 9);
+
+        let dlq = read(
+            &store,
+            "dlq/dt=2025-11-21/hour=15/metrics+3+0000000040.parquet",
+        )
+        .await;
+        let reason = dlq
+            .column_by_name("reason")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert!(
+            reason.value(0).starts_with("not a v1 metric message"),
+            "{}",
+            reason.value(0)
+        );
+        let offset = dlq
+            .column_by_name("offset")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(offset.value(0), 42);
+    }
+
+    #[tokio::test]
+    async fn retrying_the_same_batch_overwrites_instead_of_duplicating() {
+        let (h, _store) = handler();
+        let ev = event(vec![record(0, 7, "vm-a", &message("vm-a", NOW, 1.0))]);
+        h.handle(ev.clone()).await.unwrap();
+        let first = h.lake().list("").await.unwrap();
+        h.handle(ev).await.unwrap();
+        assert_eq!(h.lake().list("").await.unwrap(), first);
+    }
+
+    #[tokio::test]
+    async fn bad_base64_goes_to_dlq() {
+        let (h, _) = handler();
+        let mut r = record(1, 5, "vm-a", b"x");
+        r.value = Some("%%% not base64".into());
+        let summary = h.handle(event(vec![r])).await.unwrap();
+        assert_eq!(
+            summary.stats,
+            BatchStats {
+                records: 1,
+                samples: 0,
+                rejected: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! Lambda entry point of the aggregate function: setup only, the work is in `handler.rs`.
+
+use std::sync::Arc;
+
+use aws_lambda_events::event::kafka::KafkaEvent;
+use damselfly_aggregate::{Aggregate, Config};
+use lambda_runtime::{LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env()?;
+    let handler = Arc::new(Aggregate::from_config(&config)?);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
+        let handler = handler.clone();
+        async move { handler.handle(event.payload).await }
+    }))
+    .await
+}
