@@ -1,0 +1,159 @@
+//! The Kafka publisher: key = VM id, librdkafka's `fnv1a_random` partitioner, idempotent, compressed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+
+/// How to reach and write the topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublisherConfig {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// Topic to publish to.
+    pub topic: String,
+    /// librdkafka `compression.type` (none, gzip, snappy, lz4, zstd).
+    pub compression: String,
+    /// Extra librdkafka settings (TLS, SASL, ...), applied last.
+    pub kafka_options: Vec<(String, String)>,
+}
+
+impl PublisherConfig {
+    /// Defaults for a topic: lz4 compression, no extra options.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            compression: "lz4".into(),
+            kafka_options: Vec::new(),
+        }
+    }
+}
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The producer could not be created or a send was refused.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Messages were still undelivered when the flush timed out.
+    #[error("{pending} messages still undelivered after {waited:?} (is the broker reachable?)")]
+    FlushTimeout {
+        /// Messages in flight.
+        pending: i32,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The broker refused messages for good (after librdkafka's own retries).
+    #[error("{failed} messages failed delivery; last error: {last}")]
+    Failed {
+        /// Count of failed deliveries.
+        failed: u64,
+        /// The last delivery error.
+        last: String,
+    },
+}
+
+/// Counts delivery reports as librdkafka hands them back.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// Messages the broker acknowledged.
+    pub delivered: AtomicU64,
+    /// Messages that failed for good.
+    pub failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "delivery failed");
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// A producer for one topic; `send` never drops a message on a full local queue, it waits.
+pub struct Publisher {
+    producer: ThreadedProducer<Deliveries>,
+    topic: String,
+}
+
+impl Publisher {
+    /// Creates the producer (it connects lazily).
+    pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &config.brokers)
+            .set("partitioner", "fnv1a_random")
+            .set("enable.idempotence", "true")
+            .set("compression.type", &config.compression)
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "200000");
+        for (k, v) in &config.kafka_options {
+            cc.set(k, v);
+        }
+        let producer = cc.create_with_context(Deliveries::default())?;
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+        })
+    }
+
+    /// Queues one message keyed by VM id, waiting while the local queue is full.
+    pub fn send(&self, key: &str, payload: &[u8]) -> Result<(), PublishError> {
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until every queued message is delivered or failed; errors if any failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        if self.producer.flush(timeout).is_err() {
+            return Err(PublishError::FlushTimeout {
+                pending: self.producer.in_flight_count(),
+                waited: timeout,
+            });
+        }
+        let ctx = self.producer.context();
+        match ctx.failed.load(Relaxed) {
+            0 => Ok(()),
+            failed => Err(PublishError::Failed {
+                failed,
+                last: ctx
+                    .last_error
+                    .lock()
+                    .expect("not poisoned")
+                    .clone()
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Delivery counters.
+    pub fn deliveries(&self) -> &Deliveries {
+        self.producer.context()
+    }
+}
