@@ -1,0 +1,184 @@
+//! The command-line contract: every command, option and default, with `--help` on each.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Damselfly: serverless multi-cloud VM monitoring on Kafka, Parquet and SQL.
+#[derive(Debug, Parser)]
+#[command(name = "damselfly", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline on an embedded Kafka broker into a local lake, then query it.
+    Demo(DemoArgs),
+    /// Publish a simulated fleet's metrics to a Kafka topic.
+    Simulate(SimulateArgs),
+    /// Run a function under the local event source mapping (consume, batch, invoke, commit).
+    Run(RunArgs),
+    /// Answer SQL over the lake (tables: raw, rollup_1m, dlq; partition columns dt, hour).
+    Sql(SqlArgs),
+}
+
+/// Where the metrics topic is.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, host:port[,host:port].
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Topic carrying the metric messages.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "metrics")]
+    pub topic: String,
+    /// Extra librdkafka setting, key=value (TLS, SASL, timeouts); repeatable.
+    #[arg(long = "kafka-option", value_parser = damselfly_runner::config::parse_kafka_option)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+/// The fleet to simulate.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Number of virtual VMs.
+    #[arg(long, default_value_t = 100)]
+    pub vms: usize,
+    /// Collection interval (CB-Dragonfly's default is 2s).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Random seed: the same seed gives the same fleet and values.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Namespace tag of the simulated VMs.
+    #[arg(long, default_value = "ns01")]
+    pub ns: String,
+}
+
+/// `damselfly demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of virtual VMs.
+    #[arg(long, default_value_t = 20)]
+    pub vms: usize,
+    /// How long the fleet publishes, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Collection interval.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Lake directory (created; a previous demo lake there is replaced).
+    #[arg(long, default_value = "demo-lake")]
+    pub lake: String,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `damselfly simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The fleet.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// How long to publish; the number of intervals is duration / interval.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Publish as fast as possible instead of one interval per interval of wall-clock time;
+    /// timestamps still step by --interval, ending now.
+    #[arg(long)]
+    pub no_pace: bool,
+    /// Producer compression (none, gzip, snappy, lz4, zstd).
+    #[arg(long, default_value = "lz4")]
+    pub compression: String,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The functions `damselfly run` can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FunctionName {
+    /// Decode, roll up and write Parquet to the lake.
+    Aggregate,
+}
+
+/// `damselfly run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Which function to run.
+    pub function: FunctionName,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group; offsets are committed under it.
+    #[arg(long, default_value = "damselfly-aggregate")]
+    pub group: String,
+    /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix (S3 settings from AWS_* variables).
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Most records per invocation (Lambda: default 100, max 10000).
+    #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// How long to gather records before invoking (Lambda's MaximumBatchingWindow).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub batching_window: Duration,
+    /// Exit 0 once the group's lag is 0 and everything consumed is written and committed.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Reject samples older than this.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_past: Duration,
+    /// Reject samples further than this in the future.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_future: Duration,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output formats of `damselfly sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text table.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON array of objects.
+    Json,
+}
+
+/// `damselfly sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix.
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The SQL statement.
+    pub query: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
