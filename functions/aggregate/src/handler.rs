@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use base64::Engine as _;
-use damselfly_core::batch::LakeObject;
 use damselfly_core::encode::EncodeError;
+use damselfly_core::ledger::PartitionWrite;
 use damselfly_core::{
     BatchStats, InputRecord, Lake, LakeError, PartitionBatch, Rejection, Validation,
 };
@@ -30,7 +30,12 @@ pub struct AggregateSummary {
     pub partitions: usize,
     /// Objects written to the lake.
     pub objects: usize,
+    /// Objects of earlier uncommitted attempts removed (see `damselfly_core::ledger`).
+    pub removed: usize,
 }
+
+/// The name the aggregate function's state objects are kept under in the lake.
+pub const WRITER: &str = "aggregate";
 
 /// Why an invocation failed; the event source retries the whole batch.
 #[derive(Debug, thiserror::Error)]
@@ -88,36 +93,43 @@ impl Aggregate {
     pub async fn handle(&self, event: KafkaEvent) -> Result<AggregateSummary, HandlerError> {
         let limits = self.limits.clone();
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let (objects, summary) =
+        let (writes, mut summary) =
             tokio::task::spawn_blocking(move || encode_event(event, now_ms, &limits))
                 .await
                 .map_err(|e| HandlerError::Task(e.to_string()))??;
-        self.lake.put_all(&objects).await?;
+        let reports = futures::future::try_join_all(
+            writes
+                .iter()
+                .map(|w| self.lake.write_exactly_once(WRITER, w)),
+        )
+        .await?;
+        summary.removed = reports.iter().map(|r| r.removed).sum();
         tracing::debug!(
             records = summary.stats.records,
             samples = summary.stats.samples,
             rejected = summary.stats.rejected,
             partitions = summary.partitions,
             objects = summary.objects,
+            removed = summary.removed,
             "batch written"
         );
         Ok(summary)
     }
 }
 
-/// Decodes and encodes a whole event (CPU work, no I/O).
+/// Decodes and encodes a whole event into one write per topic-partition (CPU work, no I/O).
 pub fn encode_event(
     event: KafkaEvent,
     now_ms: i64,
     limits: &Validation,
-) -> Result<(Vec<LakeObject>, AggregateSummary), EncodeError> {
+) -> Result<(Vec<PartitionWrite>, AggregateSummary), EncodeError> {
     // BTreeMap: deterministic processing order whatever the event's map order.
     let groups: BTreeMap<String, Vec<KafkaRecord>> = event.records.into_iter().collect();
     let mut summary = AggregateSummary {
         partitions: groups.len(),
         ..Default::default()
     };
-    let mut objects = Vec::new();
+    let mut writes = Vec::new();
     for (group, mut records) in groups {
         records.sort_by_key(|r| r.offset);
         let fallback_topic = group.rsplit_once('-').map_or(group.as_str(), |(t, _)| t);
@@ -146,13 +158,22 @@ pub fn encode_event(
                 }
             }
         }
-        if let Some(b) = batch {
+        if let Some(b) = batch
+            && let (Some(first), Some(last)) = (b.first_offset, b.last_offset)
+        {
             summary.stats += b.stats();
-            objects.extend(b.objects()?);
+            let objects = b.objects()?;
+            summary.objects += objects.len();
+            writes.push(PartitionWrite {
+                topic: b.topic.clone(),
+                partition: b.partition,
+                first_offset: first,
+                next_offset: last + 1,
+                objects,
+            });
         }
     }
-    summary.objects = objects.len();
-    Ok((objects, summary))
+    Ok((writes, summary))
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
@@ -246,6 +267,7 @@ mod tests {
         assert_eq!(
             h.lake().list("").await.unwrap(),
             [
+                "_state/aggregate/metrics+3.json",
                 "dlq/dt=2025-11-21/hour=15/metrics+3+0000000040.parquet",
                 "raw/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",
                 "rollup_1m/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",

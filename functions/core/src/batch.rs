@@ -214,3 +214,187 @@ pub fn samples(msg: &MetricMessage) -> impl Iterator<Item = (&str, &str, f64)> {
 fn hour_of(ts_ms: i64) -> Result<HourPartition, EncodeError> {
     HourPartition::of_millis(ts_ms).ok_or(EncodeError::TimestampOutOfRange(ts_ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow_array::cast::AsArray as _;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::rollup::Partial;
+
+    const T0: i64 = 1_763_737_200_000;
+
+    type Series = (String, String, String, i64);
+
+    /// Reads every `rollup_1m` object back and merges the partials per (vm, metric, device, window).
+    fn merged_rollups(objects: &[LakeObject], into: &mut BTreeMap<Series, Partial>) {
+        for o in objects.iter().filter(|o| o.table == Table::Rollup1m) {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(o.bytes.clone())
+                .unwrap()
+                .build()
+                .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+                let f = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_primitive::<Float64Type>()
+                        .clone()
+                };
+                let t = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_primitive::<TimestampMillisecondType>()
+                        .clone()
+                };
+                let (vm, metric, device) = (s("vm"), s("metric"), s("device"));
+                let (window, first_ts, last_ts) = (t("window_start"), t("first_ts"), t("last_ts"));
+                let count = b
+                    .column_by_name("count")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .clone();
+                let (sum, min, max, first, last) =
+                    (f("sum"), f("min"), f("max"), f("first"), f("last"));
+                for i in 0..b.num_rows() {
+                    let p = Partial {
+                        count: count.value(i),
+                        sum: sum.value(i),
+                        min: min.value(i),
+                        max: max.value(i),
+                        first: first.value(i),
+                        first_ts: first_ts.value(i),
+                        last: last.value(i),
+                        last_ts: last_ts.value(i),
+                    };
+                    let key = (
+                        vm.value(i).to_owned(),
+                        metric.value(i).to_owned(),
+                        device.value(i).to_owned(),
+                        window.value(i),
+                    );
+                    into.entry(key).and_modify(|acc| acc.merge(&p)).or_insert(p);
+                }
+            }
+        }
+    }
+
+    fn rollups_of(messages: &[(usize, i64, i64)], splits: &[usize]) -> BTreeMap<Series, Partial> {
+        let mut bounds: Vec<usize> = splits.iter().map(|s| s % (messages.len() + 1)).collect();
+        bounds.extend([0, messages.len()]);
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut merged = BTreeMap::new();
+        for w in bounds.windows(2) {
+            let mut batch = PartitionBatch::new("metrics", 0);
+            for (offset, (vm, dt, value)) in messages.iter().enumerate().take(w[1]).skip(w[0]) {
+                let v = format!(
+                    r#"{{"v":1,"ts":{},"tags":{{"ns":"n","mcis":"m","vm":"vm-{vm}"}},"metrics":{{"cpu_utilization":{value}}},"devices":{{"eth0":{{"bytes_in":{}}}}}}}"#,
+                    T0 + dt,
+                    value * 3
+                );
+                let rec = InputRecord {
+                    topic: "metrics",
+                    partition: 0,
+                    offset: offset as i64,
+                    timestamp_ms: T0,
+                    key: None,
+                    value: Some(v.as_bytes()),
+                };
+                batch.push(&rec, T0, &Validation::default());
+            }
+            merged_rollups(&batch.objects().unwrap(), &mut merged);
+        }
+        merged
+    }
+
+    /// The rollup computed directly from the samples, without `Partial::merge`.
+    fn reference(messages: &[(usize, i64, i64)]) -> BTreeMap<Series, Partial> {
+        let mut samples: BTreeMap<Series, Vec<(i64, f64)>> = BTreeMap::new();
+        for (vm, dt, value) in messages {
+            let ts = T0 + dt;
+            let window = crate::rollup::minute_of(ts);
+            for (metric, device, v) in [
+                ("cpu_utilization", "", *value as f64),
+                ("bytes_in", "eth0", (*value * 3) as f64),
+            ] {
+                samples
+                    .entry((format!("vm-{vm}"), metric.into(), device.into(), window))
+                    .or_default()
+                    .push((ts, v));
+            }
+        }
+        samples
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let values = v.iter().map(|(_, x)| *x);
+                let p = Partial {
+                    count: v.len() as i64,
+                    sum: values.clone().sum(),
+                    min: values.clone().fold(f64::INFINITY, f64::min),
+                    max: values.fold(f64::NEG_INFINITY, f64::max),
+                    first: v[0].1,
+                    first_ts: v[0].0,
+                    last: v[v.len() - 1].1,
+                    last_ts: v[v.len() - 1].0,
+                };
+                (k, p)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// However the samples are split into batches, merging the partials gives the same rollup.
+        #[test]
+        fn rollups_do_not_depend_on_batch_boundaries(
+            // (vm, ms after T0 within 3 minutes, integer value so sums are exact in any order)
+            messages in proptest::collection::vec((0usize..3, 0i64..180_000, -1000i64..1000), 1..60),
+            splits in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = rollups_of(&messages, &[]);
+            let split = rollups_of(&messages, &splits);
+            prop_assert_eq!(&split, &whole);
+            prop_assert_eq!(&whole, &reference(&messages));
+            let total: i64 = whole.values().map(|p| p.count).sum();
+            prop_assert_eq!(total, 2 * messages.len() as i64);
+        }
+    }
+
+    #[test]
+    fn rejected_records_keep_their_bytes_and_offset() {
+        let mut b = PartitionBatch::new("metrics", 2);
+        let rec = InputRecord {
+            topic: "metrics",
+            partition: 2,
+            offset: 9,
+            timestamp_ms: T0,
+            key: Some(b"k"),
+            value: Some(b"\x00oops"),
+        };
+        b.push(&rec, T0, &Validation::default());
+        assert_eq!(
+            b.stats(),
+            BatchStats {
+                records: 1,
+                samples: 0,
+                rejected: 1
+            }
+        );
+        let row = &b.dlq[0];
+        assert_eq!(
+            (row.offset, row.partition, row.key.as_deref()),
+            (9, 2, Some("k"))
+        );
+        assert_eq!(row.raw_base64, "AG9vcHM=");
+        assert!(row.reason.starts_with("not a v1 metric message"));
+    }
+}

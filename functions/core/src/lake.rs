@@ -31,6 +31,22 @@ pub enum LakeError {
     /// The object store refused an operation (after its own retries).
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// Another writer changed a partition's state object between our read and our write.
+    #[error(
+        "state object {key} changed under us: another consumer is writing this partition (rebalance in progress?); retry"
+    )]
+    Conflict {
+        /// The state object's key.
+        key: String,
+    },
+    /// A state object is not the JSON this build writes.
+    #[error("state object {key} is unreadable ({why}): inspect it, then delete it to start over")]
+    CorruptState {
+        /// The state object's key.
+        key: String,
+        /// The parse error.
+        why: String,
+    },
     /// A local directory could not be created.
     #[error("creating lake directory {path}: {source}")]
     Io {
@@ -222,7 +238,10 @@ mod tests {
             LakeLocation::parse("file:///tmp/l").unwrap(),
             LakeLocation::Local("/tmp/l".into())
         );
-        assert_eq!(LakeLocation::parse("/tmp/l").unwrap(), LakeLocation::Local("/tmp/l".into()));
+        assert_eq!(
+            LakeLocation::parse("/tmp/l").unwrap(),
+            LakeLocation::Local("/tmp/l".into())
+        );
         let err = LakeLocation::parse("gs://b/x").unwrap_err().to_string();
         assert!(
             err.contains("unsupported scheme") && err.contains("s3://bucket/prefix"),

@@ -4,9 +4,11 @@
 //! Everything here is plain data and `dyn ObjectStore`, so it is tested with in-memory stores.
 
 pub mod batch;
+pub mod conformance;
 pub mod decode;
 pub mod encode;
 pub mod lake;
+pub mod ledger;
 pub mod rollup;
 
 pub use batch::{BatchStats, PartitionBatch};

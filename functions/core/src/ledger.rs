@@ -1,0 +1,183 @@
+//! Exactly-once lake writes: a per-partition state object, updated with conditional puts, records what
+//! the latest batch wrote, so a retry that forms a different batch removes what the failed attempt left.
+//!
+//! The protocol for a batch of one topic-partition starting at offset `first` that writes `keys`:
+//! 1. read the state (and its version);
+//! 2. stale = the state's keys not in `keys`, when the state describes an attempt at the same
+//!    `first` (a retry) or an attempt that never completed (a batch abandoned to an on-failure
+//!    destination); otherwise the state's batch was committed and is left alone;
+//! 3. conditionally write the state `{first, keys, complete: false}` (a concurrent writer, such as
+//!    a consumer that lost its partition in a rebalance but still runs, makes this fail);
+//! 4. delete the stale keys, write the objects;
+//! 5. conditionally write the state `{.., complete: true}`.
+//!
+//! The caller commits the Kafka offsets only after this returns. Object keys are deterministic,
+//! so an exact retry overwrites; the state removes leftovers of inexact ones.
+
+use std::collections::BTreeSet;
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::LakeObject;
+use crate::lake::{Lake, LakeError};
+
+/// Prefix of the state objects inside the lake; query engines never list it.
+pub const STATE_PREFIX: &str = "_state";
+
+/// What the latest batch of one topic-partition wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// First offset of the batch.
+    pub first_offset: i64,
+    /// One past the batch's last offset.
+    pub next_offset: i64,
+    /// Keys of every object the batch writes.
+    pub keys: BTreeSet<String>,
+    /// Whether all of them were written.
+    pub complete: bool,
+}
+
+/// One topic-partition's slice of a batch, ready to write.
+#[derive(Debug, Clone)]
+pub struct PartitionWrite {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset in the batch.
+    pub first_offset: i64,
+    /// One past the last offset in the batch.
+    pub next_offset: i64,
+    /// The objects to write.
+    pub objects: Vec<LakeObject>,
+}
+
+/// What a protected write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Objects written.
+    pub written: usize,
+    /// Objects of an earlier, uncommitted attempt that were removed.
+    pub removed: usize,
+}
+
+/// The key of a writer's state object for one topic-partition.
+pub fn state_key(writer: &str, topic: &str, partition: i32) -> String {
+    format!("{STATE_PREFIX}/{writer}/{topic}+{partition}.json")
+}
+
+/// A version of the state object to update conditionally; `None` when there is none yet.
+type Version = Option<UpdateVersion>;
+
+impl Lake {
+    /// Writes one topic-partition's batch under the exactly-once protocol (see the module docs).
+    pub async fn write_exactly_once(
+        &self,
+        writer: &str,
+        w: &PartitionWrite,
+    ) -> Result<WriteReport, LakeError> {
+        let key = Path::from(state_key(writer, &w.topic, w.partition));
+        let (previous, version) = self.read_state(&key).await?;
+        let keys: BTreeSet<String> = w.objects.iter().map(|o| o.key.clone()).collect();
+        let stale: Vec<String> = match &previous {
+            Some(p) if p.first_offset == w.first_offset || !p.complete => {
+                p.keys.difference(&keys).cloned().collect()
+            }
+            Some(p) => {
+                if w.first_offset < p.next_offset {
+                    tracing::warn!(
+                        topic = %w.topic, partition = w.partition, first = w.first_offset, written_up_to = p.next_offset,
+                        "replay of offsets already written (group offsets reset?): rows may be duplicated"
+                    );
+                }
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut state = PartitionState {
+            first_offset: w.first_offset,
+            next_offset: w.next_offset,
+            keys,
+            complete: false,
+        };
+        let version = self.put_state(&key, &state, version).await?;
+        for k in &stale {
+            match self.store().delete(&Path::from(k.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(topic = %w.topic, partition = w.partition, removed = stale.len(), "removed leftovers of an earlier attempt");
+        }
+        self.put_all(&w.objects).await?;
+        state.complete = true;
+        self.put_state(&key, &state, version).await?;
+        Ok(WriteReport {
+            written: w.objects.len(),
+            removed: stale.len(),
+        })
+    }
+
+    /// Reads a state object and its version; `(None, None)` when absent.
+    pub async fn read_state(
+        &self,
+        key: &Path,
+    ) -> Result<(Option<PartitionState>, Version), LakeError> {
+        match self.store().get(key).await {
+            Ok(got) => {
+                let version = UpdateVersion {
+                    e_tag: got.meta.e_tag.clone(),
+                    version: got.meta.version.clone(),
+                };
+                let bytes = got.bytes().await?;
+                let state =
+                    serde_json::from_slice(&bytes).map_err(|e| LakeError::CorruptState {
+                        key: key.to_string(),
+                        why: e.to_string(),
+                    })?;
+                Ok((Some(state), Some(version)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok((None, None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a state object only if it is still at `version` (or still absent); returns the new version.
+    pub(crate) async fn put_state(
+        &self,
+        key: &Path,
+        state: &PartitionState,
+        version: Version,
+    ) -> Result<Version, LakeError> {
+        let body = PutPayload::from(serde_json::to_vec(state).expect("state serializes"));
+        let mode = match version {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(v),
+        };
+        let result = match self
+            .store()
+            .put_opts(key, body.clone(), PutOptions::from(mode))
+            .await
+        {
+            // Local directories cannot compare-and-swap: one writer per local lake is assumed.
+            Err(object_store::Error::NotImplemented { .. }) => self.store().put(key, body).await,
+            other => other,
+        };
+        match result {
+            Ok(r) => Ok(Some(UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(LakeError::Conflict {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
