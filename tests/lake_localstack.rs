@@ -1,0 +1,313 @@
+//! The lake on LocalStack S3: the exactly-once conformance suite, and a crash test that SIGKILLs the
+//! aggregate consumer at random points while a fleet publishes, then checks every sample is stored once.
+//!
+//! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
+//! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use damselfly_core::Lake;
+use damselfly_schemas::MetricMessage;
+use futures::TryStreamExt as _;
+use object_store::ObjectStoreExt as _;
+use rdkafka::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use serde_json::Value;
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run tests/run, or localstack/up and `source localstack/.env`")
+    })
+}
+
+fn run_id() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs the local stack (LocalStack S3): run tests/run"]
+fn lake_conformance_on_localstack_s3() {
+    let url = format!("s3://{}/tests/conformance-{}", env("LAKE_BUCKET"), run_id());
+    let lake = Lake::open(&url).unwrap();
+    rt().block_on(damselfly_core::conformance::run_all(&lake, "s3", true))
+        .unwrap();
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = rt().block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &opts,
+    ));
+    for r in res.expect("create_topics") {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// Every sample on the topic as `vm|metric|device|ts` -> value, read with a throwaway group.
+fn published_samples(
+    brokers: &str,
+    topic: &str,
+    expected_messages: usize,
+) -> BTreeMap<String, f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-verify"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut samples = BTreeMap::new();
+    let (mut messages, deadline) = (0, Instant::now() + Duration::from_secs(90));
+    while messages < expected_messages && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = MetricMessage::from_json(m.unwrap().payload().unwrap()).unwrap();
+        messages += 1;
+        let rows = msg.metrics.iter().map(|(k, v)| ("", k, v));
+        let dev = msg
+            .devices
+            .iter()
+            .flat_map(|(d, ms)| ms.iter().map(move |(k, v)| (d.as_str(), k, v)));
+        for (device, metric, value) in rows.chain(dev) {
+            samples.insert(
+                format!("{}|{metric}|{device}|{}", msg.tags.vm, msg.ts),
+                *value,
+            );
+        }
+    }
+    assert_eq!(
+        messages, expected_messages,
+        "read back every published message"
+    );
+    samples
+}
+
+fn copy_lake(url: &str, to: &Path) {
+    rt().block_on(async {
+        let lake = Lake::open(url).unwrap();
+        let metas: Vec<_> = lake.store().list(None).try_collect().await.unwrap();
+        for meta in &metas {
+            let bytes = lake
+                .store()
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let path = to.join(meta.location.as_ref());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+    })
+}
+
+fn duckdb(lake_dir: &Path, query: &str) -> Value {
+    let script = r#"
+import duckdb, json, sys
+lake, query = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+for t in ("raw", "rollup_1m"):
+    con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
+cur = con.execute(query)
+cols = [d[0] for d in cur.description]
+print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
+"#;
+    let out = Command::new(env("DAMSELFLY_PYTHON"))
+        .args(["-c", script, lake_dir.to_str().unwrap(), query])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_damselfly"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn damselfly")
+}
+
+#[test]
+#[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
+fn sigkilled_aggregate_stores_every_sample_exactly_once() {
+    let brokers = env("KAFKA_BROKERS");
+    let id = run_id();
+    let topic = format!("crash-{id}");
+    let group = format!("crash-{id}");
+    let lake = format!("s3://{}/tests/crash-{id}", env("LAKE_BUCKET"));
+    create_topic(&brokers, &topic, 12);
+
+    // 12 VMs, one message a second for 60 s, published in real time while we kill the consumer.
+    let (vms, intervals) = (12_usize, 60_usize);
+    let fleet = spawn(&[
+        "simulate",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--vms",
+        "12",
+        "--interval",
+        "1s",
+        "--duration",
+        "60s",
+        "--seed",
+        "11",
+        "--json",
+    ]);
+    let aggregate = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "aggregate",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--lake",
+            &lake,
+            "--batch-size",
+            "7",
+            "--batching-window",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        spawn(&args)
+    };
+    // Each round waits until the consumer owns partitions, then kills it this far into its work:
+    // fixed points (so a failure reproduces) spread over batches, writes and commits.
+    let kill_after_ms = [350_u64, 900, 150, 1_300, 600, 1_050];
+    let mut leftovers_removed = 0;
+    for (i, ms) in kill_after_ms.iter().enumerate() {
+        let mut consumer = aggregate(&[]);
+        let log = consumer.stderr.take().unwrap();
+        let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut removed = 0;
+            for line in std::io::BufRead::lines(std::io::BufReader::new(log)).map_while(Result::ok)
+            {
+                if line.contains("partitions assigned") {
+                    let _ = assigned_tx.send(());
+                }
+                removed += usize::from(line.contains("removed leftovers"));
+                eprintln!("  [consumer {}] {line}", i + 1);
+            }
+            removed
+        });
+        assigned_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("consumer {} was never assigned partitions", i + 1));
+        std::thread::sleep(Duration::from_millis(*ms));
+        consumer.kill().expect("SIGKILL");
+        consumer.wait().unwrap();
+        leftovers_removed += reader.join().unwrap();
+        eprintln!(
+            "crash test: killed consumer {} {ms} ms after it was assigned partitions",
+            i + 1
+        );
+    }
+    let out = fleet.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let published: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(published["published"], (vms * intervals) as u64);
+
+    let last = aggregate(&["--until-caught-up", "--json"])
+        .wait_with_output()
+        .unwrap();
+    let last_log = String::from_utf8_lossy(&last.stderr);
+    assert!(
+        last.status.success(),
+        "final catch-up run failed: {last_log}"
+    );
+    leftovers_removed += last_log.matches("removed leftovers").count();
+    eprintln!(
+        "crash test: leftovers of killed attempts were removed {leftovers_removed} times; final run: {}",
+        String::from_utf8_lossy(&last.stdout)
+    );
+
+    let expected = published_samples(&brokers, &topic, vms * intervals);
+    let local = tempfile::tempdir().unwrap();
+    copy_lake(&lake, local.path());
+    let stored = duckdb(
+        local.path(),
+        "SELECT vm || '|' || metric || '|' || device || '|' || CAST(epoch_ms(ts) AS VARCHAR) AS k, value, count(*) AS n \
+         FROM raw GROUP BY ALL ORDER BY k",
+    );
+    let dupes: Vec<&Value> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["n"] != 1)
+        .collect();
+    assert!(
+        dupes.is_empty(),
+        "samples stored more than once: {:?}",
+        &dupes[..dupes.len().min(5)]
+    );
+    let stored: BTreeMap<String, f64> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["k"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let missing = expected.keys().filter(|k| !stored.contains_key(*k)).count();
+    let extra = stored.keys().filter(|k| !expected.contains_key(*k)).count();
+    assert_eq!((missing, extra), (0, 0), "lake and topic differ");
+    assert_eq!(
+        stored, expected,
+        "every (vm, metric, device, ts) has the published value"
+    );
+
+    // rollup_1m agrees with a recomputation from raw.
+    let disagree = duckdb(
+        local.path(),
+        "WITH r AS (SELECT vm, metric, device, time_bucket(INTERVAL 1 minute, ts) AS w, count(*) AS n, sum(value) AS s, \
+                    min(value) AS lo, max(value) AS hi FROM raw GROUP BY ALL), \
+              u AS (SELECT vm, metric, device, window_start AS w, sum(\"count\") AS n, sum(\"sum\") AS s, \
+                    min(\"min\") AS lo, max(\"max\") AS hi FROM rollup_1m GROUP BY ALL) \
+         SELECT count(*) AS bad FROM r FULL JOIN u USING (vm, metric, device, w) \
+         WHERE r.n IS DISTINCT FROM u.n OR r.lo IS DISTINCT FROM u.lo OR r.hi IS DISTINCT FROM u.hi \
+            OR abs(r.s - u.s) > 1e-9 * greatest(abs(r.s), 1)",
+    );
+    assert_eq!(disagree[0]["bad"], 0, "rollup_1m disagrees with raw");
+}
