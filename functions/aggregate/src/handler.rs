@@ -89,21 +89,26 @@ impl Aggregate {
         &self.lake
     }
 
-    /// Processes one event: every record lands in `raw`/`rollup_1m` or in `dlq`; returns once all is written.
+    /// Processes one event: every record lands in `raw`/`rollup_1m` or in `dlq`; returns once all
+    /// is written, each topic-partition under the lake's exactly-once protocol.
     pub async fn handle(&self, event: KafkaEvent) -> Result<AggregateSummary, HandlerError> {
         let limits = self.limits.clone();
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let (writes, mut summary) =
-            tokio::task::spawn_blocking(move || encode_event(event, now_ms, &limits))
-                .await
-                .map_err(|e| HandlerError::Task(e.to_string()))??;
-        let reports = futures::future::try_join_all(
-            writes
-                .iter()
-                .map(|w| self.lake.write_exactly_once(WRITER, w)),
-        )
-        .await?;
-        summary.removed = reports.iter().map(|r| r.removed).sum();
+        let batches = tokio::task::spawn_blocking(move || decode_event(event, now_ms, &limits))
+            .await
+            .map_err(|e| HandlerError::Task(e.to_string()))?;
+        let mut summary = AggregateSummary {
+            partitions: batches.len(),
+            ..Default::default()
+        };
+        let written =
+            futures::future::try_join_all(batches.into_iter().map(|b| self.write_partition(b)))
+                .await?;
+        for (stats, objects, removed) in written {
+            summary.stats += stats;
+            summary.objects += objects;
+            summary.removed += removed;
+        }
         tracing::debug!(
             records = summary.stats.records,
             samples = summary.stats.samples,
@@ -115,21 +120,49 @@ impl Aggregate {
         );
         Ok(summary)
     }
+
+    /// Encodes one topic-partition's records from the partition's counter tail and writes them.
+    async fn write_partition(
+        &self,
+        batch: PartitionBatch,
+    ) -> Result<(BatchStats, usize, usize), HandlerError> {
+        let stats = batch.stats();
+        let (Some(first_offset), Some(last)) = (batch.first_offset, batch.last_offset) else {
+            return Ok((stats, 0, 0));
+        };
+        let ledger = self
+            .lake
+            .ledger(WRITER, &batch.topic, batch.partition)
+            .await?;
+        let before = ledger.tail_for(first_offset);
+        let (topic, partition) = (batch.topic.clone(), batch.partition);
+        let (objects, tail, tail_undo) = tokio::task::spawn_blocking(move || {
+            let mut tail = before.clone();
+            let objects = batch.objects(&mut tail)?;
+            let undo = before.undo_of(&tail);
+            Ok::<_, EncodeError>((objects, tail, undo))
+        })
+        .await
+        .map_err(|e| HandlerError::Task(e.to_string()))??;
+        let write = PartitionWrite {
+            topic,
+            partition,
+            first_offset,
+            next_offset: last + 1,
+            objects,
+            tail,
+            tail_undo,
+        };
+        let report = ledger.write(&write).await?;
+        Ok((stats, report.written, report.removed))
+    }
 }
 
-/// Decodes and encodes a whole event into one write per topic-partition (CPU work, no I/O).
-pub fn encode_event(
-    event: KafkaEvent,
-    now_ms: i64,
-    limits: &Validation,
-) -> Result<(Vec<PartitionWrite>, AggregateSummary), EncodeError> {
+/// Decodes an event into one batch per topic-partition, records in offset order (CPU work, no I/O).
+pub fn decode_event(event: KafkaEvent, now_ms: i64, limits: &Validation) -> Vec<PartitionBatch> {
     // BTreeMap: deterministic processing order whatever the event's map order.
     let groups: BTreeMap<String, Vec<KafkaRecord>> = event.records.into_iter().collect();
-    let mut summary = AggregateSummary {
-        partitions: groups.len(),
-        ..Default::default()
-    };
-    let mut writes = Vec::new();
+    let mut batches = Vec::with_capacity(groups.len());
     for (group, mut records) in groups {
         records.sort_by_key(|r| r.offset);
         let fallback_topic = group.rsplit_once('-').map_or(group.as_str(), |(t, _)| t);
@@ -158,22 +191,9 @@ pub fn encode_event(
                 }
             }
         }
-        if let Some(b) = batch
-            && let (Some(first), Some(last)) = (b.first_offset, b.last_offset)
-        {
-            summary.stats += b.stats();
-            let objects = b.objects()?;
-            summary.objects += objects.len();
-            writes.push(PartitionWrite {
-                topic: b.topic.clone(),
-                partition: b.partition,
-                first_offset: first,
-                next_offset: last + 1,
-                objects,
-            });
-        }
+        batches.extend(batch);
     }
-    Ok((writes, summary))
+    batches
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
@@ -304,15 +324,31 @@ mod tests {
             "rollup_1m/dt=2025-11-21/hour=14/metrics+3+0000000040.parquet",
         )
         .await;
-        // vm-a and vm-b x 3 series, one minute each: vm-a's two samples fall in one window.
-        assert_eq!(rollup.num_rows(), 6);
+        // vm-a and vm-b x 3 series, one minute each (vm-a's two samples fall in one window), plus
+        // vm-a's two counter rates (vm-b has a single sample: no rate yet).
+        let metric = rollup
+            .column_by_name("metric")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         let counts = rollup
             .column_by_name("count")
             .unwrap()
             .as_any()
             .downcast_ref::<Int64Array>()
             .unwrap();
-        assert_eq!(counts.iter().map(Option::unwrap).sum::<i64>(), 9);
+        let rates: Vec<(&str, i64)> = (0..rollup.num_rows())
+            .filter(|i| metric.value(*i).ends_with("_rate"))
+            .map(|i| (metric.value(i), counts.value(i)))
+            .collect();
+        assert_eq!(rates, [("bytes_in_rate", 1), ("bytes_out_rate", 1)]);
+        assert_eq!(rollup.num_rows(), 6 + rates.len());
+        let value_samples: i64 = (0..rollup.num_rows())
+            .filter(|i| !metric.value(*i).ends_with("_rate"))
+            .map(|i| counts.value(i))
+            .sum();
+        assert_eq!(value_samples, 9);
 
         let dlq = read(
             &store,

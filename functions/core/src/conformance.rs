@@ -55,7 +55,9 @@ fn batch(topic: &str, first: i64, next: i64) -> PartitionWrite {
         partition: 0,
         first_offset: first,
         next_offset: next,
-        objects: b.objects().expect("encodes"),
+        objects: b.objects(&mut Default::default()).expect("encodes"),
+        tail: Default::default(),
+        tail_undo: Default::default(),
     }
 }
 
@@ -143,6 +145,8 @@ async fn abandoned_attempt_is_removed_by_the_next_batch(
         next_offset: 5,
         keys: dead.objects.iter().map(|o| o.key.clone()).collect(),
         complete: false,
+        tail: Default::default(),
+        tail_undo: Default::default(),
     };
     lake.store()
         .put(&key, serde_json::to_vec(&state).expect("serializes").into())
@@ -185,8 +189,7 @@ async fn concurrent_writer_is_detected(lake: &Lake, topic: &str) -> Result<(), S
     let state = PartitionState {
         first_offset: 9,
         next_offset: 10,
-        keys: Default::default(),
-        complete: false,
+        ..Default::default()
     };
     match lake.put_state(&key, &state, old).await {
         Err(LakeError::Conflict { .. }) => Ok(()),

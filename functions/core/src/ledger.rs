@@ -13,6 +13,9 @@
 //!
 //! The caller commits the Kafka offsets only after this returns. Object keys are deterministic,
 //! so an exact retry overwrites; the state removes leftovers of inexact ones.
+//!
+//! The state also carries the partition's counter [`Tail`] after the batch, and an undo record of
+//! what the batch changed in it, so a retry starts its rates from the tail as it was before.
 
 use std::collections::BTreeSet;
 
@@ -22,12 +25,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::LakeObject;
 use crate::lake::{Lake, LakeError};
+use crate::rates::{Tail, TailUndo};
 
 /// Prefix of the state objects inside the lake; query engines never list it.
 pub const STATE_PREFIX: &str = "_state";
 
 /// What the latest batch of one topic-partition wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionState {
     /// First offset of the batch.
     pub first_offset: i64,
@@ -37,6 +41,23 @@ pub struct PartitionState {
     pub keys: BTreeSet<String>,
     /// Whether all of them were written.
     pub complete: bool,
+    /// The last sample of every counter series after the batch.
+    #[serde(default)]
+    pub tail: Tail,
+    /// What the batch changed in the tail, to rebuild the tail before it for a retry.
+    #[serde(default)]
+    pub tail_undo: TailUndo,
+}
+
+impl PartitionState {
+    /// The counter tail a batch starting at `first_offset` should start from.
+    pub fn tail_for(&self, first_offset: i64) -> Tail {
+        if first_offset == self.first_offset {
+            self.tail.clone().undo(&self.tail_undo)
+        } else {
+            self.tail.clone()
+        }
+    }
 }
 
 /// One topic-partition's slice of a batch, ready to write.
@@ -52,6 +73,10 @@ pub struct PartitionWrite {
     pub next_offset: i64,
     /// The objects to write.
     pub objects: Vec<LakeObject>,
+    /// The counter tail after the batch.
+    pub tail: Tail,
+    /// What the batch changed in the tail.
+    pub tail_undo: TailUndo,
 }
 
 /// What a protected write did.
@@ -71,15 +96,32 @@ pub fn state_key(writer: &str, topic: &str, partition: i32) -> String {
 /// A version of the state object to update conditionally; `None` when there is none yet.
 type Version = Option<UpdateVersion>;
 
-impl Lake {
-    /// Writes one topic-partition's batch under the exactly-once protocol (see the module docs).
-    pub async fn write_exactly_once(
-        &self,
-        writer: &str,
-        w: &PartitionWrite,
-    ) -> Result<WriteReport, LakeError> {
-        let key = Path::from(state_key(writer, &w.topic, w.partition));
-        let (previous, version) = self.read_state(&key).await?;
+/// One partition's state, read before a batch is encoded and updated as it is written.
+#[derive(Debug)]
+pub struct Ledger<'a> {
+    lake: &'a Lake,
+    key: Path,
+    previous: Option<PartitionState>,
+    version: Version,
+}
+
+impl Ledger<'_> {
+    /// The counter tail a batch starting at `first_offset` should start from.
+    pub fn tail_for(&self, first_offset: i64) -> Tail {
+        self.previous
+            .as_ref()
+            .map(|p| p.tail_for(first_offset))
+            .unwrap_or_default()
+    }
+
+    /// Writes the batch under the exactly-once protocol (see the module docs).
+    pub async fn write(self, w: &PartitionWrite) -> Result<WriteReport, LakeError> {
+        let Ledger {
+            lake,
+            key,
+            previous,
+            version,
+        } = self;
         let keys: BTreeSet<String> = w.objects.iter().map(|o| o.key.clone()).collect();
         let stale: Vec<String> = match &previous {
             Some(p) if p.first_offset == w.first_offset || !p.complete => {
@@ -101,10 +143,12 @@ impl Lake {
             next_offset: w.next_offset,
             keys,
             complete: false,
+            tail: w.tail.clone(),
+            tail_undo: w.tail_undo.clone(),
         };
-        let version = self.put_state(&key, &state, version).await?;
+        let version = lake.put_state(&key, &state, version).await?;
         for k in &stale {
-            match self.store().delete(&Path::from(k.as_str())).await {
+            match lake.store().delete(&Path::from(k.as_str())).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -112,13 +156,44 @@ impl Lake {
         if !stale.is_empty() {
             tracing::info!(topic = %w.topic, partition = w.partition, removed = stale.len(), "removed leftovers of an earlier attempt");
         }
-        self.put_all(&w.objects).await?;
+        lake.put_all(&w.objects).await?;
         state.complete = true;
-        self.put_state(&key, &state, version).await?;
+        lake.put_state(&key, &state, version).await?;
         Ok(WriteReport {
             written: w.objects.len(),
             removed: stale.len(),
         })
+    }
+}
+
+impl Lake {
+    /// Reads one topic-partition's state for `writer`, to encode and then write a batch.
+    pub async fn ledger(
+        &self,
+        writer: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Ledger<'_>, LakeError> {
+        let key = Path::from(state_key(writer, topic, partition));
+        let (previous, version) = self.read_state(&key).await?;
+        Ok(Ledger {
+            lake: self,
+            key,
+            previous,
+            version,
+        })
+    }
+
+    /// Writes one topic-partition's batch under the exactly-once protocol (see the module docs).
+    pub async fn write_exactly_once(
+        &self,
+        writer: &str,
+        w: &PartitionWrite,
+    ) -> Result<WriteReport, LakeError> {
+        self.ledger(writer, &w.topic, w.partition)
+            .await?
+            .write(w)
+            .await
     }
 
     /// Reads a state object and its version; `(None, None)` when absent.

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod encode;
 pub mod lake;
 pub mod ledger;
+pub mod rates;
 pub mod rollup;
 
 pub use batch::{BatchStats, PartitionBatch};

@@ -187,7 +187,9 @@ mod tests {
             };
             batch.push(&rec, now, &Validation::default());
         }
-        lake.put_all(&batch.objects().unwrap()).await.unwrap();
+        lake.put_all(&batch.objects(&mut Default::default()).unwrap())
+            .await
+            .unwrap();
 
         let sql = LakeSql::for_lake(&lake).await.unwrap();
         let out = sql

@@ -1,0 +1,142 @@
+//! Per-second rates of counters between consecutive samples of a series, never negative (a counter
+//! reset yields no rate), as CB-Dragonfly's `non_negative_derivative` did.
+//!
+//! The previous sample of each series may lie in an earlier batch: it is carried in a [`Tail`]
+//! that the lake ledger keeps per partition, so rates do not depend on batch boundaries.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use damselfly_schemas::catalog::{self, Kind};
+use serde::{Deserialize, Serialize};
+
+/// Suffix of the derived rate series in `rollup_1m`: `bytes_in` gives `bytes_in_rate`.
+pub const RATE_SUFFIX: &str = "_rate";
+
+/// Identity of a series in a tail: `vm`, metric, device joined by the unit separator.
+pub type SeriesKey = String;
+
+/// The last sample (ts ms, value) of every counter series seen so far on a partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tail(pub BTreeMap<SeriesKey, (i64, f64)>);
+
+/// The key of a series.
+pub fn series_key(vm: &str, metric: &str, device: &str) -> SeriesKey {
+    format!("{vm}\u{1f}{metric}\u{1f}{device}")
+}
+
+/// Whether a metric is a counter whose rate the pipeline derives.
+pub fn is_counter(metric: &str) -> bool {
+    catalog::lookup(metric).is_some_and(|m| m.kind == Kind::Counter)
+}
+
+static RATE_NAMES: LazyLock<BTreeMap<&'static str, String>> = LazyLock::new(|| {
+    catalog::METRICS
+        .iter()
+        .filter(|m| m.kind == Kind::Counter)
+        .map(|m| (m.name, format!("{}{RATE_SUFFIX}", m.name)))
+        .collect()
+});
+
+/// The derived rate series of a counter (`bytes_in` -> `bytes_in_rate`); `None` for non-counters.
+pub fn rate_name(metric: &str) -> Option<&'static str> {
+    RATE_NAMES.get(metric).map(String::as_str)
+}
+
+/// What a batch changed in a tail: each touched series' sample before the batch (`None`: new series).
+pub type TailUndo = BTreeMap<SeriesKey, Option<(i64, f64)>>;
+
+/// The rate between two consecutive samples in units per second; `None` when time does not move
+/// forward or the counter went down (a reset: the interval's increase is unknown).
+pub fn rate(prev: (i64, f64), next: (i64, f64)) -> Option<f64> {
+    let (dt_ms, dv) = (next.0 - prev.0, next.1 - prev.1);
+    (dt_ms > 0 && dv >= 0.0).then(|| dv * 1000.0 / dt_ms as f64)
+}
+
+impl Tail {
+    /// The undo record that turns `after` back into `self` (the tail before a batch).
+    pub fn undo_of(&self, after: &Tail) -> TailUndo {
+        after
+            .0
+            .iter()
+            .filter(|(k, v)| self.0.get(*k) != Some(v))
+            .map(|(k, _)| (k.clone(), self.0.get(k).copied()))
+            .collect()
+    }
+
+    /// Applies an undo record: the tail as it was before the batch that produced the record.
+    pub fn undo(mut self, undo: &TailUndo) -> Tail {
+        for (k, before) in undo {
+            match before {
+                Some(v) => self.0.insert(k.clone(), *v),
+                None => self.0.remove(k),
+            };
+        }
+        self
+    }
+
+    /// Feeds one sample of a counter series; returns its rate against the previous sample, if any.
+    /// Samples older than or as old as the last one seen are ignored (out of order or duplicate).
+    pub fn observe(&mut self, key: SeriesKey, ts: i64, value: f64) -> Option<f64> {
+        match self.0.get_mut(&key) {
+            Some(last) if ts <= last.0 => None,
+            Some(last) => {
+                let r = rate(*last, (ts, value));
+                *last = (ts, value);
+                r
+            }
+            None => {
+                self.0.insert(key, (ts, value));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_and_never_negative() {
+        assert_eq!(rate((0, 100.0), (2_000, 300.0)), Some(100.0));
+        assert_eq!(
+            rate((0, 100.0), (2_000, 50.0)),
+            None,
+            "a reset gives no rate"
+        );
+        assert_eq!(rate((2_000, 1.0), (2_000, 5.0)), None, "no time, no rate");
+    }
+
+    #[test]
+    fn tail_carries_the_last_sample_across_calls() {
+        let mut t = Tail::default();
+        let k = || series_key("vm-1", "bytes_in", "eth0");
+        assert_eq!(t.observe(k(), 1_000, 10.0), None);
+        assert_eq!(t.observe(k(), 3_000, 30.0), Some(10.0));
+        assert_eq!(t.observe(k(), 2_000, 99.0), None, "out of order is ignored");
+        assert_eq!(t.observe(k(), 4_000, 5.0), None, "reset");
+        assert_eq!(
+            t.observe(k(), 5_000, 15.0),
+            Some(10.0),
+            "rates resume after a reset"
+        );
+        assert!(is_counter("bytes_in") && !is_counter("cpu_utilization") && !is_counter("unknown"));
+        assert_eq!(rate_name("bytes_in"), Some("bytes_in_rate"));
+        assert_eq!(rate_name("cpu_utilization"), None);
+    }
+
+    #[test]
+    fn undo_restores_the_tail_before_a_batch() {
+        let mut before = Tail::default();
+        before.observe(series_key("a", "bytes_in", "eth0"), 1, 1.0);
+        before.observe(series_key("b", "bytes_in", "eth0"), 1, 1.0);
+        let mut after = before.clone();
+        after.observe(series_key("a", "bytes_in", "eth0"), 2, 5.0);
+        after.observe(series_key("c", "bytes_in", "eth0"), 2, 7.0);
+        let undo = before.undo_of(&after);
+        assert_eq!(undo.len(), 2, "only touched series are recorded");
+        assert_eq!(after.undo(&undo), before);
+    }
+}
