@@ -75,17 +75,17 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
         (
             Some("vm-x"),
             Some(b"\x00\x9f\x92\x96 garbage".to_vec()),
-            Expect::Bad("not a v1 metric message"),
+            Expect::Bad("Influx line protocol: influx line 1"),
         ),
         (
             Some("vm-x"),
             Some(br#"{"v":1,"ts":17637372000"#.to_vec()),
-            Expect::Bad("not a v1 metric message"),
+            Expect::Bad("not a native v1 message, Telegraf JSON or Influx line protocol: invalid JSON"),
         ),
         (
             Some("vm-x"),
             Some(native("vm-x", now, json!({"cpu_utilization": "high"}))),
-            Expect::Bad("not a v1 metric message"),
+            Expect::Bad("not a v1 metric message: invalid type"),
         ),
         (
             Some("vm-x"),
@@ -93,7 +93,7 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
                 br#"{"v":1,"ts":1,"tags":{"ns":"a","mcis":"b","vm":"vm-x"},"metrics":{"x":NaN}}"#
                     .to_vec(),
             ),
-            Expect::Bad("not a v1 metric message"),
+            Expect::Bad("invalid JSON"),
         ),
         (
             Some("vm-x"),
@@ -101,7 +101,7 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
                 br#"{"v":1,"ts":1,"tags":{"ns":"a","mcis":"b","vm":"vm-x"},"metrics":{"x":1e999}}"#
                     .to_vec(),
             ),
-            Expect::Bad("not a v1 metric message"),
+            Expect::Bad("number out of range"),
         ),
         (
             Some("vm-2"),
@@ -134,7 +134,7 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
         (
             Some("vm-x"),
             Some(b"<metric name=\"cpu\">12</metric>".to_vec()),
-            Expect::Bad("not a v1 metric message"),
+            Expect::Bad("not a native v1 message, Telegraf JSON or Influx line protocol"),
         ),
         (Some("vm-x"), None, Expect::Bad("record has no value")),
         (
@@ -150,6 +150,26 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
                 json!({"cpu_utilization": 30.0, "load_avg_1": 0.5, "uptime": 9.0}),
             )),
             Expect::Good(3),
+        ),
+        // Telegraf's JSON serializer (cpu plugin, seconds), keyed at random: Telegraf keys are not checked.
+        (
+            Some("7f3c-random"),
+            Some(
+                json!({"fields": {"usage_idle": 90.0, "usage_user": 6.0}, "name": "cpu",
+                       "tags": {"cpu": "cpu-total", "vmId": "vm-t", "nsId": "ns1", "mcisId": "m1", "host": "h"},
+                       "timestamp": now / 1000})
+                .to_string()
+                .into_bytes(),
+            ),
+            // cpu_idle, cpu_user and cpu_utilization = 100 - usage_idle
+            Expect::Good(3),
+        ),
+        // Influx line protocol (mem plugin, nanoseconds).
+        (
+            Some("vm-i"),
+            Some(format!("mem,vm=vm-i,ns=ns1,mcis=m1 used_percent=41.5,total=8000i {}", now * 1_000_000).into_bytes()),
+            // mem_utilization and mem_total
+            Expect::Good(2),
         ),
     ];
 

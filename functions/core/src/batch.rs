@@ -95,9 +95,9 @@ impl PartitionBatch {
     /// Decodes a record into the batch, or files it in the dead-letter rows with the reason.
     pub fn push(&mut self, rec: &InputRecord<'_>, now_ms: i64, limits: &Validation) {
         match decode(rec, now_ms, limits) {
-            Ok(msg) => {
+            Ok(messages) => {
                 self.track(rec.offset);
-                self.messages.push(msg);
+                self.messages.extend(messages);
             }
             Err(why) => self.reject(rec, &why),
         }
@@ -475,6 +475,11 @@ mod tests {
             (9, 2, Some("k"))
         );
         assert_eq!(row.raw_base64, "AG9vcHM=");
-        assert!(row.reason.starts_with("not a v1 metric message"));
+        assert!(
+            row.reason
+                .starts_with("not a native v1 message, Telegraf JSON or Influx line protocol"),
+            "{}",
+            row.reason
+        );
     }
 }

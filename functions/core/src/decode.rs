@@ -1,8 +1,10 @@
-//! Decoding and validating one Kafka record into a metric message, or a reason it is rejected.
+//! Decoding and validating one Kafka record into metric messages, or a reason it is rejected.
 
 use std::time::Duration;
 
 use damselfly_schemas::MetricMessage;
+
+use crate::formats::{self, FormatError};
 
 /// One Kafka record as the core sees it: where it came from and its raw bytes.
 #[derive(Debug, Clone, Copy)]
@@ -56,9 +58,12 @@ pub enum Rejection {
         /// The configured limit.
         limit: usize,
     },
-    /// The value is not a valid wire message.
+    /// A native message's key does not name its VM.
     #[error("{0}")]
     Wire(#[from] damselfly_schemas::WireError),
+    /// The value is not a native v1 message, Telegraf JSON or Influx line protocol.
+    #[error("{0}")]
+    Format(#[from] FormatError),
     /// The sample timestamp is outside the accepted window.
     #[error("timestamp {ts} is {what} (accepted: {window})")]
     TimeWindow {
@@ -74,12 +79,14 @@ pub enum Rejection {
     Envelope(String),
 }
 
-/// Decodes and validates one record against the limits, as of `now_ms`.
+/// Decodes and validates one record against the limits, as of `now_ms`: a native v1 message, or
+/// Telegraf JSON / Influx line protocol (which may carry several messages). A record is accepted
+/// or rejected whole.
 pub fn decode(
     rec: &InputRecord<'_>,
     now_ms: i64,
     limits: &Validation,
-) -> Result<MetricMessage, Rejection> {
+) -> Result<Vec<MetricMessage>, Rejection> {
     let value = rec.value.ok_or(Rejection::NoValue)?;
     if value.len() > limits.max_message_bytes {
         return Err(Rejection::TooLarge {
@@ -87,13 +94,19 @@ pub fn decode(
             limit: limits.max_message_bytes,
         });
     }
-    let msg = MetricMessage::from_json(value)?;
-    msg.check_key(rec.key)?;
-    // JSON has no NaN or infinity, and serde_json rejects out-of-range numbers, so every value
-    // that parsed is finite.
+    let messages = match MetricMessage::from_json(value) {
+        // Our producers key by VM id; Telegraf's key is a routing choice (often random), not checked.
+        Ok(native) => {
+            native.check_key(rec.key)?;
+            vec![native]
+        }
+        Err(_) => formats::decode_value(value)?,
+    };
+    // JSON has no NaN or infinity, serde_json rejects out-of-range numbers, and the line protocol
+    // decoder refuses non-finite values, so every value here is finite.
     let past = now_ms.saturating_sub(limits.max_past.as_millis() as i64);
     let future = now_ms.saturating_add(limits.max_future.as_millis() as i64);
-    if msg.ts < past || msg.ts > future {
+    if let Some(msg) = messages.iter().find(|m| m.ts < past || m.ts > future) {
         return Err(Rejection::TimeWindow {
             ts: msg.ts,
             what: if msg.ts < past {
@@ -108,7 +121,7 @@ pub fn decode(
             ),
         });
     }
-    Ok(msg)
+    Ok(messages)
 }
 
 fn humanize(d: Duration) -> String {
@@ -153,7 +166,7 @@ mod tests {
             &Validation::default(),
         )
         .unwrap();
-        assert_eq!(m.tags.vm, "vm-1");
+        assert_eq!(m[0].tags.vm, "vm-1");
     }
 
     #[test]
@@ -170,11 +183,11 @@ mod tests {
             (rec(None, None), "no value"),
             (
                 rec(None, Some(b"\xff\x00garbage")),
-                "not a v1 metric message",
+                "not a native v1 message, Telegraf JSON or Influx line protocol",
             ),
             (
                 rec(None, Some(br#"{"v":1,"ts":1"#)),
-                "not a v1 metric message",
+                "not a native v1 message, Telegraf JSON or Influx line protocol",
             ),
             (
                 rec(None, Some(old.as_bytes())),

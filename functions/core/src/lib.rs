@@ -7,6 +7,7 @@ pub mod batch;
 pub mod conformance;
 pub mod decode;
 pub mod encode;
+pub mod formats;
 pub mod lake;
 pub mod ledger;
 pub mod rates;
