@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 const TOPIC: &str = "mixed";
 
+/// A record to produce: key, value, and what must become of it.
+type Case = (Option<&'static str>, Option<Vec<u8>>, Expect);
+
 enum Expect {
     /// A good message with this many samples.
     Good(u64),
@@ -62,7 +65,7 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
     .into_iter()
     .chain(std::iter::repeat_n(b' ', 1_200_000))
     .collect::<Vec<u8>>();
-    let records: Vec<(Option<&str>, Option<Vec<u8>>, Expect)> = vec![
+    let records: Vec<Case> = vec![
         (
             Some("vm-1"),
             Some(native(

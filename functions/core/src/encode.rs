@@ -6,14 +6,15 @@ use arrow_array::{
     ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use damselfly_schemas::tables::TAG_COLUMNS;
 use damselfly_schemas::{Table, Tags};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::batch::DlqRow;
 use crate::rollup::Partial;
@@ -199,7 +200,22 @@ pub fn writer_properties(
             })
         })
         .collect::<Result<Vec<_>, EncodeError>>()?;
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder();
+    for field in schema.fields() {
+        let col = ColumnPath::from(field.name().as_str());
+        match field.data_type() {
+            // Sorted by series then time: deltas are small and regular.
+            DataType::Timestamp(..) | DataType::Int64 => {
+                builder = builder
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
+            }
+            // Measured values rarely repeat: a dictionary only costs (zstd does better on PLAIN).
+            DataType::Float64 => builder = builder.set_column_dictionary_enabled(col, false),
+            _ => {}
+        }
+    }
+    Ok(builder
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)

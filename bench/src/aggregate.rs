@@ -1,0 +1,282 @@
+//! The aggregate benchmark: the aggregate function's CPU path against DuckDB on the same JSON input.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use damselfly_agent::Fleet;
+use damselfly_core::batch::PartitionBatch;
+use damselfly_core::decode::{InputRecord, Validation};
+use damselfly_core::rates::Tail;
+use damselfly_schemas::Table;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Options of the aggregate benchmark.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Simulated VMs.
+    #[arg(long, default_value_t = 500)]
+    vms: usize,
+    /// Simulated span of time (at --interval).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    span: Duration,
+    /// Collection interval.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Records per batch (Lambda's BatchSize).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Where the input and outputs go.
+    #[arg(long, default_value = "bench/out/aggregate")]
+    out: PathBuf,
+    /// Python with the duckdb package (tests/run puts one in ~/.cache/damselfly/tools-venv).
+    #[arg(long, env = "DAMSELFLY_PYTHON", default_value = "python3")]
+    python: String,
+}
+
+const DUCKDB_JOB: &str = r#"
+import duckdb, json, resource, sys, time
+src, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads = 1")
+con.execute("SET enable_progress_bar = false")
+t = time.perf_counter()
+con.execute(f"""CREATE TEMP TABLE m AS SELECT * FROM read_json('{src}', format = 'newline_delimited', columns = {{
+  'v': 'INTEGER', 'ts': 'BIGINT',
+  'tags': 'STRUCT(ns VARCHAR, mcis VARCHAR, vm VARCHAR, csp VARCHAR, region VARCHAR, os VARCHAR, host VARCHAR)',
+  'metrics': 'MAP(VARCHAR, DOUBLE)', 'devices': 'MAP(VARCHAR, MAP(VARCHAR, DOUBLE))'}})""")
+con.execute("""CREATE TEMP TABLE s AS
+  SELECT make_timestamp(ts * 1000) AS ts, tags.ns, tags.mcis, tags.vm, tags.csp, tags.region, tags.os,
+         e.key AS metric, '' AS device, e.value AS value
+  FROM (SELECT ts, tags, unnest(map_entries(metrics)) AS e FROM m)
+  UNION ALL
+  SELECT make_timestamp(ts * 1000), tags.ns, tags.mcis, tags.vm, tags.csp, tags.region, tags.os, f.key, d.key, f.value
+  FROM (SELECT ts, tags, d, unnest(map_entries(d.value)) AS f
+        FROM (SELECT ts, tags, unnest(map_entries(devices)) AS d FROM m))""")
+con.execute(f"COPY (SELECT * FROM s ORDER BY vm, metric, device, ts) TO '{out}/duckdb_raw.parquet' (FORMAT parquet, COMPRESSION zstd)")
+con.execute(f"""COPY (SELECT time_bucket(INTERVAL 1 minute, ts) AS window_start, ns, mcis, vm, csp, region, os, metric, device,
+  count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,
+  arg_min(value, ts) AS first, min(ts) AS first_ts, arg_max(value, ts) AS last, max(ts) AS last_ts
+  FROM s GROUP BY ALL ORDER BY vm, metric, device, window_start) TO '{out}/duckdb_rollup.parquet' (FORMAT parquet, COMPRESSION zstd)""")
+secs = time.perf_counter() - t
+print(json.dumps({"version": duckdb.__version__, "seconds": secs, "samples": con.execute("SELECT count(*) FROM s").fetchone()[0],
+                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"#;
+
+/// Runs the benchmark and prints its table.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: a debug build; run `cargo run --release -p damselfly-bench -- aggregate` for real figures"
+        );
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let intervals = (args.span.as_millis() / args.interval.as_millis()) as u64;
+    let total = args.vms as u64 * intervals;
+
+    // The fixed input: the simulator's messages, seeded, as JSON lines (what is on the topic).
+    let gen_bar = bar(total, "generate");
+    let mut fleet = Fleet::new(args.vms, 42, "ns01");
+    let start_ms = 1_763_712_000_000; // 2025-11-21T08:00:00Z
+    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(total as usize);
+    for i in 0..intervals {
+        for m in fleet.tick(
+            start_ms + i as i64 * args.interval.as_millis() as i64,
+            args.interval,
+        ) {
+            messages.push(m.to_json());
+        }
+        gen_bar.set_position(messages.len() as u64);
+    }
+    gen_bar.finish_and_clear();
+    let input = args.out.join("input.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input)?);
+    for m in &messages {
+        f.write_all(m)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    let input_bytes = std::fs::metadata(&input)?.len();
+
+    // Ours: one thread, batches of --batch-size records, rates carried across batches.
+    let limits = Validation {
+        max_past: Duration::from_secs(u32::MAX as u64),
+        ..Validation::default()
+    };
+    let now_ms = start_ms + args.span.as_millis() as i64;
+    let run_bar = bar(total, "damselfly");
+    let (mut tail, mut samples, mut out_bytes, mut raw_bytes) = (Tail::default(), 0u64, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for (n, chunk) in messages.chunks(args.batch_size).enumerate() {
+        let t = Instant::now();
+        let mut batch = PartitionBatch::new("metrics", 0);
+        for (i, value) in chunk.iter().enumerate() {
+            let offset = (n * args.batch_size + i) as i64;
+            let rec = InputRecord {
+                topic: "metrics",
+                partition: 0,
+                offset,
+                timestamp_ms: now_ms,
+                key: None,
+                value: Some(value),
+            };
+            batch.push(&rec, now_ms, &limits);
+        }
+        samples += batch.stats().samples;
+        for o in batch.objects(&mut tail)? {
+            out_bytes += o.bytes.len() as u64;
+            if o.table == Table::Raw {
+                raw_bytes += o.bytes.len() as u64;
+            }
+        }
+        latencies.push(t.elapsed());
+        run_bar.inc(chunk.len() as u64);
+    }
+    let ours = started.elapsed();
+    run_bar.finish_and_clear();
+    let our_rss = peak_rss_kib();
+
+    // The compacted shape: all of the run's samples in one raw file (what an hourly compaction keeps).
+    let mut all = PartitionBatch::new("metrics", 0);
+    for (offset, value) in messages.iter().enumerate() {
+        let rec = InputRecord {
+            topic: "metrics",
+            partition: 0,
+            offset: offset as i64,
+            timestamp_ms: now_ms,
+            key: None,
+            value: Some(value),
+        };
+        all.push(&rec, now_ms, &limits);
+    }
+    let one_file: u64 = all
+        .objects(&mut Tail::default())?
+        .iter()
+        .filter(|o| o.table == Table::Raw)
+        .map(|o| o.bytes.len() as u64)
+        .sum();
+    drop(all);
+
+    // DuckDB: the same job on the same input, one thread.
+    eprintln!("running DuckDB on {} ...", input.display());
+    let out = Command::new(&args.python)
+        .args([
+            "-c",
+            DUCKDB_JOB,
+            input.to_str().context("utf-8 path")?,
+            args.out.to_str().context("utf-8 path")?,
+        ])
+        .output()
+        .with_context(|| format!("running {} (needs the duckdb package)", args.python))?;
+    if !out.status.success() {
+        bail!(
+            "DuckDB job failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("DuckDB printed nothing")?;
+    let duck: serde_json::Value =
+        serde_json::from_str(last).with_context(|| format!("DuckDB printed: {stdout}"))?;
+    let duck_secs = duck["seconds"].as_f64().context("seconds")?;
+    let duck_samples = duck["samples"].as_u64().context("samples")?;
+    if duck_samples != samples {
+        bail!("DuckDB saw {duck_samples} samples, we saw {samples}: not the same job");
+    }
+    let duck_raw = std::fs::metadata(args.out.join("duckdb_raw.parquet"))?.len();
+
+    latencies.sort();
+    let pct =
+        |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    let ours_rate = samples as f64 / ours.as_secs_f64();
+    let duck_rate = samples as f64 / duck_secs;
+    println!(
+        "aggregate benchmark: {} VMs x {} intervals = {} messages, {} samples, {:.1} MiB of JSON",
+        args.vms,
+        intervals,
+        total,
+        samples,
+        input_bytes as f64 / 1048576.0
+    );
+    println!();
+    println!(
+        "| engine (1 core) | seconds | samples/s | batch p50 ms | batch p99 ms | peak RSS MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| damselfly (batches of {}) | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} |",
+        args.batch_size,
+        ours.as_secs_f64(),
+        ours_rate,
+        pct(0.5),
+        pct(0.99),
+        our_rss as f64 / 1024.0
+    );
+    println!(
+        "| DuckDB {} (one job) | {:.2} | {:.0} | - | - | {:.0} |",
+        duck["version"].as_str().unwrap_or("?"),
+        duck_secs,
+        duck_rate,
+        duck["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+    );
+    println!();
+    println!(
+        "throughput ratio damselfly / DuckDB: {:.2}x (goal: at least 2x)",
+        ours_rate / duck_rate
+    );
+    println!();
+    println!("| raw table storage | bytes | bytes/sample |");
+    println!("|---|---:|---:|");
+    println!(
+        "| damselfly, per-batch files ({} records each) | {} | {:.2} |",
+        args.batch_size,
+        raw_bytes,
+        raw_bytes as f64 / samples as f64
+    );
+    println!(
+        "| damselfly, one file for the run (compacted shape) | {} | {:.2} |",
+        one_file,
+        one_file as f64 / samples as f64
+    );
+    println!(
+        "| DuckDB, one file, zstd | {} | {:.2} |",
+        duck_raw,
+        duck_raw as f64 / samples as f64
+    );
+    println!("| Prometheus TSDB (published) | - | 1.3 |");
+    println!();
+    println!(
+        "all lake objects written by damselfly: {:.1} MiB",
+        out_bytes as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} messages ({elapsed})")
+            .expect("valid template"),
+    );
+    pb.set_prefix(prefix.to_owned());
+    pb
+}
+
+/// Peak resident set size of this process (VmHWM), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}

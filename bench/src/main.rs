@@ -1,0 +1,19 @@
+//! `damselfly-bench`: benchmarks that print a table, with a peer's figure from the same run as a ratio.
+
+mod aggregate;
+
+use clap::Parser as _;
+
+/// Damselfly benchmarks (build with `--release`; see bench/README.md).
+#[derive(Debug, clap::Parser)]
+#[command(name = "damselfly-bench")]
+enum Bench {
+    /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
+    Aggregate(aggregate::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Bench::parse() {
+        Bench::Aggregate(args) => aggregate::run(&args),
+    }
+}
