@@ -1,7 +1,16 @@
 //! The Damselfly agent: the Kafka publisher every producer uses, and the fleet simulator.
 
+pub mod collect;
+pub mod config;
+pub mod imds;
 pub mod publish;
+pub mod run;
 pub mod simulate;
+pub mod spool;
 
+pub use collect::{Collection, Collector, SkipLists};
+pub use config::{AgentConfig, ConfigError};
 pub use publish::{PublishError, Publisher, PublisherConfig};
+pub use run::{AgentError, Outbox, RunOptions, RunStats, Transport, collect_once, run_agent};
 pub use simulate::{Fleet, SimulateConfig, SimulateStats, SimulateSummary, run_simulation};
+pub use spool::{Spool, SpoolError, SpoolOptions};

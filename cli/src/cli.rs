@@ -27,6 +27,9 @@ pub enum Command {
     Run(RunArgs),
     /// Answer SQL over the lake (tables: raw, rollup_1m, dlq; partition columns dt, hour).
     Sql(SqlArgs),
+    /// Run the host agent: collect this VM's metrics every interval and publish them to Kafka,
+    /// spooling to disk while the broker is unreachable (see agent/agent.example.toml).
+    Agent(AgentArgs),
 }
 
 /// Where the metrics topic is.
@@ -170,6 +173,17 @@ pub struct SqlArgs {
     pub format: Format,
     /// The SQL statement.
     pub query: String,
+}
+
+/// `damselfly agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent configuration file (every field: agent/agent.example.toml).
+    #[arg(long, default_value = "agent.toml")]
+    pub config: std::path::PathBuf,
+    /// Collect once (cpu over one second), print the message as pretty JSON on stdout and exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[cfg(test)]

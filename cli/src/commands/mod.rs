@@ -1,5 +1,6 @@
 //! The commands: one module each, sharing the adapters below.
 
+mod agent;
 mod demo;
 mod run;
 mod simulate;
@@ -21,6 +22,7 @@ pub async fn dispatch(command: Command, progress: &MultiProgress) -> anyhow::Res
         Command::Simulate(args) => simulate::simulate(args, progress).await,
         Command::Run(args) => run::run(args, progress).await,
         Command::Sql(args) => sql::sql(args).await,
+        Command::Agent(args) => agent::agent(args).await,
     }
 }
 

@@ -362,7 +362,9 @@ mod tests {
             .downcast_ref::<StringArray>()
             .unwrap();
         assert!(
-            reason.value(0).starts_with("not a native v1 message, Telegraf JSON or Influx line protocol: invalid JSON"),
+            reason.value(0).starts_with(
+                "not a native v1 message, Telegraf JSON or Influx line protocol: invalid JSON"
+            ),
             "{}",
             reason.value(0)
         );

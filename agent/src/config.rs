@@ -1,0 +1,621 @@
+//! `agent.toml`: what the agent collects, how it tags and publishes samples, where it spools.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::collect::SkipLists;
+
+/// Shortest collection interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Smallest spool cap accepted in `agent.toml`.
+pub const MIN_SPOOL_BYTES: u64 = 1024 * 1024;
+
+/// Compression codecs librdkafka accepts for `kafka.compression`.
+pub const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
+
+/// The whole agent configuration, as read from `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// How often to collect and publish one message, e.g. "2s" (CB-Dragonfly's default); at least 1s.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// The tags attached to every message; `vm`, `csp`, `region` and `host` may be detected.
+    pub tags: TagsConfig,
+    /// Where and how to publish.
+    pub kafka: KafkaConfig,
+    /// The on-disk spool that holds messages while the broker is unreachable.
+    pub spool: SpoolConfig,
+    /// Which devices the collector leaves out.
+    pub collect: CollectConfig,
+    /// Cloud instance metadata detection (csp, region, instance id).
+    pub metadata: MetadataConfig,
+}
+
+/// The tags of this VM. Empty values are filled in at start (see each field).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagsConfig {
+    /// Namespace (tenant or project); required.
+    pub ns: String,
+    /// Multi-cloud infra service (the VM group); required.
+    pub mcis: String,
+    /// VM id and Kafka message key; empty = the cloud instance id if detected, else the host name.
+    pub vm: String,
+    /// Cloud service provider (aws, gcp, azure, ...); empty = detected from instance metadata.
+    pub csp: String,
+    /// Cloud region; empty = detected from instance metadata.
+    pub region: String,
+    /// Operating system family; defaults to this build's (`linux`).
+    pub os: String,
+    /// Host name; empty = the kernel's host name.
+    pub host: String,
+}
+
+/// The Kafka topic the agent publishes to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic carrying the metric messages.
+    pub topic: String,
+    /// Producer compression: none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// When librdkafka gives up on a message (`message.timeout.ms`); it is then spooled and resent.
+    #[serde(deserialize_with = "duration")]
+    pub delivery_timeout: Duration,
+    /// When the oldest unacknowledged message is this old, new messages go to the spool instead.
+    #[serde(deserialize_with = "duration")]
+    pub slow_after: Duration,
+    /// Extra librdkafka settings (TLS, SASL, ...), applied last, e.g. `"security.protocol" = "SSL"`.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The bounded on-disk spool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the spool's segment files (created if missing; one agent per directory).
+    pub dir: PathBuf,
+    /// Most bytes on disk, e.g. "256MiB" or 268435456; past it the oldest messages are dropped.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_bytes: u64,
+}
+
+/// Devices the collector leaves out. Patterns match whole names; `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// File system types without disk usage worth reporting (pseudo and in-memory file systems).
+    pub skip_fs_types: Vec<String>,
+    /// Mount points to leave out of the `disk` family.
+    pub skip_mount_points: Vec<String>,
+    /// Block devices to leave out of the `diskio` family.
+    pub skip_block_devices: Vec<String>,
+    /// Network interfaces to leave out of the `network` family.
+    pub skip_interfaces: Vec<String>,
+}
+
+/// Detection of the cloud, region and instance id from the instance metadata service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// Ask the AWS (IMDSv2), GCP and Azure metadata services at start; off = use the tags as given.
+    pub detect: bool,
+    /// Base URL of the metadata service (all three clouds serve it at 169.254.169.254).
+    pub endpoint: String,
+    /// How long each metadata request may take; off-cloud, detection costs about this much at start.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            tags: TagsConfig::default(),
+            kafka: KafkaConfig::default(),
+            spool: SpoolConfig::default(),
+            collect: CollectConfig::default(),
+            metadata: MetadataConfig::default(),
+        }
+    }
+}
+
+impl Default for TagsConfig {
+    fn default() -> Self {
+        Self {
+            ns: String::new(),
+            mcis: String::new(),
+            vm: String::new(),
+            csp: String::new(),
+            region: String::new(),
+            os: std::env::consts::OS.to_owned(),
+            host: String::new(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "metrics".into(),
+            compression: "lz4".into(),
+            delivery_timeout: Duration::from_secs(30),
+            slow_after: Duration::from_secs(5),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/damselfly/spool"),
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        let strings = |s: &[&str]| s.iter().map(|&x| x.to_owned()).collect();
+        Self {
+            skip_fs_types: strings(&[
+                "tmpfs",
+                "devtmpfs",
+                "devpts",
+                "overlay",
+                "squashfs",
+                "proc",
+                "sysfs",
+                "cgroup*",
+                "autofs",
+                "mqueue",
+                "debugfs",
+                "tracefs",
+                "securityfs",
+                "pstore",
+                "bpf",
+                "configfs",
+                "fusectl",
+                "hugetlbfs",
+                "binfmt_misc",
+                "nsfs",
+                "ramfs",
+                "rpc_pipefs",
+                "efivarfs",
+                "iso9660",
+                "fuse.lxcfs",
+                "fuse.gvfsd-fuse",
+                "fuse.portal",
+            ]),
+            skip_mount_points: Vec::new(),
+            skip_block_devices: strings(&["loop*", "ram*"]),
+            skip_interfaces: strings(&["lo"]),
+        }
+    }
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            detect: true,
+            endpoint: "http://169.254.169.254".into(),
+            timeout: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Why `agent.toml` was not accepted; every message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not TOML of the expected shape (unknown field, wrong type, bad duration...).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The TOML error, which shows the offending line.
+        message: String,
+    },
+    /// A field has a value the agent cannot run with.
+    #[error("{path}: `{field}` = {value}: {problem}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Dotted field name, e.g. `kafka.compression`.
+        field: &'static str,
+        /// The value as written in TOML.
+        value: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates configuration text; `path` names the source in error messages.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks the rules the types alone cannot express.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, value: String, problem: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                value,
+                problem: problem.to_owned(),
+            })
+        };
+        let quoted = |s: &str| format!("{s:?}");
+        let dur = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+        if self.interval < MIN_INTERVAL {
+            return invalid("interval", dur(self.interval), "must be at least 1s");
+        }
+        for (field, value) in [("tags.ns", &self.tags.ns), ("tags.mcis", &self.tags.mcis)] {
+            if value.trim().is_empty() {
+                return invalid(
+                    field,
+                    quoted(value),
+                    "is required: name the namespace and VM group this VM belongs to",
+                );
+            }
+        }
+        for (field, value) in [
+            ("tags.ns", &self.tags.ns),
+            ("tags.mcis", &self.tags.mcis),
+            ("tags.vm", &self.tags.vm),
+            ("tags.csp", &self.tags.csp),
+            ("tags.region", &self.tags.region),
+            ("tags.os", &self.tags.os),
+            ("tags.host", &self.tags.host),
+        ] {
+            if value.len() > damselfly_schemas::wire::MAX_TAG_LEN
+                || value.chars().any(char::is_control)
+            {
+                return invalid(
+                    field,
+                    quoted(value),
+                    "must be at most 256 bytes without control characters",
+                );
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid(
+                "kafka.brokers",
+                quoted(&self.kafka.brokers),
+                "is required: set host:port of at least one broker",
+            );
+        }
+        if self.kafka.topic.trim().is_empty() {
+            return invalid(
+                "kafka.topic",
+                quoted(&self.kafka.topic),
+                "is required: set the metrics topic (usually \"metrics\")",
+            );
+        }
+        if !COMPRESSIONS.contains(&self.kafka.compression.as_str()) {
+            return invalid(
+                "kafka.compression",
+                quoted(&self.kafka.compression),
+                "must be one of none, gzip, snappy, lz4, zstd",
+            );
+        }
+        if self.kafka.delivery_timeout < Duration::from_secs(1) {
+            return invalid(
+                "kafka.delivery_timeout",
+                dur(self.kafka.delivery_timeout),
+                "must be at least 1s",
+            );
+        }
+        if self.kafka.slow_after.is_zero() || self.kafka.slow_after > self.kafka.delivery_timeout {
+            return invalid(
+                "kafka.slow_after",
+                dur(self.kafka.slow_after),
+                "must be longer than 0s and at most kafka.delivery_timeout",
+            );
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            return invalid(
+                "spool.dir",
+                "\"\"".into(),
+                "is required: set a directory the agent may write",
+            );
+        }
+        if self.spool.max_bytes < MIN_SPOOL_BYTES {
+            return invalid(
+                "spool.max_bytes",
+                self.spool.max_bytes.to_string(),
+                "must be at least \"1MiB\"",
+            );
+        }
+        for (field, list) in [
+            ("collect.skip_fs_types", &self.collect.skip_fs_types),
+            ("collect.skip_mount_points", &self.collect.skip_mount_points),
+            (
+                "collect.skip_block_devices",
+                &self.collect.skip_block_devices,
+            ),
+            ("collect.skip_interfaces", &self.collect.skip_interfaces),
+        ] {
+            if list.iter().any(|p| p.is_empty()) {
+                return invalid(
+                    field,
+                    format!("{list:?}"),
+                    "contains an empty pattern: remove it (use \"*\" to match everything)",
+                );
+            }
+        }
+        if self.metadata.detect {
+            if !self.metadata.endpoint.starts_with("http://") {
+                return invalid(
+                    "metadata.endpoint",
+                    quoted(&self.metadata.endpoint),
+                    "must be an http:// URL, e.g. \"http://169.254.169.254\"",
+                );
+            }
+            if self.metadata.timeout.is_zero() || self.metadata.timeout > Duration::from_secs(10) {
+                return invalid(
+                    "metadata.timeout",
+                    dur(self.metadata.timeout),
+                    "must be between 1ms and 10s",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The skip lists the collector applies.
+    pub fn skip_lists(&self) -> SkipLists {
+        SkipLists {
+            fs_types: self.collect.skip_fs_types.clone(),
+            mount_points: self.collect.skip_mount_points.clone(),
+            block_devices: self.collect.skip_block_devices.clone(),
+            interfaces: self.collect.skip_interfaces.clone(),
+        }
+    }
+
+    /// The publisher settings: ours first (delivery timeout), then the user's options.
+    pub fn publisher_config(&self) -> crate::PublisherConfig {
+        let mut kafka_options = vec![(
+            "message.timeout.ms".to_owned(),
+            self.kafka.delivery_timeout.as_millis().to_string(),
+        )];
+        kafka_options.extend(
+            self.kafka
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        crate::PublisherConfig {
+            brokers: self.kafka.brokers.clone(),
+            topic: self.kafka.topic.clone(),
+            compression: self.kafka.compression.clone(),
+            kafka_options,
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}): write e.g. \"2s\", \"500ms\" or \"1m\""
+        ))
+    })
+}
+
+/// A size written as a number of bytes or a string with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match ByteSize::deserialize(d)? {
+        ByteSize::Bytes(n) => Ok(n),
+        ByteSize::Text(t) => parse_byte_size(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {t:?}: write bytes (268435456) or a number with a unit, \
+                 e.g. \"256MiB\", \"1GiB\", \"500MB\""
+            ))
+        }),
+    }
+}
+
+/// Parses "256MiB", "1 GiB", "500MB", "4096" into bytes.
+pub fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[tags]\nns = \"ns01\"\nmcis = \"web\"\n";
+
+    fn err(text: &str) -> String {
+        AgentConfig::parse(text, "agent.toml")
+            .expect_err("should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_group() {
+        let c = AgentConfig::parse(MINIMAL, "agent.toml").unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.kafka.topic, "metrics");
+        assert_eq!(c.kafka.compression, "lz4");
+        assert_eq!(c.spool.max_bytes, 256 << 20);
+        assert!(c.collect.skip_interfaces.contains(&"lo".to_owned()));
+        assert!(c.collect.skip_fs_types.contains(&"cgroup*".to_owned()));
+        assert!(c.metadata.detect);
+        assert_eq!(c.metadata.timeout, Duration::from_millis(300));
+        assert_eq!(c.tags.os, std::env::consts::OS);
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_complete() {
+        let text = include_str!("../agent.example.toml");
+        let c = AgentConfig::parse(text, "agent.example.toml").unwrap();
+        assert_eq!(
+            c.collect,
+            CollectConfig::default(),
+            "example shows defaults"
+        );
+        assert_eq!(c.kafka.delivery_timeout, Duration::from_secs(30));
+        // Every field of every table is written out in the example.
+        for key in [
+            "interval",
+            "ns",
+            "mcis",
+            "vm",
+            "csp",
+            "region",
+            "os",
+            "host",
+            "brokers",
+            "topic",
+            "compression",
+            "delivery_timeout",
+            "slow_after",
+            "[kafka.options]",
+            "dir",
+            "max_bytes",
+            "skip_fs_types",
+            "skip_mount_points",
+            "skip_block_devices",
+            "skip_interfaces",
+            "detect",
+            "endpoint",
+            "timeout",
+        ] {
+            assert!(text.contains(key), "example lacks `{key}`");
+        }
+    }
+
+    #[test]
+    fn values_parse() {
+        let c = AgentConfig::parse(
+            &format!(
+                "interval = \"10s\"\n{MINIMAL}[kafka]\nbrokers = \"b:1\"\n\
+                 [kafka.options]\n\"security.protocol\" = \"SSL\"\n\
+                 [spool]\ndir = \"/tmp/s\"\nmax_bytes = \"64MiB\"\n"
+            ),
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.spool.max_bytes, 64 << 20);
+        let p = c.publisher_config();
+        assert_eq!(p.brokers, "b:1");
+        assert_eq!(
+            p.kafka_options,
+            vec![
+                ("message.timeout.ms".to_owned(), "30000".to_owned()),
+                ("security.protocol".to_owned(), "SSL".to_owned())
+            ]
+        );
+        assert_eq!(parse_byte_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_byte_size("4096"), Some(4096));
+        assert_eq!(parse_byte_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_fix() {
+        assert_eq!(
+            err(&format!("interval = \"0s\"\n{MINIMAL}")),
+            "agent.toml: `interval` = \"0s\": must be at least 1s"
+        );
+        assert_eq!(
+            err("[tags]\nns = \"a\"\n"),
+            "agent.toml: `tags.mcis` = \"\": is required: name the namespace and VM group \
+             this VM belongs to"
+        );
+        let e = err(&format!("{MINIMAL}[kafka]\ncompression = \"brotli\"\n"));
+        assert!(
+            e.contains("`kafka.compression` = \"brotli\"") && e.contains("lz4"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[spool]\nmax_bytes = \"1KiB\"\n"));
+        assert!(
+            e.contains("`spool.max_bytes` = 1024: must be at least"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[collect]\nskip_interfaces = [\"\"]\n"));
+        assert!(e.contains("`collect.skip_interfaces`"), "{e}");
+        let e = err(&format!("{MINIMAL}[metadata]\nendpoint = \"https://x\"\n"));
+        assert!(
+            e.contains("`metadata.endpoint`") && e.contains("http://"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[kafka]\nslow_after = \"1m\"\n"));
+        assert!(e.contains("`kafka.slow_after` = \"1m\""), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_show_the_offending_key() {
+        let e = err(&format!("intervall = \"2s\"\n{MINIMAL}"));
+        assert!(e.starts_with("agent.toml: "), "{e}");
+        assert!(e.contains("unknown field `intervall`"), "{e}");
+        assert!(e.contains("`interval`"), "lists the valid names: {e}");
+        let e = err(&format!("interval = \"soon\"\n{MINIMAL}"));
+        assert!(e.contains("interval = \"soon\""), "shows the line: {e}");
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+        let e = err(&format!("{MINIMAL}[spool]\nmax_bytes = \"lots\"\n"));
+        assert!(
+            e.contains("max_bytes = \"lots\"") && e.contains("256MiB"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[tags.extra]\nx = 1\n"));
+        assert!(e.contains("unknown field `extra`"), "{e}");
+    }
+}
