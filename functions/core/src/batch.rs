@@ -8,7 +8,7 @@ use damselfly_schemas::{MetricMessage, Table};
 
 use crate::decode::{InputRecord, Rejection, Validation, decode};
 use crate::encode::{self, EncodeError, RawRow, RollupKey};
-use crate::rates::{Tail, rate_name, series_key};
+use crate::rates::{Tail, rate_name};
 use crate::rollup::{Partial, minute_of};
 
 /// A record that went to the dead-letter table, with why and where it came from.
@@ -146,7 +146,9 @@ impl PartitionBatch {
         let mut out = Vec::new();
 
         let mut raw: BTreeMap<HourPartition, Vec<RawRow<'_>>> = BTreeMap::new();
-        let mut rollups: BTreeMap<HourPartition, BTreeMap<RollupKey<'_>, Partial>> =
+        // Hash maps while accumulating (string-keyed B-trees spent most of the time comparing);
+        // each hour's windows are sorted once when encoded.
+        let mut rollups: BTreeMap<HourPartition, ahash::AHashMap<RollupKey<'_>, Partial>> =
             BTreeMap::new();
         for msg in &self.messages {
             let hour = hour_of(msg.ts)?;
@@ -178,8 +180,7 @@ impl PartitionBatch {
                 let Some(rate_metric) = rate_name(metric) else {
                     continue;
                 };
-                let Some(r) = tail.observe(series_key(&msg.tags.vm, metric, device), msg.ts, value)
-                else {
+                let Some(r) = tail.observe(&msg.tags.vm, metric, device, msg.ts, value) else {
                     continue;
                 };
                 let k = RollupKey::new(&msg.tags, rate_metric, device, window);
@@ -192,20 +193,22 @@ impl PartitionBatch {
                     .or_insert(p);
             }
         }
-        for (hour, mut rows) in raw {
+        for (hour, rows) in raw {
             let rows_n = rows.len();
             out.push(LakeObject {
                 table: Table::Raw,
                 key: key(Table::Raw, hour),
-                bytes: encode::raw_parquet(&mut rows)?,
+                bytes: encode::raw_parquet(&rows)?,
                 rows: rows_n,
             });
         }
         for (hour, windows) in rollups {
+            let mut windows: Vec<(RollupKey<'_>, Partial)> = windows.into_iter().collect();
+            windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             out.push(LakeObject {
                 table: Table::Rollup1m,
                 key: key(Table::Rollup1m, hour),
-                bytes: encode::rollup_parquet(&windows)?,
+                bytes: encode::rollup_parquet(windows.iter().map(|(k, p)| (k, p)))?,
                 rows: windows.len(),
             });
         }

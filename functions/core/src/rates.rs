@@ -5,6 +5,7 @@
 //! that the lake ledger keeps per partition, so rates do not depend on batch boundaries.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use damselfly_schemas::catalog::{self, Kind};
@@ -19,7 +20,7 @@ pub type SeriesKey = String;
 /// The last sample (ts ms, value) of every counter series seen so far on a partition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Tail(pub BTreeMap<SeriesKey, (i64, f64)>);
+pub struct Tail(pub std::collections::HashMap<SeriesKey, (i64, f64), ahash::RandomState>);
 
 /// The key of a series.
 pub fn series_key(vm: &str, metric: &str, device: &str) -> SeriesKey {
@@ -78,19 +79,33 @@ impl Tail {
 
     /// Feeds one sample of a counter series; returns its rate against the previous sample, if any.
     /// Samples older than or as old as the last one seen are ignored (out of order or duplicate).
-    pub fn observe(&mut self, key: SeriesKey, ts: i64, value: f64) -> Option<f64> {
-        match self.0.get_mut(&key) {
-            Some(last) if ts <= last.0 => None,
-            Some(last) => {
-                let r = rate(*last, (ts, value));
-                *last = (ts, value);
-                r
-            }
-            None => {
-                self.0.insert(key, (ts, value));
-                None
-            }
+    pub fn observe(
+        &mut self,
+        vm: &str,
+        metric: &str,
+        device: &str,
+        ts: i64,
+        value: f64,
+    ) -> Option<f64> {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            let _ = write!(key, "{vm}\u{1f}{metric}\u{1f}{device}");
+            match self.0.get_mut(key.as_str()) {
+                Some(last) if ts <= last.0 => None,
+                Some(last) => {
+                    let r = rate(*last, (ts, value));
+                    *last = (ts, value);
+                    r
+                }
+                None => {
+                    self.0.insert(key.clone(), (ts, value));
+                    None
+                }
+            }
+        })
     }
 }
 
@@ -112,15 +127,15 @@ mod tests {
     #[test]
     fn tail_carries_the_last_sample_across_calls() {
         let mut t = Tail::default();
-        let k = || series_key("vm-1", "bytes_in", "eth0");
-        assert_eq!(t.observe(k(), 1_000, 10.0), None);
-        assert_eq!(t.observe(k(), 3_000, 30.0), Some(10.0));
-        assert_eq!(t.observe(k(), 2_000, 99.0), None, "out of order is ignored");
-        assert_eq!(t.observe(k(), 4_000, 5.0), None, "reset");
+        let mut k = |ts, v| t.observe("vm-1", "bytes_in", "eth0", ts, v);
+        assert_eq!(k(1_000, 10.0), None);
+        assert_eq!(k(3_000, 30.0), Some(10.0));
+        assert_eq!(k(2_000, 99.0), None, "out of order is ignored");
+        assert_eq!(k(4_000, 5.0), None, "reset");
+        assert_eq!(k(5_000, 15.0), Some(10.0), "rates resume after a reset");
         assert_eq!(
-            t.observe(k(), 5_000, 15.0),
-            Some(10.0),
-            "rates resume after a reset"
+            t.0.keys().next().unwrap(),
+            &series_key("vm-1", "bytes_in", "eth0")
         );
         assert!(is_counter("bytes_in") && !is_counter("cpu_utilization") && !is_counter("unknown"));
         assert_eq!(rate_name("bytes_in"), Some("bytes_in_rate"));
@@ -130,11 +145,11 @@ mod tests {
     #[test]
     fn undo_restores_the_tail_before_a_batch() {
         let mut before = Tail::default();
-        before.observe(series_key("a", "bytes_in", "eth0"), 1, 1.0);
-        before.observe(series_key("b", "bytes_in", "eth0"), 1, 1.0);
+        before.observe("a", "bytes_in", "eth0", 1, 1.0);
+        before.observe("b", "bytes_in", "eth0", 1, 1.0);
         let mut after = before.clone();
-        after.observe(series_key("a", "bytes_in", "eth0"), 2, 5.0);
-        after.observe(series_key("c", "bytes_in", "eth0"), 2, 7.0);
+        after.observe("a", "bytes_in", "eth0", 2, 5.0);
+        after.observe("c", "bytes_in", "eth0", 2, 7.0);
         let undo = before.undo_of(&after);
         assert_eq!(undo.len(), 2, "only touched series are recorded");
         assert_eq!(after.undo(&undo), before);
