@@ -88,12 +88,30 @@ fn copy_lake(url: &str, to: &Path) -> usize {
     })
 }
 
+/// Produces one record that is not a metric message, keyed like a VM.
+fn produce_garbage(brokers: &str, topic: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .key("vm-junk")
+                .payload("{\"v\": 1, \"ts\": "),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
 fn duckdb(lake_dir: &Path, query: &str) -> Value {
     let script = r#"
 import duckdb, json, sys
 lake, query = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
-for t in ("raw", "rollup_1m"):
+for t in ("raw", "rollup_1m", "dlq"):
     con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
 cur = con.execute(query)
 cols = [d[0] for d in cur.description]
@@ -145,6 +163,7 @@ fn journey_on_tansu_and_localstack_s3() {
         "--json",
     ]);
     assert_eq!(published["published"], vms * intervals);
+    produce_garbage(&brokers, &topic);
 
     let run = |group: &str| {
         damselfly(&[
@@ -166,9 +185,9 @@ fn journey_on_tansu_and_localstack_s3() {
     };
     let group = format!("journey-{run_id}");
     let first = run(&group);
-    assert_eq!(first["records"], vms * intervals);
+    assert_eq!(first["records"], vms * intervals + 1);
     assert_eq!(first["samples"], samples);
-    assert_eq!(first["rejected"], 0);
+    assert_eq!(first["rejected"], 1, "the garbage record goes to dlq");
     assert!(
         first["batches"].as_u64().unwrap() >= 5,
         "batch size 16 makes several batches: {first}"
@@ -201,6 +220,20 @@ fn journey_on_tansu_and_localstack_s3() {
     let ours = sql(per_vm);
     assert_eq!(ours.as_array().unwrap().len() as u64, vms);
     assert_eq!(duckdb(local.path(), per_vm), ours);
+    // Every table, a handful of questions: both engines give the same answers.
+    for q in [
+        "SELECT csp, max(value) AS max_cpu, count(DISTINCT vm) AS vms FROM raw \
+         WHERE metric = 'cpu_utilization' GROUP BY csp ORDER BY csp",
+        "SELECT vm, round(sum(\"sum\") / sum(\"count\"), 6) AS avg_mem FROM rollup_1m \
+         WHERE metric = 'mem_utilization' GROUP BY vm ORDER BY vm",
+        "SELECT metric, count(*) AS windows, round(max(\"max\"), 6) AS peak FROM rollup_1m \
+         WHERE metric LIKE 'bytes_%' GROUP BY metric ORDER BY metric",
+        "SELECT \"offset\", \"partition\", key, reason FROM dlq ORDER BY \"offset\"",
+    ] {
+        let ours = sql(q);
+        assert!(!ours.as_array().unwrap().is_empty(), "{q}: no rows");
+        assert_eq!(duckdb(local.path(), q), ours, "{q}");
+    }
     let rollup_vs_raw = "SELECT r.vm, r.n = u.n AS same FROM \
         (SELECT vm, count(*) AS n FROM raw GROUP BY vm) r JOIN \
         (SELECT vm, sum(\"count\") AS n FROM rollup_1m WHERE NOT ends_with(metric, '_rate') GROUP BY vm) u ON r.vm = u.vm ORDER BY r.vm";
