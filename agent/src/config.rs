@@ -69,7 +69,8 @@ pub struct KafkaConfig {
     /// When librdkafka gives up on a message (`message.timeout.ms`); it is then spooled and resent.
     #[serde(deserialize_with = "duration")]
     pub delivery_timeout: Duration,
-    /// When the oldest unacknowledged message is this old, new messages go to the spool instead.
+    /// When the oldest unacknowledged message is this old, it and every newer one go to the spool
+    /// (so this much of collections is all a crash during an outage can lose).
     #[serde(deserialize_with = "duration")]
     pub slow_after: Duration,
     /// Extra librdkafka settings (TLS, SASL, ...), applied last, e.g. `"security.protocol" = "SSL"`.

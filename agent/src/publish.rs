@@ -8,7 +8,9 @@ use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, Producer as _, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 
 /// How to reach and write the topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +71,18 @@ pub struct Deliveries {
     last_error: Mutex<Option<String>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    /// librdkafka reports a broker it cannot reach several times a second while it retries; the
+    /// agent logs the outage itself, so those go to debug and the rest stay warnings.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+                tracing::debug!(error = %error, reason, "kafka client")
+            }
+            _ => tracing::warn!(error = %error, reason, "kafka client"),
+        }
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -81,7 +94,8 @@ impl ProducerContext for Deliveries {
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, "delivery failed");
+                // Per message: the callers log failures in aggregate.
+                tracing::debug!(error = %e, "delivery failed");
                 *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
             }
         }
@@ -150,6 +164,13 @@ impl Publisher {
                     .unwrap_or_default(),
             }),
         }
+    }
+
+    /// Fails every queued and in-flight message at once (their delivery reports say so); a message
+    /// the broker wrote but had not acknowledged yet may be sent twice if the caller resends it.
+    pub fn purge(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
     }
 
     /// Delivery counters.

@@ -3,15 +3,21 @@
 //! Every message sent goes into an in-flight queue (with a copy of its bytes) until librdkafka's
 //! delivery report settles it. All messages carry the same key, so they go to one partition and
 //! their reports come back in send order: the n new reports since the last look settle the n oldest
-//! in-flight messages. A message is spooled when its delivery failed (librdkafka gave up after
-//! `kafka.delivery_timeout`) or `send` refused it; while the oldest unacknowledged message is older
-//! than `kafka.slow_after`, or the spool holds anything, new messages are not sent but spooled
-//! (held in memory first while older messages are still unsettled, so the spool stays in
-//! collection order). The spool is resent oldest first in batches, and committed only as far as
-//! every report of the batch was a success; after a failed batch the next one is a single record
-//! (a probe), with backoff. Delivery is at least once: a batch with mixed reports is resent whole.
-//! After [`REBUILD_AFTER`] failed resends in a row the producer is replaced by a new one, which
-//! gets over a broker that came back without the old producer's idempotence state.
+//! in-flight messages. A message is spooled when its delivery failed or `send` refused it; while
+//! the oldest unacknowledged message is older than `kafka.slow_after`, or the spool holds anything,
+//! new messages are not sent but spooled (held in memory first while older messages are still
+//! unsettled, so the spool stays in collection order). Once the oldest unacknowledged message is
+//! `slow_after` old, every unsettled message is taken back from the producer
+//! ([`Transport::purge`]) instead of waiting for `kafka.delivery_timeout`: they settle as failures
+//! at once and go to the spool in order, held ones after them. So an outage keeps at most
+//! `slow_after` of collections only in memory (all a SIGKILL can lose), and a broker that comes
+//! back cannot take newer messages ahead of older ones that timed out. The spool is resent oldest
+//! first in batches, and committed only as far as every report of the batch was a success; after a
+//! failed batch the next one is a single record (a probe), with backoff. Delivery is at least once:
+//! a batch with mixed reports is resent whole, and a message taken back while the broker was
+//! writing it is sent again. After [`REBUILD_AFTER`] failed resends in a row the producer is
+//! replaced by a new one, which gets over a broker that came back without the old producer's
+//! idempotence state.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -47,6 +53,9 @@ pub trait Transport {
     fn send(&self, key: &str, payload: &[u8]) -> Result<(), PublishError>;
     /// Running totals of delivery reports: (delivered, failed).
     fn outcomes(&self) -> (u64, u64);
+    /// Fails every message queued or in flight now: their delivery reports come back as failures
+    /// (a message the broker wrote without acknowledging it yet may then be sent twice).
+    fn purge(&self) {}
 }
 
 impl Transport for Publisher {
@@ -57,6 +66,10 @@ impl Transport for Publisher {
     fn outcomes(&self) -> (u64, u64) {
         let d = self.deliveries();
         (d.delivered.load(Relaxed), d.failed.load(Relaxed))
+    }
+
+    fn purge(&self) {
+        Publisher::purge(self);
     }
 }
 
@@ -170,6 +183,8 @@ pub struct Outbox<T> {
     probe: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The unsettled messages were taken back from the transport; cleared once none is left.
+    purged: bool,
     spooling: bool,
     dirty: bool,
     stats: RunStats,
@@ -194,6 +209,7 @@ impl<T: Transport> Outbox<T> {
             probe: false,
             retry_at: None,
             backoff: MIN_BACKOFF,
+            purged: false,
             spooling,
             dirty: false,
             stats: RunStats::default(),
@@ -361,6 +377,32 @@ impl<T: Transport> Outbox<T> {
         {
             self.finish_drain(now);
         }
+        if self.inflight.is_empty() {
+            self.purged = false;
+        }
+    }
+
+    /// Once the oldest unsettled message is `slow_after` old, fails every unsettled message at
+    /// once ([`Transport::purge`]) rather than waiting for `delivery_timeout`: first sends are then
+    /// spooled in order and held messages follow them, so little stays only in memory.
+    fn take_back(&mut self, now: Instant) {
+        if self.purged || !self.slow(now) {
+            return;
+        }
+        self.purged = true;
+        let age = self
+            .inflight
+            .front()
+            .map(|m| now.saturating_duration_since(m.sent_at))
+            .unwrap_or_default();
+        tracing::warn!(
+            oldest_unacked_ms = age.as_millis() as u64,
+            in_flight = self.inflight.len(),
+            held = self.held.len(),
+            "no acknowledgement from the broker: taking unsettled messages back to spool them"
+        );
+        self.transport.purge();
+        self.settle(now); // a transport may report the failures at once
     }
 
     fn finish_drain(&mut self, now: Instant) {
@@ -416,10 +458,12 @@ impl<T: Transport> Outbox<T> {
         }
     }
 
-    /// Looks at delivery reports, moves held messages to the spool once older ones are settled,
-    /// and resends the spool when nothing older is on its way.
+    /// Looks at delivery reports, takes unsettled messages back once the oldest is `slow_after` old,
+    /// moves held messages to the spool once older ones are settled, and resends the spool when
+    /// nothing older is on its way.
     pub fn poll(&mut self, now: Instant) {
         self.settle(now);
+        self.take_back(now);
         if !self.held.is_empty() && !self.live_in_flight() {
             for m in std::mem::take(&mut self.held) {
                 self.spool_message(m);
@@ -715,6 +759,10 @@ mod tests {
             let s = self.0.lock().unwrap();
             (s.delivered, s.failed)
         }
+
+        fn purge(&self) {
+            self.fail(usize::MAX);
+        }
     }
 
     impl FakeBroker {
@@ -824,6 +872,43 @@ mod tests {
         assert_eq!((s.spooled, s.resent, s.backlog, s.lost), (5, 5, 0, 0));
         assert_eq!(s.sent, 7);
         assert_eq!(s.errors, 5, "five failed delivery reports");
+    }
+
+    #[test]
+    fn a_silent_broker_gets_its_messages_taken_back_and_spooled_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, mut o) = outbox(dir.path());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        submit(&mut o, 0, at(0));
+        broker.deliver(1);
+        o.poll(at(0));
+        // The broker stops answering: m1 and m2 stay unacknowledged.
+        submit(&mut o, 1, at(1));
+        submit(&mut o, 2, at(2));
+        o.poll(at(4));
+        assert_eq!((o.in_flight(), o.spool().len()), (2, 0));
+        submit(&mut o, 3, at(6)); // m1 is 5s old: m3 is held behind it
+        o.poll(at(6)); // ... and m1, m2 are taken back: all three are on disk, in order
+        assert_eq!(o.spool().len(), 3, "nothing is left only in memory");
+        assert_eq!(o.stats().spooled, 3);
+        // The resend batch gets no answer either: taken back after slow_after too.
+        assert_eq!(o.in_flight(), 3);
+        o.poll(at(11));
+        assert_eq!(o.in_flight(), 0, "backing off");
+        submit(&mut o, 4, at(11));
+        assert_eq!(o.spool().len(), 4);
+        // The broker answers again.
+        for s in 12..20 {
+            o.poll(at(s));
+            broker.deliver(usize::MAX);
+        }
+        submit(&mut o, 5, at(20));
+        broker.deliver(usize::MAX);
+        o.poll(at(20));
+        assert_eq!(broker.log(), names(0..6), "each once, in collection order");
+        let s = o.stats();
+        assert_eq!((s.spooled, s.resent, s.backlog, s.lost), (4, 4, 0, 0));
     }
 
     #[test]

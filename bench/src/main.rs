@@ -1,5 +1,6 @@
 //! `damselfly-bench`: benchmarks that print a table, with a peer's figure from the same run as a ratio.
 
+mod agent;
 mod aggregate;
 
 use clap::Parser as _;
@@ -10,10 +11,13 @@ use clap::Parser as _;
 enum Bench {
     /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
     Aggregate(aggregate::Args),
+    /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
+    Agent(agent::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Aggregate(args) => aggregate::run(&args),
+        Bench::Agent(args) => agent::run(&args),
     }
 }

@@ -1,0 +1,431 @@
+//! The agent footprint benchmark: `damselfly agent` against a local broker, its CPU and peak RSS from /proc.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// CPU goal: percent of one core, averaged over the run.
+const GOAL_CPU_PCT: f64 = 0.5;
+
+/// Memory goal: peak resident set size.
+const GOAL_RSS_MIB: f64 = 15.0;
+
+/// Time after start left out of the steady-state CPU figure (start-up: config, producer, metadata).
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// Telegraf's footprint as its makers publish it: no figure. InfluxData's README and docs state the
+/// design goal "a minimal memory footprint" without a number, and no measured CPU or RSS figure for
+/// a default Telegraf (cpu, mem, disk, diskio, net, system inputs) was found to cite.
+const TELEGRAF_SOURCE: &str = "no published figure: InfluxData states only the design goal \
+\"minimal memory footprint\" (github.com/influxdata/telegraf README)";
+
+/// Options of the agent benchmark.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long the agent runs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The agent's collection interval.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// The `damselfly` binary to measure [default: release/damselfly under CARGO_TARGET_DIR, else
+    /// ~/.cache/damselfly/target, else ./target].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Use this broker (host:port) instead of starting a Tansu; needs --topic, which must exist.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topic to publish to [default: a new `agent-bench-<ms>` on the Tansu started here; required
+    /// with --brokers].
+    #[arg(long)]
+    topic: Option<String>,
+    /// Tansu binary, for the broker started when --brokers is not given.
+    #[arg(long, env = "DAMSELFLY_TANSU")]
+    tansu: Option<PathBuf>,
+    /// How often /proc is sampled.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    sample_every: Duration,
+    /// Where the broker's data, the agent's spool, config and logs go (wiped first).
+    #[arg(long, default_value = "bench/out/agent")]
+    out: PathBuf,
+}
+
+/// One reading of /proc for the agent.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+    rss_kib: u64,
+}
+
+fn home_cache() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/damselfly"))
+}
+
+fn default_bin() -> PathBuf {
+    let candidates: Vec<PathBuf> = [
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
+        home_cache().map(|c| c.join("target")),
+        Some(PathBuf::from("target")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|t| t.join("release/damselfly"))
+    .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .unwrap_or(&candidates[0])
+        .clone()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// TERM, then KILL after `grace`; always reaps.
+fn stop(child: &mut Child, grace: Duration) {
+    signal(child.id(), "-TERM");
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A Tansu started for the run on a free port of 127.0.0.1, with its own sqlite file.
+struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+impl Tansu {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let db = fs::canonicalize(dir)?.join("tansu.db");
+        let log = fs::File::create(dir.join("tansu.log"))?;
+        // Tansu reads `.env` from its working directory: run it from /, with an absolute path.
+        let mut child = Command::new(bin)
+            .current_dir("/")
+            .args(["broker", "--cluster-id", "agent-bench"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}", db.display()))
+            .env_remove("CLUSTER_ID")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !port_open(port) {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "tansu exited during startup ({status}): see {}/tansu.log",
+                    dir.display()
+                );
+            }
+            if Instant::now() > deadline {
+                stop(&mut child, Duration::from_secs(5));
+                bail!("tansu did not listen on {port} within 30s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self { child, port })
+    }
+
+    fn create_topic(&self, bin: &Path, topic: &str) -> anyhow::Result<()> {
+        let out = Command::new(bin)
+            .current_dir("/")
+            .args(["topic", "create", topic, "--partitions", "1"])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tansu topic create {topic}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        stop(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Clock ticks per second of /proc/PID/stat times.
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn sample(pid: u32) -> anyhow::Result<Sample> {
+    let at = Instant::now();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("/proc/PID/stat without a command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse()?)
+    };
+    let cpu_ticks = ticks(14)? + ticks(15)?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(Sample {
+        at,
+        cpu_ticks,
+        rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
+    })
+}
+
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn cpu_pct(a: &Sample, b: &Sample, hz: u64) -> f64 {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    (b.cpu_ticks - a.cpu_ticks) as f64 / hz as f64 / secs * 100.0
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let bin = args.bin.clone().unwrap_or_else(default_bin);
+    if !bin.is_file() {
+        bail!(
+            "no damselfly binary at {}: build it with\n  CARGO_TARGET_DIR=~/.cache/damselfly/target \
+             cargo build --release -p damselfly\nor pass --bin",
+            bin.display()
+        );
+    }
+    let bin = fs::canonicalize(&bin)?;
+    let profile = if bin.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else {
+        "NOT release (figures overstate the release build's footprint)"
+    };
+    let _ = fs::remove_dir_all(&args.out);
+    fs::create_dir_all(&args.out)?;
+    let out = fs::canonicalize(&args.out)?;
+
+    let mut tansu = None;
+    let (brokers, topic, broker_label) = match &args.brokers {
+        Some(b) => {
+            // No default: a shared broker's `metrics` topic is someone's data.
+            let topic = args
+                .topic
+                .clone()
+                .context("--brokers needs --topic: an existing topic the agent may write to")?;
+            (b.clone(), topic, format!("given broker {b}"))
+        }
+        None => {
+            let tansu_bin = args
+                .tansu
+                .clone()
+                .or_else(|| home_cache().map(|c| c.join("tansu/bin/tansu")))
+                .filter(|p| p.is_file())
+                .context("no Tansu: pass --tansu or --brokers, or run localstack/up once")?;
+            let t = Tansu::start(&tansu_bin, &out)?;
+            let topic = args.topic.clone().unwrap_or_else(|| {
+                format!(
+                    "agent-bench-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis()
+                )
+            });
+            t.create_topic(&tansu_bin, &topic)?;
+            let b = format!("127.0.0.1:{}", t.port);
+            tansu = Some(t);
+            (b.clone(), topic, format!("Tansu started here on {b}"))
+        }
+    };
+
+    let config = out.join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "interval = \"{}\"\n[tags]\nns = \"bench\"\nmcis = \"bench\"\nvm = \"bench-vm\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [spool]\ndir = \"{}\"\n[metadata]\ndetect = false\n",
+            humantime::format_duration(args.interval),
+            out.join("spool").display()
+        ),
+    )?;
+    let log_path = out.join("agent.log");
+    let log = fs::File::create(&log_path)?;
+    let mut agent = Command::new(&bin)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} agent", bin.display()))?;
+    let pid = agent.id();
+    let hz = clock_ticks();
+    eprintln!(
+        "measuring pid {pid} ({}) for {} at interval {} ...",
+        bin.display(),
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.interval)
+    );
+
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut hwm_kib = 0;
+    while started.elapsed() < args.duration {
+        if let Some(status) = agent.try_wait()? {
+            bail!(
+                "the agent exited early ({status}); its log:\n{}",
+                fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        samples.push(sample(pid)?);
+        if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
+            hwm_kib = hwm_kib.max(status_kib(&status, "VmHWM:").unwrap_or(0));
+        }
+        std::thread::sleep(args.sample_every);
+    }
+    let last = sample(pid)?;
+    samples.push(last);
+    // What the resident memory is made of at the end: heap and stacks vs mapped binary and libraries.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let (anon, file, threads) = (
+        status_kib(&status, "RssAnon:").unwrap_or(0),
+        status_kib(&status, "RssFile:").unwrap_or(0),
+        status_kib(&status, "Threads:").unwrap_or(0),
+    );
+    hwm_kib = hwm_kib.max(status_kib(&status, "VmHWM:").unwrap_or(0));
+    stop(&mut agent, Duration::from_secs(20));
+    drop(tansu);
+
+    let first = samples[0];
+    let steady_from = samples
+        .iter()
+        .find(|s| s.at.duration_since(first.at) >= WARM_UP)
+        .copied()
+        .unwrap_or(first);
+    let whole = cpu_pct(&first, &last, hz);
+    let steady = cpu_pct(&steady_from, &last, hz);
+    // The busiest window of one collection interval.
+    let per_window = (args.interval.as_secs_f64() / args.sample_every.as_secs_f64())
+        .round()
+        .max(1.0) as usize;
+    let busiest = samples
+        .windows(per_window + 1)
+        .filter(|w| w[0].at >= steady_from.at)
+        .map(|w| cpu_pct(&w[0], &w[per_window], hz))
+        .fold(0.0, f64::max);
+    let peak_rss_kib = samples
+        .iter()
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap_or(0)
+        .max(hwm_kib);
+    let peak_mib = peak_rss_kib as f64 / 1024.0;
+    let cpu_seconds = last.cpu_ticks as f64 / hz as f64;
+
+    let text = fs::read_to_string(&log_path).unwrap_or_default();
+    let stopped: Vec<(String, String)> = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("agent stopped"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let stat = |k: &str| {
+        stopped
+            .iter()
+            .find(|(key, _)| key == k)
+            .map_or("?".to_owned(), |(_, v)| v.clone())
+    };
+
+    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "\nagent footprint ({profile} build: {})", bin.display())?;
+    writeln!(
+        o,
+        "  run {}, interval {}, {broker_label}, topic {topic}; CPU from /proc/{pid}/stat (utime+stime, \
+         {hz} ticks/s), RSS from /proc/{pid}/status (VmRSS sampled every {}, VmHWM)",
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.sample_every),
+    )?;
+    writeln!(
+        o,
+        "  collections {}, sent {}, spooled {}, errors {} (the agent's closing totals)\n",
+        stat("collections"),
+        stat("sent"),
+        stat("spooled"),
+        stat("errors")
+    )?;
+    writeln!(
+        o,
+        "| agent | CPU % of one core, steady | whole run | busiest {} | CPU seconds | peak RSS |",
+        humantime::format_duration(args.interval)
+    )?;
+    writeln!(o, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        o,
+        "| damselfly agent (measured) | {steady:.3} % | {whole:.3} % | {busiest:.2} % | {cpu_seconds:.2} s | {peak_mib:.1} MiB |"
+    )?;
+    writeln!(
+        o,
+        "| goal | < {GOAL_CPU_PCT} % ({}) | | | | < {GOAL_RSS_MIB} MiB ({}) |",
+        verdict(steady < GOAL_CPU_PCT),
+        verdict(peak_mib < GOAL_RSS_MIB)
+    )?;
+    writeln!(o, "| Telegraf (published) | n/a | | | | n/a |")?;
+    writeln!(
+        o,
+        "\nat the end: RSS {:.1} MiB = anonymous {:.1} MiB + file-backed {:.1} MiB; {threads} threads",
+        last.rss_kib as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    )?;
+    writeln!(o, "Telegraf anchor: {TELEGRAF_SOURCE}.")?;
+    Ok(())
+}

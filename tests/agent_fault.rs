@@ -1,0 +1,715 @@
+//! The agent when the broker goes away: a 30 s outage, and an agent SIGKILLed and restarted while the broker is down; every collected interval is looked for on the topic.
+//!
+//! Each test starts its own Tansu (`DAMSELFLY_TANSU`, default `~/.cache/damselfly/tansu/bin/tansu`)
+//! on a free port of 127.0.0.1 with its own sqlite file, stops and restarts it, and stops it at the
+//! end: the shared broker of `localstack/up` is never touched. The agent is the real
+//! `damselfly agent` binary, collecting every second. Its `ts` is unique per collection and the
+//! collections are aligned to whole seconds, so duplicates, order and gaps are read off the topic.
+//! The tests print a timeline and their counts on stderr (shown even without `--nocapture`).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use damselfly_schemas::MetricMessage;
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+/// How long the broker stays away.
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// Partitions of each test topic (the agent's one key lands on one of them).
+const PARTITIONS: i32 = 3;
+
+/// The two tests stop and start brokers and time their steps: they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Writes to the process's stderr directly, so the report shows even when libtest captures output.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sleeps until the middle of a wall-clock second, so a signal falls between two collections.
+fn sleep_to_half_second() {
+    let now = now_ms();
+    let mut target = now - now.rem_euclid(1000) + 500;
+    if target < now + 50 {
+        target += 1000;
+    }
+    std::thread::sleep(Duration::from_millis((target - now) as u64));
+}
+
+fn tansu_bin() -> PathBuf {
+    let path = std::env::var_os("DAMSELFLY_TANSU").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            Path::new(&home).join(".cache/damselfly/tansu/bin/tansu")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "no Tansu at {} (set DAMSELFLY_TANSU, or run localstack/up once to install it)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What happened when, relative to the start of the test.
+struct Timeline {
+    start: Instant,
+    name: &'static str,
+}
+
+impl Timeline {
+    fn new(name: &'static str) -> Self {
+        Self {
+            start: Instant::now(),
+            name,
+        }
+    }
+
+    fn note(&self, what: impl std::fmt::Display) {
+        report!(
+            "[{} +{:>6.1}s] {what}",
+            self.name,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// A Tansu broker of this test: its own port and sqlite file, run from `/`.
+struct Broker {
+    bin: PathBuf,
+    port: u16,
+    db: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn new(dir: &Path) -> Self {
+        Self {
+            bin: tansu_bin(),
+            port: free_port(),
+            db: dir.join("tansu.db"),
+            log: dir.join("tansu.log"),
+            child: None,
+        }
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        assert!(
+            !port_open(self.port),
+            "port {} is taken by another process",
+            self.port
+        );
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // Tansu reads `.env` from its working directory and resolves relative sqlite paths
+        // against it: run it from / with an absolute path, and without the variables it reads.
+        let child = Command::new(&self.bin)
+            .current_dir("/")
+            .args(["broker", "--cluster-id", "agent-fault"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}", self.db.display()))
+            .env_remove("CLUSTER_ID")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !port_open(self.port) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "tansu exited during startup ({status}):\n{}",
+                    tail(&self.log, 30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} within 30s:\n{}",
+                self.port,
+                tail(&self.log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// TERM, KILL after 10 s, then waits until the port is free (restarting earlier on the same
+    /// sqlite file can corrupt it).
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+        }
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while port_open(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "port {} still open after tansu exited",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, as when the broker's host dies: connections drop without a goodbye.
+    fn crash(&mut self) {
+        let mut child = self.child.take().expect("broker running");
+        signal(child.id(), "-KILL");
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while port_open(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "port {} still open after tansu was killed",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn create_topic(&self, topic: &str) {
+        let broker = format!("tcp://127.0.0.1:{}", self.port);
+        let out = Command::new(&self.bin)
+            .current_dir("/")
+            .args(["topic", "create", topic, "--partitions"])
+            .arg(PARTITIONS.to_string())
+            .args(["--broker", &broker])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {topic}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One run of `damselfly agent`, logging to its own file.
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, log: PathBuf) -> Self {
+        let file = File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_damselfly"))
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn,damselfly=info,damselfly_agent=info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start damselfly agent");
+        let agent = Self {
+            child: Some(child),
+            log,
+        };
+        agent.wait_for_log("agent started", 1, Duration::from_secs(20));
+        agent
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    }
+
+    fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log_count(needle) < count {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not log {needle:?} within {within:?}:\n{}",
+                tail(&self.log, 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no final spool sync.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("agent running");
+        signal(child.id(), "-KILL");
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the totals of its closing "agent stopped" line.
+    fn stop(&mut self) -> BTreeMap<String, u64> {
+        let mut child = self.child.take().expect("agent running");
+        signal(child.id(), "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "agent did not stop within 30s of SIGTERM:\n{}",
+                    tail(&self.log, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = fs::read_to_string(&self.log).unwrap();
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("agent stopped"))
+            .unwrap_or_else(|| panic!("no \"agent stopped\" line:\n{}", tail(&self.log, 40)));
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write_config(dir: &Path, brokers: &str, topic: &str, vm: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    let spool = dir.join("spool");
+    // Defaults everywhere else (delivery_timeout 30s, slow_after 5s, lz4): what a VM would run.
+    fs::write(
+        &path,
+        format!(
+            "interval = \"1s\"\n\
+             [tags]\nns = \"ns-fault\"\nmcis = \"agent-fault\"\nvm = \"{vm}\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [spool]\ndir = \"{}\"\nmax_bytes = \"64MiB\"\n\
+             [metadata]\ndetect = false\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One message read back from the topic.
+#[derive(Debug, Clone)]
+struct Read {
+    partition: i32,
+    vm: String,
+    ts: i64,
+}
+
+/// Every message on the topic, in offset order per partition (partitions one after another).
+fn read_topic(brokers: &str, topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-verify"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut end = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            end.insert(p, high);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    let mut got: BTreeMap<i32, Vec<(i64, Read)>> = BTreeMap::new();
+    if end.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = |got: &BTreeMap<i32, Vec<(i64, Read)>>| {
+        end.iter().all(|(p, high)| {
+            got.get(p)
+                .and_then(|v| v.last())
+                .is_some_and(|(o, _)| o + 1 >= *high)
+        })
+    };
+    while !done(&got) {
+        assert!(Instant::now() < deadline, "reading {topic} back timed out");
+        let Some(m) = consumer.poll(Duration::from_millis(300)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let msg = MetricMessage::from_json(m.payload().unwrap()).unwrap();
+        assert_eq!(
+            m.key(),
+            Some(msg.tags.vm.as_bytes()),
+            "the key is the VM id"
+        );
+        got.entry(m.partition()).or_default().push((
+            m.offset(),
+            Read {
+                partition: m.partition(),
+                vm: msg.tags.vm,
+                ts: msg.ts,
+            },
+        ));
+    }
+    got.into_values()
+        .flat_map(|mut v| {
+            v.sort_by_key(|(o, _)| *o);
+            v.into_iter().map(|(_, r)| r)
+        })
+        .collect()
+}
+
+/// Duplicates and order of one VM's messages in offset order.
+#[derive(Debug)]
+struct Check {
+    messages: usize,
+    distinct: usize,
+    duplicates: usize,
+    /// Messages whose ts is not above every ts before them (a duplicate counts too).
+    out_of_order: usize,
+    /// Whether the first occurrences of each ts are in collection order.
+    firsts_in_order: bool,
+    partitions: BTreeSet<i32>,
+    /// Whole seconds of the distinct ts (collections are aligned to seconds).
+    seconds: BTreeSet<i64>,
+}
+
+fn check(reads: &[Read], vm: &str) -> Check {
+    let mine: Vec<&Read> = reads.iter().filter(|r| r.vm == vm).collect();
+    let mut seen = HashSet::new();
+    let (mut out_of_order, mut max, mut firsts) = (0, i64::MIN, Vec::new());
+    for r in &mine {
+        if r.ts <= max {
+            out_of_order += 1;
+        }
+        max = max.max(r.ts);
+        if seen.insert(r.ts) {
+            firsts.push(r.ts);
+        }
+    }
+    Check {
+        messages: mine.len(),
+        distinct: seen.len(),
+        duplicates: mine.len() - seen.len(),
+        out_of_order,
+        firsts_in_order: firsts.windows(2).all(|w| w[0] < w[1]),
+        partitions: mine.iter().map(|r| r.partition).collect(),
+        seconds: seen.iter().map(|ts| ts.div_euclid(1000)).collect(),
+    }
+}
+
+/// Seconds in `from..=to` with no collection on the topic.
+fn missing(seconds: &BTreeSet<i64>, from: i64, to: i64) -> Vec<i64> {
+    (from..=to).filter(|s| !seconds.contains(s)).collect()
+}
+
+fn unique_topic(what: &str) -> String {
+    format!("agent-fault-{what}-{}", now_ms())
+}
+
+/// (a) The broker is stopped for 30 s and restarted while the agent keeps running: afterwards
+/// every collection is on the topic once, in collection order, delivered before the agent stops.
+#[test]
+#[ignore = "needs Tansu: run tests/run"]
+fn a_broker_outage_loses_nothing_and_keeps_order() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let t = Timeline::new("outage");
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let topic = unique_topic("a");
+    broker.create_topic(&topic);
+    t.note(format!("broker up on {}, topic {topic}", broker.brokers()));
+    let vm = "vm-fault-a";
+    let config = write_config(dir.path(), &broker.brokers(), &topic, vm);
+    let mut agent = Agent::start(&config, dir.path().join("agent.log"));
+    t.note("agent started (interval 1s, delivery_timeout 30s, slow_after 5s)");
+
+    std::thread::sleep(Duration::from_secs(8));
+    let before = check(&read_topic(&broker.brokers(), &topic), vm);
+    assert!(
+        before.messages >= 5,
+        "the agent publishes while the broker is up: {before:?}"
+    );
+    t.note(format!(
+        "{} messages on the topic; stopping the broker",
+        before.messages
+    ));
+
+    broker.stop();
+    let down_ms = now_ms();
+    t.note("broker stopped");
+    std::thread::sleep(OUTAGE);
+    let drained_before = agent.log_count("spool drained: broker is back");
+    broker.start();
+    let up_ms = now_ms();
+    t.note(format!(
+        "broker restarted after {:.1}s away",
+        (up_ms - down_ms) as f64 / 1000.0
+    ));
+
+    agent.wait_for_log(
+        "spool drained: broker is back",
+        drained_before + 1,
+        Duration::from_secs(120),
+    );
+    t.note("agent: spool drained");
+    std::thread::sleep(Duration::from_secs(5));
+    let running_ms = now_ms();
+    let running = read_topic(&broker.brokers(), &topic);
+    t.note(format!(
+        "read back {} messages while the agent still runs",
+        running.len()
+    ));
+
+    sleep_to_half_second();
+    let stats = agent.stop();
+    t.note(format!("agent stopped (SIGTERM): {stats:?}"));
+    let reads = read_topic(&broker.brokers(), &topic);
+    let c = check(&reads, vm);
+    let (first, last) = (*c.seconds.first().unwrap(), *c.seconds.last().unwrap());
+    let gaps = missing(&c.seconds, first, last);
+    let during_outage = reads
+        .iter()
+        .filter(|r| r.ts >= down_ms && r.ts < up_ms)
+        .count();
+    let collections = stats["collections"];
+    report!(
+        "[outage] collected {collections} | on topic {} | distinct {} | duplicates {} | out of order {} | \
+         collected during the outage {during_outage} | spooled {} | resent {} | lost {} | evicted {} | \
+         backlog at stop {} | missing seconds {gaps:?} | partitions {:?}",
+        c.messages,
+        c.distinct,
+        c.duplicates,
+        c.out_of_order,
+        stats["spooled"],
+        stats["resent"],
+        stats["lost"],
+        stats["evicted"],
+        stats["backlog"],
+        c.partitions,
+    );
+
+    assert_eq!(
+        (stats["backlog"], stats["lost"], stats["evicted"]),
+        (0, 0, 0),
+        "nothing left behind: {stats:?}"
+    );
+    assert!(
+        stats["spooled"] > 0,
+        "a 30s outage goes through the spool: {stats:?}"
+    );
+    assert_eq!(
+        c.messages as u64, collections,
+        "every collection is on the topic, once"
+    );
+    assert_eq!(c.duplicates, 0, "no duplicates: {c:?}");
+    assert_eq!(c.out_of_order, 0, "collection order per VM: {c:?}");
+    assert_eq!(c.partitions.len(), 1, "one VM, one partition: {c:?}");
+    assert_eq!(c.seconds.len(), c.distinct, "one collection per second");
+    assert!(
+        during_outage >= (OUTAGE.as_secs() - 2) as usize,
+        "the collections made while the broker was away are there: {during_outage}"
+    );
+    // Delivered while the agent was still running, not at shutdown.
+    let early: HashSet<i64> = running.iter().map(|r| r.ts).collect();
+    let late: Vec<i64> = reads
+        .iter()
+        .filter(|r| r.ts < running_ms - 3000 && !early.contains(&r.ts))
+        .map(|r| r.ts)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "collections older than 3s were on the topic before the agent stopped; late: {late:?}"
+    );
+    broker.stop();
+}
+
+/// (b) The agent is SIGKILLed 12 s into a broker outage and restarted on the same spool while the
+/// broker is still away; then the broker comes back. Losses are asserted to be zero; duplicates
+/// are counted and printed (see the comment at the assertions).
+#[test]
+#[ignore = "needs Tansu: run tests/run"]
+fn b_agent_killed_during_outage_loses_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let t = Timeline::new("kill");
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let topic = unique_topic("b");
+    broker.create_topic(&topic);
+    t.note(format!("broker up on {}, topic {topic}", broker.brokers()));
+    let vm = "vm-fault-b";
+    let config = write_config(dir.path(), &broker.brokers(), &topic, vm);
+    let mut first = Agent::start(&config, dir.path().join("agent-1.log"));
+    t.note("agent 1 started");
+    std::thread::sleep(Duration::from_secs(8));
+
+    broker.crash();
+    let down = Instant::now();
+    let down_ms = now_ms();
+    t.note("broker crashed (SIGKILL)");
+    std::thread::sleep(Duration::from_secs(12));
+    sleep_to_half_second();
+    first.kill();
+    let kill_ms = now_ms();
+    t.note(format!(
+        "agent 1 SIGKILLed {:.1}s into the outage",
+        (kill_ms - down_ms) as f64 / 1000.0
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let mut second = Agent::start(&config, dir.path().join("agent-2.log"));
+    t.note("agent 2 started on the same spool, broker still down");
+
+    std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
+    broker.start();
+    let up_ms = now_ms();
+    t.note(format!(
+        "broker restarted after {:.1}s away",
+        (up_ms - down_ms) as f64 / 1000.0
+    ));
+    second.wait_for_log("spool drained: broker is back", 1, Duration::from_secs(120));
+    t.note("agent 2: spool drained");
+    std::thread::sleep(Duration::from_secs(5));
+    sleep_to_half_second();
+    let stats = second.stop();
+    let stop_ms = now_ms();
+    t.note(format!("agent 2 stopped (SIGTERM): {stats:?}"));
+
+    let reads = read_topic(&broker.brokers(), &topic);
+    let c = check(&reads, vm);
+    // Collections are aligned to whole seconds and the signals were sent mid-second, so agent 1
+    // collected every second from its first message (sent while the broker was up) to the one
+    // before the kill, and agent 2 the `collections` seconds before its stop.
+    let kill_s = kill_ms.div_euclid(1000);
+    let first_s = *c.seconds.first().expect("messages on the topic");
+    let agent1_expected = (kill_s - first_s + 1) as usize;
+    let agent1_lost = missing(&c.seconds, first_s, kill_s);
+    let agent2_collected = stats["collections"] as usize;
+    let agent2_on_topic = c.seconds.range(kill_s + 1..).count();
+    let stop_s = stop_ms.div_euclid(1000);
+    let agent2_lost = missing(&c.seconds, stop_s - agent2_collected as i64 + 1, stop_s);
+    let lost = agent1_lost.len() + agent2_collected.saturating_sub(agent2_on_topic);
+    report!(
+        "[kill] agent 1 collected {agent1_expected} (seconds {first_s}..={kill_s}), of which on the topic {} \
+         | agent 2 collected {agent2_collected}, on the topic {agent2_on_topic} \
+         | messages {} | distinct {} | DUPLICATES {} | out of order {} | LOST {lost} \
+         (agent 1 missing seconds {agent1_lost:?}, agent 2 missing seconds {agent2_lost:?}) \
+         | agent 2: spooled {} resent {} lost {} evicted {} backlog {} | partitions {:?}",
+        agent1_expected - agent1_lost.len(),
+        c.messages,
+        c.distinct,
+        c.duplicates,
+        c.out_of_order,
+        stats["spooled"],
+        stats["resent"],
+        stats["lost"],
+        stats["evicted"],
+        stats["backlog"],
+        c.partitions,
+    );
+
+    assert_eq!(lost, 0, "no collection lost: {c:?}");
+    assert_eq!(
+        (stats["backlog"], stats["lost"], stats["evicted"]),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    // Duplicates are reported, not asserted to be zero: delivery is at least once. A message the
+    // broker wrote but whose acknowledgement the agent never saw (the broker or the agent died in
+    // between, or librdkafka purged it as in flight) is resent from the spool; so is a whole resend
+    // batch with mixed delivery reports. With the broker already down at the kill, none is expected.
+    assert!(
+        c.firsts_in_order,
+        "without the repeats, the topic holds the collections in order: {c:?}"
+    );
+    assert_eq!(c.partitions.len(), 1, "one VM, one partition: {c:?}");
+    broker.stop();
+}
