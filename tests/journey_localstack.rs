@@ -243,3 +243,66 @@ fn journey_on_tansu_and_localstack_s3() {
         "{checks}"
     );
 }
+
+#[test]
+#[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
+fn telegraf_json_and_influx_take_the_same_journey() {
+    let brokers = env("KAFKA_BROKERS");
+    let bucket = env("LAKE_BUCKET");
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    for format in ["telegraf-json", "influx"] {
+        let topic = format!("formats-{format}-{run_id}");
+        let lake = format!("s3://{bucket}/tests/formats-{format}-{run_id}");
+        create_topic(&brokers, &topic, 3);
+        let published = damselfly(&[
+            "simulate",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--vms",
+            "3",
+            "--interval",
+            "2s",
+            "--duration",
+            "10s",
+            "--no-pace",
+            "--format",
+            format,
+            "--json",
+        ]);
+        assert_eq!(published["published"], 15, "{format}");
+        let run = damselfly(&[
+            "run",
+            "aggregate",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--group",
+            &topic,
+            "--lake",
+            &lake,
+            "--until-caught-up",
+            "--json",
+        ]);
+        assert_eq!(run["rejected"], 0, "{format}: {run}");
+        assert_eq!(run["samples"], 15 * SAMPLES_PER_MESSAGE, "{format}: {run}");
+        let rows = damselfly(&[
+            "sql",
+            "--lake",
+            &lake,
+            "--format",
+            "json",
+            "SELECT count(DISTINCT vm) AS vms, count(*) AS n FROM raw",
+        ]);
+        assert_eq!(
+            rows,
+            serde_json::json!([{"vms": 3, "n": 15 * SAMPLES_PER_MESSAGE}]),
+            "{format}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ pub mod publish;
 pub mod run;
 pub mod simulate;
 pub mod spool;
+pub mod wire;
 
 pub use collect::{Collection, Collector, SkipLists};
 pub use config::{AgentConfig, ConfigError};
@@ -14,3 +15,4 @@ pub use publish::{PublishError, Publisher, PublisherConfig};
 pub use run::{AgentError, Outbox, RunOptions, RunStats, Transport, collect_once, run_agent};
 pub use simulate::{Fleet, SimulateConfig, SimulateStats, SimulateSummary, run_simulation};
 pub use spool::{Spool, SpoolError, SpoolOptions};
+pub use wire::WireFormat;

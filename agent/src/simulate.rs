@@ -254,6 +254,8 @@ pub struct SimulateConfig {
     pub start_ms: i64,
     /// Publish each interval at its wall-clock time (true) or as fast as possible (false).
     pub paced: bool,
+    /// How each VM's interval is written to the topic.
+    pub format: crate::WireFormat,
 }
 
 /// Live counters of a running simulation.
@@ -306,7 +308,7 @@ pub fn run_simulation(
         }
         let ts = config.start_ms + i as i64 * interval_ms;
         for msg in fleet.tick(ts, config.interval) {
-            publisher.send(&msg.tags.vm, &msg.to_json())?;
+            publisher.send(&msg.tags.vm, &crate::wire::encode(&msg, config.format))?;
             stats.messages.fetch_add(1, Relaxed);
             stats.samples.fetch_add(msg.sample_count() as u64, Relaxed);
         }

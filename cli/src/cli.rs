@@ -105,9 +105,23 @@ pub struct SimulateArgs {
     /// Producer compression (none, gzip, snappy, lz4, zstd).
     #[arg(long, default_value = "lz4")]
     pub compression: String,
+    /// Message format on the topic: Damselfly's native v1, or what Telegraf would publish.
+    #[arg(long, value_enum, default_value_t = WireFormatArg::Native)]
+    pub format: WireFormatArg,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Message formats `damselfly simulate` can publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WireFormatArg {
+    /// Damselfly's v1 JSON message (schemas/metric.v1.schema.json).
+    Native,
+    /// Telegraf's JSON serializer (batch form), as Telegraf's Kafka output writes it.
+    TelegrafJson,
+    /// Influx line protocol, one line per measurement and device.
+    Influx,
 }
 
 /// The functions `damselfly run` can host.

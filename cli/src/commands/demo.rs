@@ -109,6 +109,7 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
             ns: "ns01".into(),
             start_ms: now,
             paced: true,
+            format: damselfly_agent::WireFormat::Native,
         },
         Publisher::new(&PublisherConfig::new(&brokers, TOPIC))?,
         progress,

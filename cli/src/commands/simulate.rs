@@ -40,6 +40,11 @@ pub async fn simulate(args: SimulateArgs, progress: &MultiProgress) -> anyhow::R
             now
         },
         paced: !args.no_pace,
+        format: match args.format {
+            crate::cli::WireFormatArg::Native => damselfly_agent::WireFormat::Native,
+            crate::cli::WireFormatArg::TelegrafJson => damselfly_agent::WireFormat::TelegrafJson,
+            crate::cli::WireFormatArg::Influx => damselfly_agent::WireFormat::Influx,
+        },
     };
     let publisher = Publisher::new(&PublisherConfig {
         brokers: args.kafka.brokers,
