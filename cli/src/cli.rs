@@ -69,7 +69,8 @@ pub struct DemoArgs {
     /// Number of virtual VMs.
     #[arg(long, default_value_t = 20)]
     pub vms: usize,
-    /// How long the fleet publishes, in seconds.
+    /// How long the fleet publishes, in seconds; the first half is published at once as a
+    /// backlog (stamped in the past), so that the runner scales out and then back in.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
     /// Collection interval.
@@ -81,6 +82,9 @@ pub struct DemoArgs {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Serve the runner's Prometheus metrics on this address (e.g. 127.0.0.1:9464) while the demo runs.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -151,9 +155,64 @@ pub struct RunArgs {
     /// How long to gather records before invoking (Lambda's MaximumBatchingWindow).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub batching_window: Duration,
+    /// Where a group without committed offsets starts: earliest, latest or timestamp:RFC3339
+    /// (e.g. timestamp:2026-11-21T09:00:00Z).
+    #[arg(long, default_value = "earliest")]
+    pub starting_position: damselfly_runner::StartingPosition,
     /// Exit 0 once the group's lag is 0 and everything consumed is written and committed.
     #[arg(long)]
     pub until_caught_up: bool,
+    /// Retries of a failed batch before it goes to --on-failure; -1 retries until the records
+    /// are older than --max-record-age (Lambda's MaximumRetryAttempts, 0..10000).
+    #[arg(
+        long,
+        default_value = "-1",
+        allow_hyphen_values = true,
+        value_parser = damselfly_runner::config::parse_retry_attempts,
+        help_heading = "Failure handling"
+    )]
+    pub max_retry_attempts: damselfly_runner::config::Limit<u32>,
+    /// Records older than this are not invoked again but go to --on-failure; -1 is unlimited
+    /// (Lambda's MaximumRecordAgeInSeconds; e.g. 1h).
+    #[arg(
+        long,
+        default_value = "-1",
+        allow_hyphen_values = true,
+        value_parser = damselfly_runner::config::parse_record_age,
+        help_heading = "Failure handling"
+    )]
+    pub max_record_age: damselfly_runner::config::Limit<Duration>,
+    /// Split a failing batch in halves, recursively, so that only the bad records fail
+    /// (Lambda's BisectBatchOnFunctionError).
+    #[arg(long, help_heading = "Failure handling")]
+    pub bisect_on_error: bool,
+    /// Where a batch goes, with its error, attempts and timestamps, when its retries are exhausted
+    /// or its error is not retryable: kafka://TOPIC, s3://BUCKET/PREFIX or file:///DIR. Without
+    /// it such a batch stops the runner instead of being skipped.
+    #[arg(long, help_heading = "Failure handling")]
+    pub on_failure: Option<damselfly_runner::OnFailure>,
+    /// Fewest workers (consumer-group members in this process); 0 idles until lag passes --activation-lag.
+    #[arg(long, default_value_t = 1, help_heading = "Scaling")]
+    pub min_workers: usize,
+    /// Most workers; the topic's partition count caps them too.
+    #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_MAX_WORKERS, help_heading = "Scaling")]
+    pub max_workers: usize,
+    /// Records of lag per worker: workers = ceil(lag / threshold), within the bounds (KEDA's lagThreshold).
+    #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_LAG_THRESHOLD, help_heading = "Scaling")]
+    pub lag_threshold: u64,
+    /// At or below this total lag the runner stays at --min-workers (KEDA's activationLagThreshold).
+    #[arg(long, default_value_t = 0, help_heading = "Scaling")]
+    pub activation_lag: u64,
+    /// How often lag is measured and a scaling decision taken.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, help_heading = "Scaling")]
+    pub scale_interval: Duration,
+    /// How long demand must stay lower before workers are removed (adding them is immediate).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Scaling")]
+    pub cooldown: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (lag per partition, workers, batches,
+    /// records, errors, retries, invocation latency, scaling events).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Reject samples older than this.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub max_past: Duration,

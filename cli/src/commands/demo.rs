@@ -2,15 +2,17 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use damselfly_agent::{Fleet, Publisher, PublisherConfig, SimulateConfig};
+use damselfly_agent::{Fleet, Publisher, PublisherConfig};
 use damselfly_aggregate::Aggregate;
 use damselfly_core::{Lake, Validation};
 use damselfly_query::{LakeSql, OutputFormat};
-use damselfly_runner::{RunnerConfig, Stats};
+use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use damselfly_schemas::Table;
 use indicatif::MultiProgress;
 use rdkafka::mocking::MockCluster;
@@ -22,6 +24,10 @@ use crate::output;
 
 const TOPIC: &str = "metrics";
 const PARTITIONS: i32 = 6;
+/// How often the demo's runner measures lag.
+const SCALE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long lower demand must last before the demo's runner removes workers.
+const COOLDOWN: Duration = Duration::from_secs(3);
 /// Marks a directory as a demo lake, which a later demo may replace.
 const MARKER: &str = ".damselfly-demo";
 
@@ -44,6 +50,8 @@ struct DemoSummary {
     raw_rows: u64,
     lake: String,
     seconds: f64,
+    max_workers_seen: u64,
+    scaling_events: u64,
 }
 
 pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()> {
@@ -66,12 +74,40 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
 
     let function = InProcessAggregate::new(Aggregate::new(lake, Validation::default()));
     let stats = Arc::new(Stats::default());
-    let runner_config = RunnerConfig::new(&brokers, TOPIC, "damselfly-demo");
+    // The first half of the intervals is published at once: a backlog. One worker per two
+    // intervals of the fleet's messages makes the runner scale out for it, and back in (after a
+    // short cooldown) once the steady load is all that is left: that load, plus what builds up
+    // while partitions move (about 5s on the embedded broker), stays under the threshold.
+    let backlog = intervals / 2;
+    let runner_config = RunnerConfig {
+        scaling: ScalingConfig {
+            min_workers: 1,
+            max_workers: PARTITIONS as usize,
+            lag_threshold: 2 * args.vms as u64,
+            activation_lag: 0,
+            interval: SCALE_INTERVAL,
+            cooldown: COOLDOWN,
+        },
+        metrics_listen: args.metrics_listen,
+        ..RunnerConfig::new(&brokers, TOPIC, "damselfly-demo")
+    };
     let expected = args.vms as u64 * intervals;
+    let published_all = Arc::new(AtomicBool::new(false));
+    // Done when, after the last message was published, a lag measurement that started later
+    // finds the group's lag at 0 (everything was processed and committed), and the runner, if it
+    // scaled out, has scaled back in (or a cooldown and a rebalance later, it will not).
     let all_consumed = {
-        let stats = stats.clone();
+        let (stats, published_all) = (stats.clone(), published_all.clone());
         async move {
-            while stats.records.load(Relaxed) < expected {
+            while !published_all.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let after = stats.lag_measurements.load(Acquire) + 1;
+            while stats.lag_measurements.load(Acquire) <= after || stats.lag.load(Relaxed) != 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let patience = Instant::now() + COOLDOWN + Duration::from_secs(10);
+            while stats.workers.load(Relaxed) > 1 && Instant::now() < patience {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -93,29 +129,36 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
     let _ticker = {
         let (stats, f) = (stats.clone(), function.clone());
         super::tick(bar.clone(), move || {
+            let lag = stats.lag.load(Relaxed);
             (
                 stats.records.load(Relaxed),
-                format!("messages, {} samples written", f.samples.load(Relaxed)),
+                format!(
+                    "messages, {} samples written | workers {} (peak {}), lag {}",
+                    f.samples.load(Relaxed),
+                    stats.workers.load(Relaxed),
+                    stats.max_workers_seen.load(Relaxed),
+                    if lag < 0 {
+                        "?".to_owned()
+                    } else {
+                        lag.to_string()
+                    }
+                ),
             )
         })
     };
-    let now = chrono::Utc::now().timestamp_millis();
-    let publish = super::simulate::publish_fleet(
-        SimulateConfig {
+    let publish = publish_with_backlog(
+        Publish {
             vms: args.vms,
             interval: args.interval,
             intervals,
+            backlog,
             seed: args.seed,
-            ns: "ns01".into(),
-            start_ms: now,
-            paced: true,
-            format: damselfly_agent::WireFormat::Native,
+            publisher: Publisher::new(&PublisherConfig::new(&brokers, TOPIC))?,
         },
-        Publisher::new(&PublisherConfig::new(&brokers, TOPIC))?,
         progress,
-        Arc::new(AtomicBool::new(false)),
+        published_all,
     );
-    let (published, consumed) = tokio::select! {
+    let ((published, published_intervals), consumed) = tokio::select! {
         r = async { tokio::try_join!(publish, async { Ok(runner.await?) }) } => r?,
         r = stop_on_signal => return r,
     };
@@ -126,8 +169,8 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
     let raw_rows = count(&sql, Table::Raw).await?;
     let summary = DemoSummary {
         vms: args.vms,
-        intervals: published.intervals,
-        published: published.published,
+        intervals: published_intervals,
+        published,
         consumed: consumed.records,
         samples_written: function.samples.load(Relaxed),
         rejected: function.rejected.load(Relaxed),
@@ -135,6 +178,8 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         raw_rows,
         lake: args.lake.clone(),
         seconds: started.elapsed().as_secs_f64(),
+        max_workers_seen: consumed.max_workers_seen,
+        scaling_events: consumed.scaling_events,
     };
     if !args.json {
         for (title, q) in [
@@ -153,11 +198,13 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         args.json,
         &summary,
         &format!(
-            "demo: {} VMs x {} intervals -> {} messages published, {} consumed, {} samples in raw ({} expected), {} rejected, {} objects in {} ({:.1}s)",
+            "demo: {} VMs x {} intervals -> {} messages published, {} consumed by up to {} workers ({} scaling events), {} samples in raw ({} expected), {} rejected, {} objects in {} ({:.1}s)",
             summary.vms,
             summary.intervals,
             summary.published,
             summary.consumed,
+            summary.max_workers_seen,
+            summary.scaling_events,
             summary.raw_rows,
             summary.published * Fleet::samples_per_message() as u64,
             summary.rejected,
@@ -167,6 +214,68 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         ),
     );
     Ok(())
+}
+
+/// What the demo publishes.
+struct Publish {
+    vms: usize,
+    interval: Duration,
+    intervals: u64,
+    /// Intervals published at once, before the paced ones, stamped in the past.
+    backlog: u64,
+    seed: u64,
+    publisher: Publisher,
+}
+
+/// Publishes the fleet: `backlog` intervals at once (the newest stamped one interval ago), then
+/// one interval per interval of wall-clock time from now. Returns the messages the broker
+/// acknowledged and the intervals published, and sets `done` at the end.
+async fn publish_with_backlog(
+    p: Publish,
+    progress: &MultiProgress,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<(u64, u64)> {
+    let bar = output::bar(progress, Some(p.vms as u64 * p.intervals), "publish");
+    let (messages, published_intervals) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let _ticker = {
+        let (messages, published_intervals, total) =
+            (messages.clone(), published_intervals.clone(), p.intervals);
+        super::tick(bar.clone(), move || {
+            let done = published_intervals.load(Relaxed);
+            (
+                messages.load(Relaxed),
+                format!("messages, interval {done}/{total}"),
+            )
+        })
+    };
+    let (messages2, intervals2) = (messages.clone(), published_intervals.clone());
+    let published = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut fleet = Fleet::new(p.vms, p.seed, "ns01");
+        let interval_ms = p.interval.as_millis() as i64;
+        let start_ms = chrono::Utc::now().timestamp_millis() - p.backlog as i64 * interval_ms;
+        let started = Instant::now();
+        for i in 0..p.intervals {
+            if let Some(paced) = i.checked_sub(p.backlog) {
+                let due = started + p.interval * paced as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            for msg in fleet.tick(start_ms + i as i64 * interval_ms, p.interval) {
+                p.publisher.send(&msg.tags.vm, &msg.to_json())?;
+                messages2.fetch_add(1, Relaxed);
+            }
+            intervals2.store(i + 1, Relaxed);
+        }
+        p.publisher.flush(Duration::from_secs(60))?;
+        Ok(p.publisher.deliveries().delivered.load(Relaxed))
+    })
+    .await
+    .context("publishing thread")??;
+    bar.finish_and_clear();
+    done.store(true, Relaxed);
+    Ok((published, published_intervals.load(Relaxed)))
 }
 
 async fn count(sql: &LakeSql, table: Table) -> anyhow::Result<u64> {
@@ -187,8 +296,11 @@ fn prepare_lake_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        for table in Table::ALL {
-            let t = dir.join(table.name());
+        // The tables, and the exactly-once ledger that describes what the last demo wrote: the
+        // next demo starts from offset 0 on a fresh broker.
+        let tables = Table::ALL.iter().map(|t| t.name());
+        for name in tables.chain([damselfly_core::ledger::STATE_PREFIX]) {
+            let t = dir.join(name);
             if t.exists() {
                 std::fs::remove_dir_all(&t).with_context(|| format!("clearing {}", t.display()))?;
             }

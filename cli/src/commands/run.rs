@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use damselfly_aggregate::Aggregate;
 use damselfly_core::{Lake, Validation};
-use damselfly_runner::{RunnerConfig, Stats};
+use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use indicatif::MultiProgress;
 use serde::Serialize;
 
@@ -23,8 +23,35 @@ struct RunAggregateSummary {
     objects: u64,
 }
 
+/// The runner's configuration from the command line.
+fn runner_config(args: &RunArgs) -> RunnerConfig {
+    RunnerConfig {
+        batch_size: args.batch_size,
+        batching_window: args.batching_window,
+        until_caught_up: args.until_caught_up,
+        kafka_options: args.kafka.kafka_options.clone(),
+        max_retry_attempts: args.max_retry_attempts.0,
+        max_record_age: args.max_record_age.0,
+        bisect_on_error: args.bisect_on_error,
+        on_failure: args.on_failure.clone(),
+        starting_position: args.starting_position,
+        scaling: ScalingConfig {
+            min_workers: args.min_workers,
+            max_workers: args.max_workers,
+            lag_threshold: args.lag_threshold,
+            activation_lag: args.activation_lag,
+            interval: args.scale_interval,
+            cooldown: args.cooldown,
+        },
+        metrics_listen: args.metrics_listen,
+        ..RunnerConfig::new(&args.kafka.brokers, &args.kafka.topic, &args.group)
+    }
+}
+
 pub async fn run(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let FunctionName::Aggregate = args.function;
+    let config = runner_config(&args);
+    config.validate()?;
     let lake = Lake::open(&args.lake)?;
     let limits = Validation {
         max_past: args.max_past,
@@ -32,24 +59,24 @@ pub async fn run(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> 
         ..Validation::default()
     };
     let function = InProcessAggregate::new(Aggregate::new(lake, limits));
-    let config = RunnerConfig {
-        batch_size: args.batch_size,
-        batching_window: args.batching_window,
-        until_caught_up: args.until_caught_up,
-        kafka_options: args.kafka.kafka_options,
-        ..RunnerConfig::new(args.kafka.brokers, args.kafka.topic, args.group)
-    };
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "aggregate");
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
         super::tick(bar.clone(), move || {
+            let lag = stats.lag.load(Relaxed);
             let msg = format!(
-                "records, {} batches, {} samples, {} rejected, {} failures",
+                "records, {} batches, {} samples, {} rejected, {} failures, {} workers, lag {}",
                 stats.batches.load(Relaxed),
                 f.samples.load(Relaxed),
                 f.rejected.load(Relaxed),
-                stats.failures.load(Relaxed)
+                stats.failures.load(Relaxed),
+                stats.workers.load(Relaxed),
+                if lag < 0 {
+                    "?".to_owned()
+                } else {
+                    lag.to_string()
+                },
             );
             (stats.records.load(Relaxed), msg)
         })
@@ -64,11 +91,23 @@ pub async fn run(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> 
         rejected: function.rejected.load(Relaxed),
         objects: function.objects.load(Relaxed),
     };
+    let failed = if s.runner.failed_batches > 0 {
+        format!(
+            ", {} batches ({} records) sent to {}",
+            s.runner.failed_batches,
+            s.runner.failed_records,
+            args.on_failure
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string)
+        )
+    } else {
+        String::new()
+    };
     output::summary(
         args.json,
         &s,
         &format!(
-            "aggregated {} records in {} batches ({} failures retried): {} samples, {} rejected to dlq, {} objects to {} in {:.1}s",
+            "aggregated {} records in {} batches ({} failures retried{failed}): {} samples, {} rejected to dlq, {} objects to {}; up to {} workers, {} scaling events, in {:.1}s",
             s.runner.records,
             s.runner.batches,
             s.runner.failures,
@@ -76,8 +115,130 @@ pub async fn run(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> 
             s.rejected,
             s.objects,
             args.lake,
+            s.runner.max_workers_seen,
+            s.runner.scaling_events,
             s.runner.seconds
         ),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "damselfly",
+            "run",
+            "aggregate",
+            "--brokers",
+            "b:9092",
+            "--lake",
+            "/tmp/l",
+        ];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(args) => args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_lambdas_and_kedas() {
+        let c = runner_config(&parse(&[]));
+        assert_eq!(
+            (c.batch_size, c.max_retry_attempts, c.max_record_age),
+            (100, None, None)
+        );
+        assert!(!c.bisect_on_error && c.on_failure.is_none());
+        assert_eq!(
+            c.starting_position,
+            damselfly_runner::StartingPosition::Earliest
+        );
+        assert_eq!(c.scaling.min_workers, 1);
+        assert_eq!(c.scaling.interval, std::time::Duration::from_secs(5));
+        assert_eq!(c.scaling.cooldown, std::time::Duration::from_secs(60));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn every_knob_reaches_the_runner() {
+        let c = runner_config(&parse(&[
+            "--max-retry-attempts",
+            "3",
+            "--max-record-age",
+            "-1",
+            "--bisect-on-error",
+            "--on-failure",
+            "file:///tmp/failed",
+            "--starting-position",
+            "timestamp:2026-11-21T00:00:00Z",
+            "--min-workers",
+            "2",
+            "--max-workers",
+            "8",
+            "--lag-threshold",
+            "50",
+            "--activation-lag",
+            "10",
+            "--scale-interval",
+            "1s",
+            "--cooldown",
+            "30s",
+            "--metrics-listen",
+            "127.0.0.1:9464",
+        ]));
+        assert_eq!(c.max_retry_attempts, Some(3));
+        assert!(c.bisect_on_error);
+        assert_eq!(c.on_failure.unwrap().to_string(), "file:///tmp/failed");
+        assert_eq!(
+            c.starting_position.to_string(),
+            "timestamp:2026-11-21T00:00:00+00:00"
+        );
+        assert_eq!(
+            (
+                c.scaling.min_workers,
+                c.scaling.max_workers,
+                c.scaling.lag_threshold,
+                c.scaling.activation_lag
+            ),
+            (2, 8, 50, 10)
+        );
+        assert_eq!(c.metrics_listen.unwrap().port(), 9464);
+        let c = runner_config(&parse(&[
+            "--max-retry-attempts",
+            "-1",
+            "--max-record-age",
+            "2h",
+        ]));
+        assert_eq!(c.max_retry_attempts, None);
+        assert_eq!(c.max_record_age, Some(std::time::Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let argv = [
+            "damselfly",
+            "run",
+            "aggregate",
+            "--brokers",
+            "b",
+            "--lake",
+            "/l",
+        ];
+        for bad in [
+            &["--on-failure", "ftp://x"][..],
+            &["--starting-position", "tomorrow"],
+            &["--max-retry-attempts", "-5"],
+        ] {
+            let err = Cli::try_parse_from(argv.iter().chain(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(bad[0]), "{err}");
+        }
+    }
 }

@@ -68,6 +68,23 @@ pub fn kafka_event<'a>(
     event
 }
 
+/// The event as Lambda puts it on the wire: like its serde form, but with each record's
+/// `timestamp` as a JSON number of milliseconds (aws_lambda_events writes a string).
+pub fn lambda_json(event: &KafkaEvent) -> serde_json::Value {
+    let mut json = serde_json::to_value(event).expect("Kafka events serialize");
+    if let Some(partitions) = json.get_mut("records").and_then(|r| r.as_object_mut()) {
+        for records in partitions.values_mut().filter_map(|r| r.as_array_mut()) {
+            for r in records {
+                let millis = r["timestamp"].as_str().and_then(|t| t.parse::<i64>().ok());
+                if let Some(ms) = millis {
+                    r["timestamp"] = ms.into();
+                }
+            }
+        }
+    }
+    json
+}
+
 /// Approximate size of a message once in the event (base64 grows bytes by 4/3).
 pub fn event_size(m: &OwnedMessage) -> usize {
     let raw = m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len);
@@ -131,6 +148,12 @@ mod tests {
             1_595_035_749_700
         );
         assert_eq!(p3[1]["headers"][0]["src"], serde_json::json!([104, 105]));
+        let wire = lambda_json(&ev);
+        assert_eq!(
+            wire["records"]["metrics-3"][1]["timestamp"],
+            1_595_035_749_700_i64
+        );
+        assert_eq!(wire["records"]["metrics-3"][1]["offset"], 11);
         assert!(json["records"]["metrics-0"][0]["value"].is_null());
         // And it reads back as the type Lambda handlers take.
         let back: KafkaEvent = serde_json::from_value(json).unwrap();

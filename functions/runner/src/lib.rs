@@ -1,14 +1,21 @@
 //! The local event source mapping: what Lambda's Kafka trigger does, on any machine, against any broker.
 //!
-//! It joins a consumer group, builds batches exactly as Lambda does ([`event::kafka_event`]),
-//! invokes a [`Function`], retries a failed batch as a whole, and commits offsets only after the
-//! function has succeeded.
+//! It runs consumer-group members ([`worker`]s) in this process, builds batches exactly as Lambda
+//! does ([`event::kafka_event`]), invokes a [`Function`], retries, bisects and sends failed batches
+//! to an on-failure [`destination`], commits offsets only after a batch is settled, and scales the
+//! number of members with the group's lag by KEDA's rule ([`scale`]), exporting [`metrics`].
 
 pub mod config;
+pub mod destination;
 pub mod event;
 pub mod function;
+pub mod metrics;
 pub mod runner;
+pub mod scale;
+mod worker;
 
-pub use config::{ConfigError, RunnerConfig};
+pub use config::{ConfigError, OnFailure, RunnerConfig, ScalingConfig, StartingPosition};
+pub use destination::{Condition, FailedBatch};
 pub use function::{Function, FunctionError};
-pub use runner::{RunSummary, RunnerError, Stats, run};
+pub use metrics::Stats;
+pub use runner::{RunSummary, RunnerError, run};

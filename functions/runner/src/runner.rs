@@ -1,39 +1,35 @@
-//! The consume -> batch -> invoke -> commit loop, with whole-batch retries and the caught-up check.
+//! The controller: measures lag, scales workers (consumer-group members in this process) by KEDA's
+//! rule, serves metrics, and stops on shutdown, on a failure with nowhere to go, or once caught up.
+//!
+//! A scaling step first holds every running worker: each finishes (and commits) the invocation it
+//! is in. Then workers are added or stopped, and no worker, new ones included, invokes again until
+//! every worker of the step has been assigned partitions in the rebalance that follows. So a
+//! membership change made here leaves no batch invoked-but-uncommitted, even on brokers that refuse
+//! commits while a group rebalances (librdkafka's mock cluster does). No further scaling decision is
+//! taken while a step settles: lag that builds up while partitions move is no reason for another.
+//! Rebalances caused from outside (another runner process joining) can still revoke partitions
+//! under a busy worker, which then never commits them again; its records are processed again by
+//! their new owner (at-least-once, which the lake's exactly-once protocol absorbs).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use tokio::task::JoinSet;
 
-use crate::config::{ConfigError, MAX_PAYLOAD_BYTES, RunnerConfig};
-use crate::event::{event_size, kafka_event};
+use crate::config::{ConfigError, RunnerConfig, StartingPosition};
+use crate::destination::{Condition, Destination, DestinationError};
 use crate::function::Function;
-
-/// First delay between retries of a failed batch; doubles up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
-/// Longest delay between retries of a failed batch.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-
-/// Counters the runner updates as it goes; read them for progress displays.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Records handed to the function and committed.
-    pub records: AtomicU64,
-    /// Batches that succeeded and were committed.
-    pub batches: AtomicU64,
-    /// Invocations that failed (each retry counts).
-    pub failures: AtomicU64,
-    /// Group lag at the last check (-1 before the first).
-    pub lag: AtomicI64,
-}
+use crate::metrics::Stats;
+use crate::scale::{Decision, Scaler};
+use crate::worker::{HOLD_LIMIT, Settle, Worker, WorkerHandle};
 
 /// What a run did, printed as the command's summary.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -42,8 +38,18 @@ pub struct RunSummary {
     pub records: u64,
     /// Batches processed and committed.
     pub batches: u64,
-    /// Failed invocations (retried).
+    /// Failed invocations.
     pub failures: u64,
+    /// Invocations that retried a failed batch.
+    pub retries: u64,
+    /// Batches written to the on-failure destination.
+    pub failed_batches: u64,
+    /// Records in those batches.
+    pub failed_records: u64,
+    /// Most workers that ran at once.
+    pub max_workers_seen: u64,
+    /// Scaling decisions that changed the number of workers.
+    pub scaling_events: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -70,43 +76,45 @@ pub enum RunnerError {
     /// A broker round trip did not finish in time.
     #[error("{0} timed out")]
     Timeout(&'static str),
-    /// The function failed with an error that retrying cannot fix.
-    #[error("function failed permanently on {records} records from {first}: {message}")]
-    Fatal {
+    /// A batch failed for good and there is no on-failure destination: the runner stops rather than skip it.
+    #[error(
+        "batch of {records} records from {first} failed ({condition:?} after {attempts} invocations) and there is no --on-failure destination: {message}"
+    )]
+    Failed {
         /// The batch's first record as topic-partition@offset.
         first: String,
         /// Records in the batch.
         records: usize,
-        /// The function's error.
+        /// Why it counts as failed.
+        condition: Condition,
+        /// Invocations made.
+        attempts: u32,
+        /// The function's last error.
         message: String,
     },
+    /// The on-failure destination could not be opened or written.
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    /// The metrics address could not be bound.
+    #[error("--metrics-listen {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker task panicked.
+    #[error("worker crashed: {0}")]
+    Crashed(String),
 }
-
-/// Logs group rebalances.
-struct RunnerContext;
-
-impl ClientContext for RunnerContext {}
-
-impl ConsumerContext for RunnerContext {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-type Kafka = Arc<StreamConsumer<RunnerContext>>;
 
 /// Runs the event source mapping until `shutdown` resolves, or until caught up when so configured.
 ///
-/// A batch is invoked until it succeeds (whole-batch retries with backoff); its offsets are
-/// committed only then. On shutdown an in-flight batch is abandoned uncommitted.
+/// Starts `min_workers` workers, then measures lag every scale interval and scales between
+/// `min_workers` and `min(max_workers, partitions)`. A batch is retried, bisected and sent to the
+/// on-failure destination as configured; offsets are committed only after a batch succeeded or
+/// was written there. On shutdown in-flight batches are abandoned uncommitted and every worker
+/// leaves the group.
 pub async fn run(
     config: &RunnerConfig,
     function: Arc<dyn Function>,
@@ -116,88 +124,446 @@ pub async fn run(
     config.validate()?;
     let started = Instant::now();
     stats.lag.store(-1, Relaxed);
-    let consumer = create_consumer(config)?;
-    let partitions = topic_partitions(&consumer, config).await?;
-    consumer.subscribe(&[&config.topic])?;
-    tracing::info!(topic = %config.topic, group = %config.group, partitions, batch_size = config.batch_size, "runner started");
-
-    tokio::pin!(shutdown);
-    let mut pending_commit: Option<TopicPartitionList> = None;
-    let result = loop {
-        if let Some(tpl) = pending_commit.take()
-            && let Err(e) = commit(&consumer, &tpl, config.broker_timeout).await
-        {
-            tracing::warn!(error = %e, "commit failed; will retry");
-            pending_commit = Some(tpl);
-        }
-        let batch = tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            b = next_batch(&consumer, config) => b?,
-        };
-        if batch.is_empty() {
-            if config.until_caught_up && pending_commit.is_none() {
-                let lag = group_lag(&consumer, config, partitions).await?;
-                stats.lag.store(lag, Relaxed);
-                if lag == 0 {
-                    tracing::info!("caught up: group lag is 0");
-                    break Ok(());
-                }
-            }
-            continue;
-        }
-        let invoked = tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!(records = batch.len(), "shutdown: abandoning in-flight batch uncommitted");
-                break Ok(());
-            }
-            r = invoke_until_success(function.as_ref(), &batch, config, &stats) => r,
-        };
-        if let Err(e) = invoked {
-            break Err(e);
-        }
-        stats.records.fetch_add(batch.len() as u64, Relaxed);
-        stats.batches.fetch_add(1, Relaxed);
-        pending_commit = Some(next_offsets(&batch));
+    let config = Arc::new(config.clone());
+    let monitor = Monitor::new(&config)?;
+    let partitions = monitor.partitions().await?;
+    monitor.seed_starting_position(partitions).await;
+    let destination = match &config.on_failure {
+        Some(target) => Some(Arc::new(Destination::open(
+            target,
+            &config.brokers,
+            &config.kafka_options,
+            &config.group,
+        )?)),
+        None => None,
     };
-    if let Some(tpl) = pending_commit
-        && let Err(e) = commit(&consumer, &tpl, config.broker_timeout).await
-    {
-        tracing::warn!(error = %e, "final commit failed; those records will be processed again (same object keys)");
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunnerError::Metrics { addr, source })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                stats.clone(),
+                config.topic.clone(),
+                config.group.clone(),
+                async {
+                    let _ = metrics_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(
+        topic = %config.topic,
+        group = %config.group,
+        partitions,
+        batch_size = config.batch_size,
+        min_workers = config.scaling.min_workers,
+        max_workers = config.scaling.max_workers,
+        lag_threshold = config.scaling.lag_threshold,
+        starting_position = %config.starting_position,
+        on_failure = config.on_failure.as_ref().map(ToString::to_string),
+        "runner started"
+    );
+
+    let mut fleet = Fleet {
+        config: config.clone(),
+        function,
+        stats: stats.clone(),
+        destination,
+        workers: Vec::new(),
+        tasks: JoinSet::new(),
+        next_id: 0,
+        step: 0,
+    };
+    let result = control(&config, &monitor, &mut fleet, &stats, shutdown).await;
+    let stopped = fleet.stop_all().await;
+    let _ = stop_metrics.send(());
+    if let Some(m) = metrics {
+        let _ = m.await;
     }
-    consumer.unsubscribe();
-    result?;
+    result.and(stopped)?;
     let summary = RunSummary {
         records: stats.records.load(Relaxed),
         batches: stats.batches.load(Relaxed),
         failures: stats.failures.load(Relaxed),
+        retries: stats.retries.load(Relaxed),
+        failed_batches: stats.failed_batches.load(Relaxed),
+        failed_records: stats.failed_records.load(Relaxed),
+        max_workers_seen: stats.max_workers_seen.load(Relaxed),
+        scaling_events: stats.scaling_events(),
         seconds: started.elapsed().as_secs_f64(),
     };
     tracing::info!(
         records = summary.records,
         batches = summary.batches,
         failures = summary.failures,
+        failed_batches = summary.failed_batches,
+        max_workers = summary.max_workers_seen,
+        scaling_events = summary.scaling_events,
         "runner stopped"
     );
     Ok(summary)
 }
 
-fn create_consumer(config: &RunnerConfig) -> Result<Kafka, RunnerError> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("partition.assignment.strategy", "range,roundrobin");
-    for (k, v) in &config.kafka_options {
-        cc.set(k, v);
+/// The control loop: lag, decisions, worker exits, shutdown.
+async fn control(
+    config: &RunnerConfig,
+    monitor: &Monitor,
+    fleet: &mut Fleet,
+    stats: &Stats,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunnerError> {
+    tokio::pin!(shutdown);
+    fleet.scale_to(config.scaling.min_workers).await?;
+    let mut scaler = Scaler::new(config.scaling.clone());
+    // Caught-up runs look more often, so that they end soon after the last commit.
+    let every = if config.until_caught_up {
+        config.scaling.interval.min(Duration::from_secs(1))
+    } else {
+        config.scaling.interval
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            Some(exit) = fleet.tasks.join_next() => fleet.exited(exit)?,
+            _ = ticks.tick() => {
+                let lag = match monitor.lag().await {
+                    Ok(lag) => lag,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lag measurement failed; no scaling decision this time");
+                        continue;
+                    }
+                };
+                stats.set_lag(&lag);
+                let total: u64 = lag.values().map(|l| *l as u64).sum();
+                if config.until_caught_up && total == 0 {
+                    tracing::info!("caught up: group lag is 0");
+                    return Ok(());
+                }
+                if fleet.settling() {
+                    // Lag that builds up while partitions move is no reason for another step.
+                    tracing::debug!(lag = total, "a rebalance is settling: no scaling decision");
+                    continue;
+                }
+                let d = scaler.decide(Instant::now(), fleet.workers.len(), total, lag.len());
+                stats.desired_workers.store(d.desired as u64, Relaxed);
+                if !d.changes() {
+                    continue;
+                }
+                log_decision(config, &d);
+                if d.to > d.from {
+                    stats.scale_outs.fetch_add(1, Relaxed);
+                } else {
+                    stats.scale_ins.fetch_add(1, Relaxed);
+                }
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    r = fleet.scale_to(d.to) => r?,
+                }
+            }
+        }
     }
-    Ok(Arc::new(cc.create_with_context(RunnerContext)?))
+}
+
+fn log_decision(config: &RunnerConfig, d: &Decision) {
+    tracing::info!(
+        lag = d.lag,
+        threshold = config.scaling.lag_threshold,
+        partitions = d.partitions,
+        desired = d.desired,
+        from = d.from,
+        to = d.to,
+        reason = %d.reason,
+        "scaling workers"
+    );
+}
+
+/// The running workers and their tasks.
+struct Fleet {
+    config: Arc<RunnerConfig>,
+    function: Arc<dyn Function>,
+    stats: Arc<Stats>,
+    destination: Option<Arc<Destination>>,
+    /// Running workers, oldest first; scale-in stops the newest.
+    workers: Vec<WorkerHandle>,
+    tasks: JoinSet<(usize, Result<(), RunnerError>)>,
+    next_id: usize,
+    /// Scaling steps so far.
+    step: u64,
+}
+
+impl Fleet {
+    /// Adds or stops workers to reach `n`. Every worker is held across the change: the running
+    /// ones finish their invocation first, and none (new ones included) invokes again until each
+    /// of them has been assigned partitions in the rebalance that follows.
+    async fn scale_to(&mut self, n: usize) -> Result<(), RunnerError> {
+        let from = self.workers.len();
+        if n == from {
+            return Ok(());
+        }
+        self.step += 1;
+        let step = self.step;
+        if from > 0 {
+            self.quiesce(step).await;
+        }
+        // Assignment counts before the membership changes: the step settles after each grows.
+        let mut members: Vec<_> = self
+            .workers
+            .iter()
+            .take(n)
+            .map(|w| (w.ownership.clone(), w.ownership.assigns()))
+            .collect();
+        if n > from {
+            for _ in from..n {
+                let id = self.next_id;
+                self.next_id += 1;
+                let (worker, handle) = Worker::start(
+                    id,
+                    step,
+                    self.config.clone(),
+                    self.function.clone(),
+                    self.stats.clone(),
+                    self.destination.clone(),
+                )?;
+                self.tasks.spawn(async move { (id, worker.run().await) });
+                members.push((handle.ownership.clone(), 0));
+                self.workers.push(handle);
+            }
+        } else {
+            for w in self.workers.drain(n..) {
+                w.control.stop();
+            }
+        }
+        let settle = Arc::new(Settle::new(members));
+        for w in &self.workers {
+            w.control.settle(step, settle.clone());
+        }
+        self.stats.set_workers(n);
+        Ok(())
+    }
+
+    /// Whether a scaling step (other than the first, at start) is still waiting for its rebalance,
+    /// or a worker waits for its reassignment after a refused commit.
+    fn settling(&self) -> bool {
+        self.step > 1 && self.workers.iter().any(|w| w.control.held())
+    }
+
+    /// Holds every worker and waits until none is in the middle of an invocation (bounded).
+    async fn quiesce(&self, step: u64) {
+        for w in &self.workers {
+            w.control.hold(step);
+        }
+        let started = tokio::time::Instant::now();
+        loop {
+            let busy: Vec<usize> = self
+                .workers
+                .iter()
+                .filter(|w| w.control.busy())
+                .map(|w| w.id)
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            if started.elapsed() > HOLD_LIMIT {
+                tracing::warn!(
+                    ?busy,
+                    "workers still invoking after {HOLD_LIMIT:?}; scaling anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Handles a worker task's end: stopped workers end quietly; errors stop the runner.
+    fn exited(
+        &mut self,
+        exit: Result<(usize, Result<(), RunnerError>), tokio::task::JoinError>,
+    ) -> Result<(), RunnerError> {
+        match exit {
+            Ok((id, Ok(()))) => {
+                tracing::debug!(worker = id, "worker ended");
+                Ok(())
+            }
+            Ok((id, Err(e))) => {
+                tracing::error!(worker = id, error = %e, "worker failed; stopping the runner");
+                Err(e)
+            }
+            Err(e) => Err(RunnerError::Crashed(e.to_string())),
+        }
+    }
+
+    /// Stops every worker and waits for them to leave the group; returns the first error.
+    async fn stop_all(&mut self) -> Result<(), RunnerError> {
+        for w in self.workers.drain(..) {
+            w.control.stop();
+        }
+        self.stats.set_workers(0);
+        let mut first = Ok(());
+        while let Some(exit) = self.tasks.join_next().await {
+            if let Err(e) = self.exited(exit)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
+
+/// A consumer that never joins the group: reads metadata, watermarks and the group's committed
+/// offsets, and sets a new group's starting position.
+struct Monitor {
+    consumer: Arc<BaseConsumer>,
+    topic: String,
+    brokers: String,
+    position: StartingPosition,
+    timeout: Duration,
+}
+
+impl Monitor {
+    fn new(config: &RunnerConfig) -> Result<Self, RunnerError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group)
+            .set("client.id", "damselfly-runner-monitor")
+            .set("enable.auto.commit", "false");
+        for (k, v) in &config.kafka_options {
+            cc.set(k, v);
+        }
+        Ok(Self {
+            consumer: Arc::new(cc.create()?),
+            topic: config.topic.clone(),
+            brokers: config.brokers.clone(),
+            position: config.starting_position,
+            timeout: config.broker_timeout,
+        })
+    }
+
+    /// The topic's partition count.
+    async fn partitions(&self) -> Result<i32, RunnerError> {
+        let (c, topic, t) = (self.consumer.clone(), self.topic.clone(), self.timeout);
+        let md = blocking("metadata", t, move || c.fetch_metadata(Some(&topic), t)).await?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|tm| tm.name() == self.topic && tm.error().is_none())
+            .map_or(0, |tm| tm.partitions().len());
+        if n == 0 {
+            return Err(RunnerError::NoTopic {
+                topic: self.topic.clone(),
+                brokers: self.brokers.clone(),
+            });
+        }
+        Ok(n as i32)
+    }
+
+    /// Lag of every partition: high watermark minus the group's committed offset (or, for a
+    /// partition without one, minus where the starting position puts it).
+    async fn lag(&self) -> Result<BTreeMap<i32, i64>, RunnerError> {
+        let partitions = self.partitions().await?;
+        let (c, topic, t) = (self.consumer.clone(), self.topic.clone(), self.timeout);
+        let latest = self.position == StartingPosition::Latest;
+        blocking("lag", t * (partitions as u32 + 1), move || {
+            let committed = c.committed_offsets(all_partitions(&topic, partitions), t)?;
+            let mut lag = BTreeMap::new();
+            for p in 0..partitions {
+                let (low, high) = c.fetch_watermarks(&topic, p, t)?;
+                let done = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ if latest => high,
+                    _ => low,
+                };
+                lag.insert(p, (high - done).max(0));
+            }
+            Ok(lag)
+        })
+        .await
+    }
+
+    /// For `latest` and `timestamp:` positions, commits the starting offsets of partitions the
+    /// group has none for (a new group), so that lag and every worker agree on where to start.
+    async fn seed_starting_position(&self, partitions: i32) {
+        if self.position == StartingPosition::Earliest {
+            return;
+        }
+        let (c, topic, t, position) = (
+            self.consumer.clone(),
+            self.topic.clone(),
+            self.timeout,
+            self.position,
+        );
+        let seeded = blocking("seed", t * (partitions as u32 + 2), move || {
+            let committed = c.committed_offsets(all_partitions(&topic, partitions), t)?;
+            let missing: Vec<i32> = (0..partitions)
+                .filter(|p| {
+                    !matches!(
+                        committed.find_partition(&topic, *p).map(|e| e.offset()),
+                        Some(Offset::Offset(_))
+                    )
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(0);
+            }
+            let at_time = match position {
+                StartingPosition::Timestamp(ts) => {
+                    let mut q = TopicPartitionList::new();
+                    for p in &missing {
+                        q.add_partition_offset(&topic, *p, Offset::Offset(ts.timestamp_millis()))?;
+                    }
+                    Some(c.offsets_for_times(q, t)?)
+                }
+                _ => None,
+            };
+            let mut seed = TopicPartitionList::new();
+            for p in &missing {
+                let found = at_time
+                    .as_ref()
+                    .and_then(|r| r.find_partition(&topic, *p))
+                    .map(|e| e.offset());
+                let offset = match found {
+                    Some(Offset::Offset(o)) if o >= 0 => o,
+                    // Latest, or no record at or after the time: the end of the partition.
+                    _ => c.fetch_watermarks(&topic, *p, t)?.1,
+                };
+                seed.add_partition_offset(&topic, *p, Offset::Offset(offset))?;
+            }
+            c.commit(&seed, CommitMode::Sync)?;
+            Ok(missing.len())
+        })
+        .await;
+        match seeded {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(partitions = n, position = %self.position, "new group: starting position committed")
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                position = %self.position,
+                "could not commit the starting position (is the group already active?); partitions without offsets start at auto.offset.reset"
+            ),
+        }
+    }
+}
+
+fn all_partitions(topic: &str, partitions: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    tpl
 }
 
 /// Runs a blocking librdkafka call off the async threads, bounded in time.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     limit: Duration,
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
@@ -209,163 +575,7 @@ async fn blocking<T: Send + 'static>(
     .await
     {
         Ok(Ok(r)) => Ok(r?),
-        Ok(Err(join)) => panic!("{what} panicked: {join}"),
+        Ok(Err(join)) => Err(RunnerError::Crashed(format!("{what}: {join}"))),
         Err(_) => Err(RunnerError::Timeout(what)),
     }
-}
-
-async fn topic_partitions(consumer: &Kafka, config: &RunnerConfig) -> Result<i32, RunnerError> {
-    let (c, topic, t) = (
-        consumer.clone(),
-        config.topic.clone(),
-        config.broker_timeout,
-    );
-    let md = blocking("metadata", t, move || c.fetch_metadata(Some(&topic), t)).await?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|tm| tm.name() == config.topic && tm.error().is_none())
-        .map_or(0, |tm| tm.partitions().len());
-    if n == 0 {
-        return Err(RunnerError::NoTopic {
-            topic: config.topic.clone(),
-            brokers: config.brokers.clone(),
-        });
-    }
-    Ok(n as i32)
-}
-
-/// Gathers up to `batch_size` records: waits for the first, then for the batching window.
-/// Returns an empty batch when nothing arrived for a whole window.
-async fn next_batch(
-    consumer: &Kafka,
-    config: &RunnerConfig,
-) -> Result<Vec<OwnedMessage>, RunnerError> {
-    let idle = config.batching_window.max(Duration::from_millis(200));
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    let mut deadline = tokio::time::Instant::now() + idle;
-    while batch.len() < config.batch_size {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Err(_) => break,
-            Ok(Err(e)) => {
-                // Transient client errors (broker down, rebalance in progress) are logged; the
-                // client reconnects by itself.
-                tracing::warn!(error = %e, "consume error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(Ok(m)) => {
-                let m = m.detach();
-                let size = event_size(&m);
-                if batch.is_empty() {
-                    deadline = tokio::time::Instant::now() + config.batching_window;
-                } else if bytes + size > MAX_PAYLOAD_BYTES {
-                    // Too big for this invocation: rewind so the record starts the next batch.
-                    let (c, topic, p, o) = (
-                        consumer.clone(),
-                        m.topic().to_owned(),
-                        m.partition(),
-                        m.offset(),
-                    );
-                    let t = config.broker_timeout;
-                    blocking("seek", t, move || c.seek(&topic, p, Offset::Offset(o), t)).await?;
-                    break;
-                }
-                bytes += size;
-                batch.push(m);
-            }
-        }
-    }
-    Ok(batch)
-}
-
-async fn invoke_until_success(
-    function: &dyn Function,
-    batch: &[OwnedMessage],
-    config: &RunnerConfig,
-    stats: &Stats,
-) -> Result<(), RunnerError> {
-    let event = kafka_event(batch, &config.brokers);
-    let mut delay = FIRST_RETRY_DELAY;
-    for attempt in 1.. {
-        let started = Instant::now();
-        match function.invoke(event.clone()).await {
-            Ok(result) => {
-                tracing::debug!(records = batch.len(), ms = started.elapsed().as_millis() as u64, %result, "batch ok");
-                return Ok(());
-            }
-            Err(e) => {
-                stats.failures.fetch_add(1, Relaxed);
-                let first = batch.first().map_or_else(String::new, |m| {
-                    format!("{}-{}@{}", m.topic(), m.partition(), m.offset())
-                });
-                if !e.retryable {
-                    return Err(RunnerError::Fatal {
-                        first,
-                        records: batch.len(),
-                        message: e.message,
-                    });
-                }
-                tracing::warn!(attempt, first = %first, records = batch.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-            }
-        }
-    }
-    unreachable!("the retry loop only ends by returning")
-}
-
-/// The offsets to commit after a batch: one past the last record of each partition.
-fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for m in batch {
-        let e = next.entry((m.topic(), m.partition())).or_default();
-        *e = (*e).max(m.offset() + 1);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-            .expect("offsets are valid");
-    }
-    tpl
-}
-
-async fn commit(
-    consumer: &Kafka,
-    tpl: &TopicPartitionList,
-    limit: Duration,
-) -> Result<(), RunnerError> {
-    let (c, tpl) = (consumer.clone(), tpl.clone());
-    blocking("commit", limit, move || c.commit(&tpl, CommitMode::Sync)).await
-}
-
-/// The group's total lag on the topic: high watermark minus committed offset, over all partitions.
-async fn group_lag(
-    consumer: &Kafka,
-    config: &RunnerConfig,
-    partitions: i32,
-) -> Result<i64, RunnerError> {
-    let (c, topic, t) = (
-        consumer.clone(),
-        config.topic.clone(),
-        config.broker_timeout,
-    );
-    blocking("lag", t * (partitions as u32 + 1), move || {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(&topic, p);
-        }
-        let committed = c.committed_offsets(tpl, t)?;
-        let mut lag = 0;
-        for p in 0..partitions {
-            let (low, high) = c.fetch_watermarks(&topic, p, t)?;
-            let done = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => low,
-            };
-            lag += (high - done).max(0);
-        }
-        Ok(lag)
-    })
-    .await
 }

@@ -1,0 +1,205 @@
+//! Lag-driven scaling against librdkafka's in-process mock cluster (its own test binary, so that no other
+//! test competes with the rebalances for the CPU).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Slow, cluster, committed, init_logs, publish};
+use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_follow_lag_out_and_back_in_and_every_record_is_processed_once() {
+    init_logs();
+    const PARTITIONS: i32 = 12;
+    const BURST: i64 = 200; // per partition
+    let interval = Duration::from_secs(1);
+    let cooldown = Duration::from_secs(3);
+    let threshold = 100;
+    let (_cluster, brokers) = cluster("scale", PARTITIONS);
+    let f = Arc::new(Slow {
+        per_batch: Duration::from_millis(50),
+        seen: Mutex::new(BTreeMap::new()),
+    });
+    let stats = Arc::new(Stats::default());
+    let config = RunnerConfig {
+        batch_size: 20,
+        batching_window: Duration::from_millis(50),
+        until_caught_up: false,
+        scaling: ScalingConfig {
+            min_workers: 1,
+            max_workers: 16,
+            lag_threshold: threshold,
+            activation_lag: 0,
+            interval,
+            cooldown,
+        },
+        kafka_options: std::env::var("TEST_KAFKA_DEBUG")
+            .map(|d| vec![("debug".to_owned(), d)])
+            .unwrap_or_default(),
+        ..RunnerConfig::new(&brokers, "scale", "g")
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn({
+        let (f, stats) = (f.clone(), stats.clone());
+        async move {
+            damselfly_runner::run(&config, f, stats, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+
+    let t0 = Instant::now();
+    let mut timeline: Vec<Sample> = Vec::new();
+    let distinct = || f.seen.lock().unwrap().len() as u64;
+    let sample = |timeline: &mut Vec<Sample>| {
+        let s = Sample {
+            at: t0.elapsed().as_secs_f64(),
+            lag: stats.lag.load(Relaxed),
+            workers: stats.workers.load(Relaxed),
+            records: distinct(),
+        };
+        if timeline
+            .last()
+            .is_none_or(|l| (l.lag, l.workers, l.records) != (s.lag, s.workers, s.records))
+        {
+            timeline.push(s);
+        }
+        s
+    };
+    let wait_for = async |timeline: &mut Vec<Sample>,
+                          what: &str,
+                          limit: Duration,
+                          done: &dyn Fn(Sample) -> bool| {
+        let until = Instant::now() + limit;
+        loop {
+            let s = sample(timeline);
+            if done(s) {
+                return s.at;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}; timeline:\n{}",
+                render(timeline)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // A trickle while one worker runs.
+    publish(
+        &brokers,
+        "scale",
+        (0..PARTITIONS).map(|p| (p, format!("t{p}"))),
+    );
+    let mut total = PARTITIONS as u64;
+    wait_for(
+        &mut timeline,
+        "the first worker to process the trickle",
+        Duration::from_secs(30),
+        &|s| s.records >= total,
+    )
+    .await;
+    assert_eq!(stats.workers.load(Relaxed), 1);
+
+    // A burst far past the threshold: workers rise to the cap (12 partitions) at once.
+    publish(
+        &brokers,
+        "scale",
+        (0..BURST).flat_map(|i| (0..PARTITIONS).map(move |p| (p, format!("b{p}-{i}")))),
+    );
+    total += (PARTITIONS as i64 * BURST) as u64;
+    let burst_at = t0.elapsed().as_secs_f64();
+    let out_at = wait_for(&mut timeline, "scale-out", Duration::from_secs(10), &|s| {
+        s.workers == PARTITIONS as u64
+    })
+    .await;
+    let crossed_at = timeline
+        .iter()
+        .find(|s| s.lag > threshold as i64)
+        .map_or(out_at, |s| s.at);
+    wait_for(
+        &mut timeline,
+        "the burst to drain",
+        Duration::from_secs(90),
+        &|s| s.records >= total,
+    )
+    .await;
+    let in_at = wait_for(&mut timeline, "scale-in", Duration::from_secs(30), &|s| {
+        s.workers == 1
+    })
+    .await;
+
+    // After the scale-in rebalance the one worker owns every partition again.
+    publish(
+        &brokers,
+        "scale",
+        (0..PARTITIONS).map(|p| (p, format!("z{p}"))),
+    );
+    total += PARTITIONS as u64;
+    wait_for(&mut timeline, "the tail", Duration::from_secs(30), &|s| {
+        s.records >= total
+    })
+    .await;
+    stop.send(()).unwrap();
+    let summary = runner.await.unwrap().expect("runs");
+    sample(&mut timeline);
+    println!(
+        "time(s)   lag  workers  records (distinct)\n{}",
+        render(&timeline)
+    );
+    println!(
+        "burst published at {burst_at:.1}s, lag above the threshold seen at {crossed_at:.1}s, \
+         scaled out at {out_at:.1}s, scaled in at {in_at:.1}s; {} scaling events",
+        summary.scaling_events
+    );
+
+    assert!(
+        out_at - burst_at <= 2.0 * interval.as_secs_f64() + 0.5,
+        "scale-out within two scale intervals of the burst ({burst_at:.1}s -> {out_at:.1}s)"
+    );
+    assert!(
+        in_at - out_at >= cooldown.as_secs_f64(),
+        "scale-in only after the cooldown ({out_at:.1}s -> {in_at:.1}s)"
+    );
+    assert_eq!(
+        summary.max_workers_seen, PARTITIONS as u64,
+        "capped by partitions (max 16)"
+    );
+    assert!(summary.scaling_events >= 2, "out and in");
+    let seen = f.seen.lock().unwrap();
+    assert_eq!(seen.len() as u64, total, "every record");
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} records processed more than once: {repeated:?}",
+        repeated.len()
+    );
+    assert_eq!(summary.records, total);
+    assert_eq!(
+        committed(&brokers, "g", "scale", PARTITIONS),
+        vec![BURST + 2; PARTITIONS as usize],
+        "committed up to the end of every partition"
+    );
+}
+
+/// One point of the timeline.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: f64,
+    lag: i64,
+    workers: u64,
+    records: u64,
+}
+
+fn render(timeline: &[Sample]) -> String {
+    timeline
+        .iter()
+        .map(|s| format!("{:7.1} {:5} {:8} {:8}", s.at, s.lag, s.workers, s.records))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
