@@ -215,7 +215,12 @@ impl ConsumerContext for WorkerContext {
         self.stats.rebalances.fetch_add(1, Relaxed);
         self.ownership.changed.notify_one();
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        tracing::info!(worker = self.id, count = partitions.len(), ?partitions, "partitions assigned");
+        tracing::info!(
+            worker = self.id,
+            count = partitions.len(),
+            ?partitions,
+            "partitions assigned"
+        );
     }
 }
 
