@@ -4,7 +4,9 @@
 //! Runs `damselfly run aggregate` against librdkafka's mock cluster started in this test process
 //! (a real Kafka-protocol broker on 127.0.0.1), so it needs no services.
 
-use std::process::Command;
+mod common;
+use common::*;
+
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -35,20 +37,6 @@ fn native(vm: &str, ts: i64, metrics: Value) -> Vec<u8> {
     json!({"v": 1, "ts": ts, "tags": {"ns": "ns1", "mcis": "m1", "vm": vm, "csp": "aws"}, "metrics": metrics})
         .to_string()
         .into_bytes()
-}
-
-fn damselfly(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-        .args(args)
-        .output()
-        .expect("run damselfly");
-    assert!(
-        out.status.success(),
-        "damselfly {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -1,31 +1,12 @@
 //! `damselfly demo` runs the whole journey on the embedded broker, and its numbers add up in SQL.
 
+mod common;
+use common::*;
+
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-
-/// Samples in one simulated message: the whole metric catalog.
-const SAMPLES_PER_MESSAGE: u64 = 50;
-
-fn damselfly(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-        .args(args)
-        .output()
-        .expect("run damselfly");
-    assert!(
-        out.status.success(),
-        "damselfly {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout of {args:?} is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 fn sql(lake: &Path, query: &str) -> Value {
     damselfly(&[

@@ -4,89 +4,12 @@
 //! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
 //! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+use common::*;
+
 use std::time::Duration;
 
-use damselfly_core::Lake;
-use futures::TryStreamExt as _;
-use object_store::ObjectStoreExt as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use serde_json::Value;
-
-const SAMPLES_PER_MESSAGE: u64 = 50;
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run tests/run, or localstack/up and `source localstack/.env`")
-    })
-}
-
-fn damselfly(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-        .args(args)
-        .output()
-        .expect("run damselfly");
-    assert!(
-        out.status.success(),
-        "damselfly {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let res = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &opts,
-    ));
-    for r in res.expect("create_topics") {
-        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
-    }
-}
-
-/// Copies every object of the lake to a local directory, keeping keys as paths.
-fn copy_lake(url: &str, to: &Path) -> usize {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let lake = Lake::open(url).unwrap();
-        let metas: Vec<_> = lake.store().list(None).try_collect().await.unwrap();
-        for meta in &metas {
-            let bytes = lake
-                .store()
-                .get(&meta.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let path = to.join(meta.location.as_ref());
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        }
-        metas.len()
-    })
-}
 
 /// Produces one record that is not a metric message, keyed like a VM.
 fn produce_garbage(brokers: &str, topic: &str) {
@@ -106,39 +29,13 @@ fn produce_garbage(brokers: &str, topic: &str) {
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
-fn duckdb(lake_dir: &Path, query: &str) -> Value {
-    let script = r#"
-import duckdb, json, sys
-lake, query = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-for t in ("raw", "rollup_1m", "dlq"):
-    con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
-cur = con.execute(query)
-cols = [d[0] for d in cur.description]
-print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
-"#;
-    let out = Command::new(env("DAMSELFLY_PYTHON"))
-        .args(["-c", script, lake_dir.to_str().unwrap(), query])
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "duckdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 #[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
 fn journey_on_tansu_and_localstack_s3() {
     let brokers = env("KAFKA_BROKERS");
     let bucket = env("LAKE_BUCKET");
     env("AWS_ENDPOINT_URL");
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let run_id = run_id();
     let topic = format!("journey-{run_id}");
     let lake = format!("s3://{bucket}/tests/journey-{run_id}");
     create_topic(&brokers, &topic, 12);
@@ -249,10 +146,7 @@ fn journey_on_tansu_and_localstack_s3() {
 fn telegraf_json_and_influx_take_the_same_journey() {
     let brokers = env("KAFKA_BROKERS");
     let bucket = env("LAKE_BUCKET");
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let run_id = run_id();
     for format in ["telegraf-json", "influx"] {
         let topic = format!("formats-{format}-{run_id}");
         let lake = format!("s3://{bucket}/tests/formats-{format}-{run_id}");

@@ -4,41 +4,19 @@
 //! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
 //! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use damselfly_core::Lake;
 use damselfly_schemas::MetricMessage;
-use futures::TryStreamExt as _;
-use object_store::ObjectStoreExt as _;
 use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::Value;
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run tests/run, or localstack/up and `source localstack/.env`")
-    })
-}
-
-fn run_id() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 #[ignore = "needs the local stack (LocalStack S3): run tests/run"]
@@ -47,21 +25,6 @@ fn lake_conformance_on_localstack_s3() {
     let lake = Lake::open(&url).unwrap();
     rt().block_on(damselfly_core::conformance::run_all(&lake, "s3", true))
         .unwrap();
-}
-
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let res = rt().block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &opts,
-    ));
-    for r in res.expect("create_topics") {
-        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
-    }
 }
 
 /// Every sample on the topic as `vm|metric|device|ts` -> value, read with a throwaway group.
@@ -103,49 +66,6 @@ fn published_samples(
         "read back every published message"
     );
     samples
-}
-
-fn copy_lake(url: &str, to: &Path) {
-    rt().block_on(async {
-        let lake = Lake::open(url).unwrap();
-        let metas: Vec<_> = lake.store().list(None).try_collect().await.unwrap();
-        for meta in &metas {
-            let bytes = lake
-                .store()
-                .get(&meta.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let path = to.join(meta.location.as_ref());
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        }
-    })
-}
-
-fn duckdb(lake_dir: &Path, query: &str) -> Value {
-    let script = r#"
-import duckdb, json, sys
-lake, query = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-for t in ("raw", "rollup_1m"):
-    con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
-cur = con.execute(query)
-cols = [d[0] for d in cur.description]
-print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
-"#;
-    let out = Command::new(env("DAMSELFLY_PYTHON"))
-        .args(["-c", script, lake_dir.to_str().unwrap(), query])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "duckdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn spawn(args: &[&str]) -> Child {

@@ -1,0 +1,125 @@
+//! Plumbing shared by the end-to-end tests: running the CLI, the local stack's settings, DuckDB.
+// Each test file is its own crate and uses a different subset of these.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use damselfly_core::Lake;
+use futures::TryStreamExt as _;
+use object_store::ObjectStoreExt as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use serde_json::Value;
+
+/// Samples in one simulated message: the whole metric catalog.
+pub const SAMPLES_PER_MESSAGE: u64 = 50;
+
+/// A variable the local stack's `.env` sets; panics with how to get it.
+pub fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run tests/run, or localstack/up and `source localstack/.env`")
+    })
+}
+
+/// Milliseconds since the epoch: a suffix that makes topics, groups and lake prefixes unique.
+pub fn run_id() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// A small runtime for the async client calls a synchronous test makes.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `damselfly ARGS`, asserts it succeeded, and parses its stdout as JSON.
+pub fn damselfly(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_damselfly"))
+        .args(args)
+        .output()
+        .expect("run damselfly");
+    assert!(
+        out.status.success(),
+        "damselfly {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout of {args:?} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Creates a topic through the admin API (tests never delete topics: Tansu 0.6 would delete all).
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = rt().block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &opts,
+    ));
+    for r in res.expect("create_topics") {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// Copies every object of the lake to a local directory, keys as paths; returns how many.
+pub fn copy_lake(url: &str, to: &Path) -> usize {
+    rt().block_on(async {
+        let lake = Lake::open(url).unwrap();
+        let metas: Vec<_> = lake.store().list(None).try_collect().await.unwrap();
+        for meta in &metas {
+            let bytes = lake
+                .store()
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let path = to.join(meta.location.as_ref());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        metas.len()
+    })
+}
+
+/// Answers `query` with DuckDB (Python package, `DAMSELFLY_PYTHON`) over a local lake, with a view
+/// per table that has files, read with Hive partitioning.
+pub fn duckdb(lake_dir: &Path, query: &str) -> Value {
+    let script = r#"
+import duckdb, glob, json, sys
+lake, query = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+for t in ("raw", "rollup_1m", "dlq"):
+    if glob.glob(f"{lake}/{t}/**/*.parquet", recursive=True):
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
+cur = con.execute(query)
+cols = [d[0] for d in cur.description]
+print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
+"#;
+    let out = Command::new(env("DAMSELFLY_PYTHON"))
+        .args(["-c", script, lake_dir.to_str().unwrap(), query])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
