@@ -145,9 +145,11 @@ fn sigkilled_aggregate_stores_every_sample_exactly_once() {
             }
             removed
         });
-        assigned_rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("consumer {} was never assigned partitions", i + 1));
+        if assigned_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            // Kill it first: a consumer without --until-caught-up would outlive the test.
+            let _ = consumer.kill();
+            panic!("consumer {} was never assigned partitions", i + 1);
+        }
         std::thread::sleep(Duration::from_millis(*ms));
         consumer.kill().expect("SIGKILL");
         consumer.wait().unwrap();
