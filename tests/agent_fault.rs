@@ -7,14 +7,17 @@
 //! collections are aligned to whole seconds, so duplicates, order and gaps are read off the topic.
 //! The tests print a timeline and their counts on stderr (shown even without `--nocapture`).
 
+mod common;
+use common::{free_port, now_ms};
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use damselfly_schemas::MetricMessage;
 use rdkafka::Message as _;
@@ -35,13 +38,6 @@ macro_rules! report {
     ($($arg:tt)*) => {{
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Sleeps until the middle of a wall-clock second, so a signal falls between two collections.
@@ -68,14 +64,6 @@ fn tansu_bin() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn port_open(port: u16) -> bool {

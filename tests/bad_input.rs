@@ -26,13 +26,6 @@ enum Expect {
     Bad(&'static str),
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn native(vm: &str, ts: i64, metrics: Value) -> Vec<u8> {
     json!({"v": 1, "ts": ts, "tags": {"ns": "ns1", "mcis": "m1", "vm": vm, "csp": "aws"}, "metrics": metrics})
         .to_string()

@@ -1,8 +1,11 @@
 //! `damselfly run` as an operator runs it, against librdkafka's mock cluster in this process:
 //! Prometheus metrics while it runs, a clean exit on SIGTERM, and failed batches to `--on-failure`.
 
+mod common;
+use common::free_port;
+
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -78,14 +81,6 @@ fn scrape(addr: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

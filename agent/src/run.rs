@@ -257,9 +257,15 @@ impl<T: Transport> Outbox<T> {
     }
 
     fn slow(&self, now: Instant) -> bool {
+        self.oldest_unacked_age(now)
+            .is_some_and(|age| age >= self.slow_after)
+    }
+
+    /// How long the oldest unacknowledged message has waited; `None` when nothing is in flight.
+    fn oldest_unacked_age(&self, now: Instant) -> Option<Duration> {
         self.inflight
             .front()
-            .is_some_and(|m| now.saturating_duration_since(m.sent_at) >= self.slow_after)
+            .map(|m| now.saturating_duration_since(m.sent_at))
     }
 
     /// Sends a new message, or keeps it (spool or memory) behind older undelivered ones.
@@ -287,11 +293,7 @@ impl<T: Transport> Outbox<T> {
                 }
             }
         } else if slow && !self.spooling {
-            let age = self
-                .inflight
-                .front()
-                .map(|m| now.saturating_duration_since(m.sent_at))
-                .unwrap_or_default();
+            let age = self.oldest_unacked_age(now).unwrap_or_default();
             tracing::warn!(
                 oldest_unacked_ms = age.as_millis() as u64,
                 in_flight = self.inflight.len(),
@@ -390,11 +392,7 @@ impl<T: Transport> Outbox<T> {
             return;
         }
         self.purged = true;
-        let age = self
-            .inflight
-            .front()
-            .map(|m| now.saturating_duration_since(m.sent_at))
-            .unwrap_or_default();
+        let age = self.oldest_unacked_age(now).unwrap_or_default();
         tracing::warn!(
             oldest_unacked_ms = age.as_millis() as u64,
             in_flight = self.inflight.len(),
