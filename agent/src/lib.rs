@@ -1,5 +1,6 @@
 //! The Damselfly agent: the Kafka publisher every producer uses, and the fleet simulator.
 
+pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod imds;

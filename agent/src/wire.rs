@@ -80,29 +80,31 @@ pub fn encode(msg: &MetricMessage, format: WireFormat) -> Vec<u8> {
     match format {
         WireFormat::Native => msg.to_json(),
         WireFormat::TelegrafJson => {
-            let metrics: Vec<serde_json::Value> = groups(msg)
+            // Borrowed, typed serialization: no intermediate `serde_json::Value` maps.
+            let metrics: Vec<TelegrafMetric<'_>> = groups(msg)
                 .into_iter()
-                .map(|((m, dev), fields)| {
-                    let mut tags: serde_json::Map<String, serde_json::Value> = tag_pairs(&msg.tags)
+                .map(|((name, dev), fields)| {
+                    let mut tags: Vec<(&str, &str)> = tag_pairs(&msg.tags)
                         .into_iter()
                         .filter(|(_, v)| !v.is_empty())
-                        .map(|(k, v)| (k.to_owned(), v.into()))
                         .collect();
-                    if m == "cpu" {
-                        tags.insert("cpu".into(), "cpu-total".into());
+                    if name == "cpu" {
+                        tags.push(("cpu", "cpu-total"));
                     }
-                    if let Some((t, d)) = dev {
-                        tags.insert(t.into(), d.into());
+                    tags.extend(dev);
+                    TelegrafMetric {
+                        fields: Pairs(fields),
+                        name,
+                        tags: Pairs(tags),
+                        timestamp: msg.ts,
                     }
-                    let fields: serde_json::Map<String, serde_json::Value> =
-                        fields.into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
-                    serde_json::json!({"fields": fields, "name": m, "tags": tags, "timestamp": msg.ts})
                 })
                 .collect();
-            serde_json::to_vec(&serde_json::json!({ "metrics": metrics })).expect("JSON serializes")
+            serde_json::to_vec(&TelegrafBatch { metrics }).expect("JSON serializes")
         }
         WireFormat::Influx => {
-            let mut out = String::new();
+            use std::fmt::Write as _;
+            let mut out = String::with_capacity(2048);
             let ts_ns = i128::from(msg.ts) * 1_000_000;
             for ((m, dev), fields) in groups(msg) {
                 out.push_str(m);
@@ -110,29 +112,58 @@ pub fn encode(msg: &MetricMessage, format: WireFormat) -> Vec<u8> {
                     .into_iter()
                     .filter(|(_, v)| !v.is_empty())
                 {
-                    out.push_str(&format!(",{k}={}", escape(v)));
+                    let _ = write!(out, ",{k}=");
+                    escape_into(&mut out, v);
                 }
                 if m == "cpu" {
                     out.push_str(",cpu=cpu-total");
                 }
                 if let Some((t, d)) = dev {
-                    out.push_str(&format!(",{t}={}", escape(d)));
+                    let _ = write!(out, ",{t}=");
+                    escape_into(&mut out, d);
                 }
-                let fields: Vec<String> =
-                    fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-                out.push_str(&format!(" {} {ts_ns}\n", fields.join(",")));
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    let _ = write!(out, "{}{k}={v:?}", if i == 0 { ' ' } else { ',' });
+                }
+                let _ = writeln!(out, " {ts_ns}");
             }
             out.into_bytes()
         }
     }
 }
 
-/// Escapes a tag value for line protocol (commas, spaces and equals signs).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace(',', "\\,")
-        .replace(' ', "\\ ")
-        .replace('=', "\\=")
+/// Appends a tag value escaped for line protocol (backslashes, commas, spaces and equals signs).
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        if matches!(c, '\\' | ',' | ' ' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Telegraf's JSON serializer output, batch form.
+#[derive(serde::Serialize)]
+struct TelegrafBatch<'a> {
+    metrics: Vec<TelegrafMetric<'a>>,
+}
+
+/// One Telegraf metric: a measurement's fields and tags at one time.
+#[derive(serde::Serialize)]
+struct TelegrafMetric<'a> {
+    fields: Pairs<&'a str, f64>,
+    name: &'a str,
+    tags: Pairs<&'a str, &'a str>,
+    timestamp: i64,
+}
+
+/// Key-value pairs serialized as a JSON object, in order.
+struct Pairs<K, V>(Vec<(K, V)>);
+
+impl<K: serde::Serialize, V: serde::Serialize> serde::Serialize for Pairs<K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }
 
 #[cfg(test)]
