@@ -1,4 +1,4 @@
-//! Arrow schemas of the lake tables (`raw`, `rollup_1m`, `dlq`).
+//! Arrow schemas of the lake tables (`raw`, `rollup_1m`, `dlq`, `alarms`).
 
 use std::sync::{Arc, LazyLock};
 
@@ -13,11 +13,13 @@ pub enum Table {
     Rollup1m,
     /// Records that did not decode or validate, with the reason.
     Dlq,
+    /// Alarm history: one row per state transition or repeat notification.
+    Alarms,
 }
 
 impl Table {
     /// Every table, in the order they are written.
-    pub const ALL: [Table; 3] = [Table::Raw, Table::Rollup1m, Table::Dlq];
+    pub const ALL: [Table; 4] = [Table::Raw, Table::Rollup1m, Table::Dlq, Table::Alarms];
 
     /// The table's name: its top-level prefix in the lake and its SQL name.
     pub fn name(self) -> &'static str {
@@ -25,6 +27,7 @@ impl Table {
             Table::Raw => "raw",
             Table::Rollup1m => "rollup_1m",
             Table::Dlq => "dlq",
+            Table::Alarms => "alarms",
         }
     }
 
@@ -34,6 +37,7 @@ impl Table {
             Table::Raw => RAW.clone(),
             Table::Rollup1m => ROLLUP.clone(),
             Table::Dlq => DLQ.clone(),
+            Table::Alarms => ALARMS.clone(),
         }
     }
 }
@@ -93,6 +97,35 @@ static DLQ: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static ALARMS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        Field::new("ts", ts_type(), false),
+        s("rule_id"),
+        s("rule_name"),
+        s("ns"),
+        s("mcis"),
+        s("vm"),
+        s("csp"),
+        s("region"),
+        s("metric"),
+        s("device"),
+        s("kind"),
+        s("from_state"),
+        s("to_state"),
+        s("severity"),
+        Field::new("value", DataType::Float64, true),
+        Field::new("threshold", DataType::Float64, true),
+        s("comparator"),
+        s("statistic"),
+        Field::new("period_s", DataType::Int64, false),
+        Field::new("since", ts_type(), false),
+        s("topic"),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, true),
+    ]))
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +142,16 @@ mod tests {
                 "partition columns live in the path"
             );
         }
+    }
+
+    #[test]
+    fn alarms_table_has_its_name_and_nullable_measures() {
+        let s = Table::Alarms.schema();
+        assert_eq!(Table::Alarms.name(), "alarms");
+        assert!(Table::ALL.contains(&Table::Alarms));
+        assert!(s.field_with_name("value").unwrap().is_nullable());
+        assert!(s.field_with_name("offset").unwrap().is_nullable());
+        assert!(!s.field_with_name("ts").unwrap().is_nullable());
+        assert!(s.field_with_name("dt").is_err());
     }
 }

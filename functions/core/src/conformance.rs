@@ -184,7 +184,10 @@ async fn exact_retry_overwrites(lake: &Lake, topic: &str) -> Result<(), String> 
 async fn concurrent_writer_is_detected(lake: &Lake, topic: &str) -> Result<(), String> {
     write(lake, &batch(topic, 0, 2)).await?;
     let key = Path::from(state_key(WRITER, topic, 0));
-    let (_, old) = lake.read_state(&key).await.map_err(|e| e.to_string())?;
+    let (_, old) = lake
+        .read_state::<PartitionState>(&key)
+        .await
+        .map_err(|e| e.to_string())?;
     write(lake, &batch(topic, 2, 4)).await?;
     let state = PartitionState {
         first_offset: 9,

@@ -254,6 +254,11 @@ pub fn writer_properties(
         .build())
 }
 
+/// Encodes a record batch of any lake table (e.g. the `alarms` rows) with the lake's writer settings.
+pub fn batch_parquet(batch: &RecordBatch, sorted_by: &[&str]) -> Result<Bytes, EncodeError> {
+    write(batch.schema(), batch.columns().to_vec(), sorted_by)
+}
+
 fn write(
     schema: SchemaRef,
     columns: Vec<ArrayRef>,

@@ -93,8 +93,8 @@ pub fn state_key(writer: &str, topic: &str, partition: i32) -> String {
     format!("{STATE_PREFIX}/{writer}/{topic}+{partition}.json")
 }
 
-/// A version of the state object to update conditionally; `None` when there is none yet.
-type Version = Option<UpdateVersion>;
+/// The version a state object was read at: `None` when it did not exist.
+pub type Version = Option<UpdateVersion>;
 
 /// One partition's state, read before a batch is encoded and updated as it is written.
 #[derive(Debug)]
@@ -196,11 +196,11 @@ impl Lake {
             .await
     }
 
-    /// Reads a state object and its version; `(None, None)` when absent.
-    pub async fn read_state(
+    /// Reads a JSON state object and its version; `(None, None)` when absent.
+    pub async fn read_state<T: serde::de::DeserializeOwned>(
         &self,
         key: &Path,
-    ) -> Result<(Option<PartitionState>, Version), LakeError> {
+    ) -> Result<(Option<T>, Version), LakeError> {
         match self.store().get(key).await {
             Ok(got) => {
                 let version = UpdateVersion {
@@ -220,11 +220,12 @@ impl Lake {
         }
     }
 
-    /// Writes a state object only if it is still at `version` (or still absent); returns the new version.
-    pub(crate) async fn put_state(
+    /// Writes a JSON state object only if it is still at `version` (or still absent); returns the
+    /// new version. Local directories cannot compare-and-swap, so there the write is unconditional.
+    pub async fn put_state<T: Serialize>(
         &self,
         key: &Path,
-        state: &PartitionState,
+        state: &T,
         version: Version,
     ) -> Result<Version, LakeError> {
         let body = PutPayload::from(serde_json::to_vec(state).expect("state serializes"));
