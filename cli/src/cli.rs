@@ -24,12 +24,105 @@ pub enum Command {
     /// Publish a simulated fleet's metrics to a Kafka topic.
     Simulate(SimulateArgs),
     /// Run a function under the local event source mapping (consume, batch, invoke, commit).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Answer SQL over the lake (tables: raw, rollup_1m, dlq; partition columns dt, hour).
     Sql(SqlArgs),
     /// Run the host agent: collect this VM's metrics every interval and publish them to Kafka,
     /// spooling to disk while the broker is unreachable (see agent/agent.example.toml).
     Agent(AgentArgs),
+    /// Alarm rules and the alarm tick: rules list|put|delete|validate, import, tick.
+    #[command(subcommand)]
+    Alarm(AlarmCommand),
+}
+
+/// `damselfly alarm ...`.
+#[derive(Debug, Subcommand)]
+pub enum AlarmCommand {
+    /// Run the scheduled tick once: decide late periods, detect NO_DATA, repeat firing alarms,
+    /// retry pending notifications.
+    Tick(AlarmTickArgs),
+    /// Read and edit the rule set.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Convert CB-Dragonfly alert tasks (JSON: one task or an array) into rules; prints them, or
+    /// adds them to the rule set with --put.
+    Import(AlarmImportArgs),
+}
+
+/// Where the rules are.
+#[derive(Debug, Clone, Args)]
+pub struct RulesLocation {
+    /// Rules: a JSON file or s3://bucket/key.json [default: LAKE/_config/alarm-rules.json].
+    #[arg(long, env = "ALARM_RULES")]
+    pub rules: Option<String>,
+    /// Lake URL, for the default rules location.
+    #[arg(long, env = "LAKE")]
+    pub lake: Option<String>,
+}
+
+/// `damselfly alarm rules ...`.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Print the rules (table, or the rule set as JSON with --json).
+    List {
+        /// Where the rules are.
+        #[command(flatten)]
+        at: RulesLocation,
+        /// Print the rule set as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add rules from a file (a rule set or one rule), replacing rules with the same id.
+    Put {
+        /// Where the rules are.
+        #[command(flatten)]
+        at: RulesLocation,
+        /// JSON file with a rule set (`{"v":1,"rules":[...]}`) or a single rule.
+        file: std::path::PathBuf,
+    },
+    /// Remove one rule by id.
+    Delete {
+        /// Where the rules are.
+        #[command(flatten)]
+        at: RulesLocation,
+        /// The rule's id.
+        id: String,
+    },
+    /// Check a rule-set file against the schema and the rules' constraints, without storing it.
+    Validate {
+        /// JSON file with a rule set.
+        file: std::path::PathBuf,
+    },
+}
+
+/// `damselfly alarm tick`.
+#[derive(Debug, Args)]
+pub struct AlarmTickArgs {
+    /// Lake URL (states and the alarms table).
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Consumer group whose partition states to tick.
+    #[arg(long, default_value = damselfly_alarm::config::DEFAULT_GROUP)]
+    pub group: String,
+    /// Rules and notification target.
+    #[command(flatten)]
+    pub target: AlarmTargetArgs,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `damselfly alarm import`.
+#[derive(Debug, Args)]
+pub struct AlarmImportArgs {
+    /// CB-Dragonfly alert task JSON file.
+    pub file: std::path::PathBuf,
+    /// Add the imported rules to the rule set instead of printing them.
+    #[arg(long)]
+    pub put: bool,
+    /// Where the rules are (with --put).
+    #[command(flatten)]
+    pub at: RulesLocation,
 }
 
 /// Where the metrics topic is.
@@ -133,6 +226,35 @@ pub enum WireFormatArg {
 pub enum FunctionName {
     /// Decode, roll up and write Parquet to the lake.
     Aggregate,
+    /// Evaluate alarm rules and publish notifications to SNS (or the outbox file).
+    Alarm,
+}
+
+impl FunctionName {
+    /// The function's default consumer group.
+    pub fn default_group(self) -> &'static str {
+        match self {
+            FunctionName::Aggregate => "damselfly-aggregate",
+            FunctionName::Alarm => damselfly_alarm::config::DEFAULT_GROUP,
+        }
+    }
+}
+
+/// Where the alarm function finds its rules and sends its notifications.
+#[derive(Debug, Clone, Args)]
+pub struct AlarmTargetArgs {
+    /// Rules: a JSON file or s3://bucket/key.json [default: LAKE/_config/alarm-rules.json].
+    #[arg(long, env = "ALARM_RULES")]
+    pub rules: Option<String>,
+    /// SNS topic ARN for notifications (AWS_* variables configure the client).
+    #[arg(long, env = "SNS_TOPIC_ARN")]
+    pub sns_topic_arn: Option<String>,
+    /// Without an SNS topic, append notifications to this file as JSON lines.
+    #[arg(long, env = "ALARM_OUTBOX", default_value = "alarm-outbox.jsonl")]
+    pub outbox: String,
+    /// How long after a period's end the tick waits for late samples before deciding it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
 }
 
 /// `damselfly run`.
@@ -143,9 +265,10 @@ pub struct RunArgs {
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Consumer group; offsets are committed under it.
-    #[arg(long, default_value = "damselfly-aggregate")]
-    pub group: String,
+    /// Consumer group; offsets are committed under it [default: damselfly-aggregate or
+    /// damselfly-alarm]. The alarm function also keeps its states under this name.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix (S3 settings from AWS_* variables).
     #[arg(long, env = "LAKE")]
     pub lake: String,
@@ -219,6 +342,13 @@ pub struct RunArgs {
     /// Reject samples further than this in the future.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_future: Duration,
+    /// The alarm function's rules and notification target.
+    #[command(flatten, next_help_heading = "Alarm function")]
+    pub alarm: AlarmTargetArgs,
+    /// Run the alarm tick (NO_DATA, late periods, repeats, pending retries) this often, as the
+    /// cloud's schedule would.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Alarm function")]
+    pub tick_every: Duration,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -248,16 +378,8 @@ pub struct SqlArgs {
     pub query: String,
 }
 
-/// `damselfly agent`.
-#[derive(Debug, Args)]
-pub struct AgentArgs {
-    /// The agent configuration file (every field: agent/agent.example.toml).
-    #[arg(long, default_value = "agent.toml")]
-    pub config: std::path::PathBuf,
-    /// Collect once (cpu over one second), print the message as pretty JSON on stdout and exit.
-    #[arg(long)]
-    pub once: bool,
-}
+/// Options of `damselfly agent` (the same as the slim `damselfly-agent` binary).
+pub use damselfly_agent::cli::AgentArgs;
 
 #[cfg(test)]
 mod tests {

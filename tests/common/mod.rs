@@ -122,7 +122,7 @@ pub fn duckdb(lake_dir: &Path, query: &str) -> Value {
 import duckdb, glob, json, sys
 lake, query = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
-for t in ("raw", "rollup_1m", "dlq"):
+for t in ("raw", "rollup_1m", "dlq", "alarms"):
     if glob.glob(f"{lake}/{t}/**/*.parquet", recursive=True):
         con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
 cur = con.execute(query)

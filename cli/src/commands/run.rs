@@ -9,7 +9,7 @@ use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use indicatif::MultiProgress;
 use serde::Serialize;
 
-use super::InProcessAggregate;
+use super::{InProcessAggregate, InProcessAlarm};
 use crate::cli::{FunctionName, RunArgs};
 use crate::output;
 
@@ -44,12 +44,92 @@ fn runner_config(args: &RunArgs) -> RunnerConfig {
             cooldown: args.cooldown,
         },
         metrics_listen: args.metrics_listen,
-        ..RunnerConfig::new(&args.kafka.brokers, &args.kafka.topic, &args.group)
+        ..RunnerConfig::new(&args.kafka.brokers, &args.kafka.topic, group(args))
     }
 }
 
+/// The consumer group: as given, or the function's default.
+fn group(args: &RunArgs) -> String {
+    args.group
+        .clone()
+        .unwrap_or_else(|| args.function.default_group().to_owned())
+}
+
+/// Runs the chosen function until stopped (or caught up).
 pub async fn run(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
-    let FunctionName::Aggregate = args.function;
+    match args.function {
+        FunctionName::Aggregate => run_aggregate(args, progress).await,
+        FunctionName::Alarm => run_alarm(args, progress).await,
+    }
+}
+
+/// The closing summary of `damselfly run alarm`.
+#[derive(Debug, Serialize)]
+struct RunAlarmSummary {
+    #[serde(flatten)]
+    runner: damselfly_runner::RunSummary,
+    evaluated: u64,
+    notifications: u64,
+    sent: u64,
+    pending: u64,
+    target: String,
+}
+
+async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
+    let config = runner_config(&args);
+    config.validate()?;
+    let handler = super::alarm::handler(&args.lake, &group(&args), &args.alarm).await?;
+    let target = handler.notifier().target();
+    let function = InProcessAlarm::new(handler);
+    let ticker_task = function.tick_every(args.tick_every);
+    let stats = Arc::new(Stats::default());
+    let bar = output::bar(progress, None, "alarm");
+    let ticker = {
+        let (stats, f) = (stats.clone(), function.clone());
+        super::tick(bar.clone(), move || {
+            let msg = format!(
+                "records, {} batches, {} notifications, {} sent, {} pending, lag {}",
+                stats.batches.load(Relaxed),
+                f.notifications.load(Relaxed),
+                f.sent.load(Relaxed),
+                f.pending.load(Relaxed),
+                stats.lag.load(Relaxed).max(0),
+            );
+            (stats.records.load(Relaxed), msg)
+        })
+    };
+    let runner =
+        damselfly_runner::run(&config, function.clone(), stats, super::shutdown_signal()).await;
+    ticker_task.abort();
+    drop(ticker);
+    bar.finish_and_clear();
+    let runner = runner?;
+    let s = RunAlarmSummary {
+        runner,
+        evaluated: function.records.load(Relaxed),
+        notifications: function.notifications.load(Relaxed),
+        sent: function.sent.load(Relaxed),
+        pending: function.pending.load(Relaxed),
+        target,
+    };
+    output::summary(
+        args.json,
+        &s,
+        &format!(
+            "evaluated {} records in {} batches: {} notifications, {} sent to {}, {} pending; in {:.1}s",
+            s.evaluated,
+            s.runner.batches,
+            s.notifications,
+            s.sent,
+            s.target,
+            s.pending,
+            s.runner.seconds
+        ),
+    );
+    Ok(())
+}
+
+async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let config = runner_config(&args);
     config.validate()?;
     let lake = Lake::open(&args.lake)?;
@@ -142,7 +222,7 @@ mod tests {
         ];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("parses").command {
-            Command::Run(args) => args,
+            Command::Run(args) => *args,
             other => panic!("not run: {other:?}"),
         }
     }
