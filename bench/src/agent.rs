@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::sys::{clock_ticks, cpu_pct, sample, status_kib};
+
 /// CPU goal: percent of one core, averaged over the run.
 const GOAL_CPU_PCT: f64 = 0.5;
 
@@ -33,7 +35,8 @@ pub struct Args {
     /// The agent's collection interval.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     interval: Duration,
-    /// The `damselfly` binary to measure [default: release/damselfly under CARGO_TARGET_DIR, else
+    /// The agent binary to measure: `damselfly-agent`, or `damselfly` (run as `damselfly agent`)
+    /// [default: release/damselfly-agent under CARGO_TARGET_DIR, else
     /// ~/.cache/damselfly/target, else ./target].
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -55,15 +58,6 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// One reading of /proc for the agent.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    /// utime + stime, in clock ticks.
-    cpu_ticks: u64,
-    rss_kib: u64,
-}
-
 fn home_cache() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/damselfly"))
 }
@@ -76,7 +70,7 @@ fn default_bin() -> PathBuf {
     ]
     .into_iter()
     .flatten()
-    .map(|t| t.join("release/damselfly"))
+    .map(|t| t.join("release/damselfly-agent"))
     .collect();
     candidates
         .iter()
@@ -177,61 +171,13 @@ impl Drop for Tansu {
     }
 }
 
-/// Clock ticks per second of /proc/PID/stat times.
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn sample(pid: u32) -> anyhow::Result<Sample> {
-    let at = Instant::now();
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("/proc/PID/stat without a command name")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse()?)
-    };
-    let cpu_ticks = ticks(14)? + ticks(15)?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(Sample {
-        at,
-        cpu_ticks,
-        rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
-    })
-}
-
-fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn cpu_pct(a: &Sample, b: &Sample, hz: u64) -> f64 {
-    let secs = b.at.duration_since(a.at).as_secs_f64();
-    if secs <= 0.0 {
-        return 0.0;
-    }
-    (b.cpu_ticks - a.cpu_ticks) as f64 / hz as f64 / secs * 100.0
-}
-
 /// Runs the benchmark and prints its table.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let bin = args.bin.clone().unwrap_or_else(default_bin);
     if !bin.is_file() {
         bail!(
-            "no damselfly binary at {}: build it with\n  CARGO_TARGET_DIR=~/.cache/damselfly/target \
-             cargo build --release -p damselfly\nor pass --bin",
+            "no agent binary at {}: build it with\n  CARGO_TARGET_DIR=~/.cache/damselfly/target \
+             cargo build --release -p damselfly-agent\nor pass --bin",
             bin.display()
         );
     }
@@ -292,8 +238,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     let log_path = out.join("agent.log");
     let log = fs::File::create(&log_path)?;
+    // The full CLI takes the agent as a subcommand; the slim binary is the agent.
+    let subcommand: &[&str] = if bin.file_name().is_some_and(|n| n == "damselfly") {
+        &["agent"]
+    } else {
+        &[]
+    };
     let mut agent = Command::new(&bin)
-        .args(["agent", "--config"])
+        .args(subcommand)
+        .arg("--config")
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -319,10 +272,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
-        samples.push(sample(pid)?);
-        if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
-            hwm_kib = hwm_kib.max(status_kib(&status, "VmHWM:").unwrap_or(0));
-        }
+        let s = sample(pid)?;
+        hwm_kib = hwm_kib.max(s.hwm_kib);
+        samples.push(s);
         std::thread::sleep(args.sample_every);
     }
     let last = sample(pid)?;
@@ -334,7 +286,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         status_kib(&status, "RssFile:").unwrap_or(0),
         status_kib(&status, "Threads:").unwrap_or(0),
     );
-    hwm_kib = hwm_kib.max(status_kib(&status, "VmHWM:").unwrap_or(0));
+    hwm_kib = hwm_kib.max(last.hwm_kib);
     stop(&mut agent, Duration::from_secs(20));
     drop(tansu);
 

@@ -137,7 +137,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let ours = started.elapsed();
     run_bar.finish_and_clear();
-    let our_rss = peak_rss_kib();
+    let our_rss = crate::sys::peak_rss_kib();
 
     // The compacted shape: all of the run's samples in one raw file (what an hourly compaction keeps).
     let mut all = PartitionBatch::new("metrics", 0);
@@ -266,17 +266,4 @@ fn bar(len: u64, prefix: &str) -> ProgressBar {
     );
     pb.set_prefix(prefix.to_owned());
     pb
-}
-
-/// Peak resident set size of this process (VmHWM), KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
 }

@@ -2,6 +2,9 @@
 
 mod agent;
 mod aggregate;
+mod runner;
+mod simulate;
+mod sys;
 
 use clap::Parser as _;
 
@@ -13,11 +16,17 @@ enum Bench {
     Aggregate(aggregate::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
     Agent(agent::Args),
+    /// `damselfly run`'s event source mapping (no-op and aggregate) against a bare rdkafka consumer.
+    Runner(runner::Args),
+    /// The fleet simulator: 20,000 VMs every 2 s in each wire format, sustained and burst rates.
+    Simulate(simulate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Aggregate(args) => aggregate::run(&args),
         Bench::Agent(args) => agent::run(&args),
+        Bench::Runner(args) => runner::run(&args),
+        Bench::Simulate(args) => simulate::run(&args),
     }
 }

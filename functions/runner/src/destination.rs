@@ -217,8 +217,8 @@ pub enum Destination {
         store: Arc<dyn ObjectStore>,
         /// Key prefix of every record.
         prefix: Path,
-        /// The URL, for logs.
-        url: String,
+        /// The URL of the store's root (`s3://bucket`, `file:///dir`), for logs.
+        root: String,
     },
 }
 
@@ -226,7 +226,7 @@ impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Kafka { topic, .. } => write!(f, "Destination(kafka://{topic})"),
-            Self::Store { url, .. } => write!(f, "Destination({url})"),
+            Self::Store { root, prefix, .. } => write!(f, "Destination({root}/{prefix})"),
         }
     }
 }
@@ -271,7 +271,7 @@ impl Destination {
                 Self::Store {
                     store: Arc::new(builder.build()?),
                     prefix,
-                    url: target.to_string(),
+                    root: format!("s3://{bucket}"),
                 }
             }
             OnFailure::Dir(dir) => {
@@ -282,7 +282,7 @@ impl Destination {
                 Self::Store {
                     store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
                     prefix: Path::from(group),
-                    url: target.to_string(),
+                    root: target.to_string(),
                 }
             }
         })
@@ -305,10 +305,14 @@ impl Destination {
                     delivery.partition, delivery.offset
                 ))
             }
-            Self::Store { store, prefix, url } => {
+            Self::Store {
+                store,
+                prefix,
+                root,
+            } => {
                 let path = prefix.clone().join(format!("{name}.json"));
                 store.put(&path, PutPayload::from(json)).await?;
-                Ok(format!("{}/{}", url.trim_end_matches('/'), path))
+                Ok(format!("{}/{}", root.trim_end_matches('/'), path))
             }
         }
     }

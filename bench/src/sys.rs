@@ -1,0 +1,82 @@
+//! A process's resource use from /proc: CPU time and resident memory.
+
+use std::fs;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+/// One reading of /proc for a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When it was read.
+    pub at: Instant,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set size now (VmRSS), KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size so far (VmHWM), KiB.
+    pub hwm_kib: u64,
+}
+
+/// Clock ticks per second of /proc/PID/stat times.
+pub fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Reads /proc/PID/stat and /proc/PID/status.
+pub fn sample(pid: u32) -> anyhow::Result<Sample> {
+    let at = Instant::now();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("/proc/PID/stat without a command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse()?)
+    };
+    let cpu_ticks = ticks(14)? + ticks(15)?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(Sample {
+        at,
+        cpu_ticks,
+        rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
+        hwm_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
+    })
+}
+
+/// Reads this process's /proc entries.
+pub fn sample_self() -> anyhow::Result<Sample> {
+    sample(std::process::id())
+}
+
+/// Peak resident set size of this process (VmHWM), KiB; 0 when /proc is unreadable.
+pub fn peak_rss_kib() -> u64 {
+    sample_self().map(|s| s.hwm_kib).unwrap_or(0)
+}
+
+/// A `Field:   123 kB` value of /proc/PID/status, KiB.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU use between two readings, in percent of one core.
+pub fn cpu_pct(a: &Sample, b: &Sample, hz: u64) -> f64 {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / hz as f64 / secs * 100.0
+}
