@@ -161,7 +161,8 @@ impl Inbox {
 }
 
 fn episode(kill_mid_episode: bool) {
-    let id = run_id();
+    // Both tests start in the same millisecond under `cargo test`: the suffix keeps them apart.
+    let id = format!("{}{}", run_id(), if kill_mid_episode { "k" } else { "n" });
     let brokers = env("KAFKA_BROKERS");
     let topic = format!("alarm-{id}");
     create_topic(&brokers, &topic, 2);

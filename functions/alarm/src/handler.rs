@@ -6,15 +6,16 @@
 //! 1. reads the state and its version;
 //! 2. evaluates the records after the state's offset (a retried batch evaluates nothing twice);
 //! 3. writes the new transitions to the `alarms` table (deterministic keys: a retry overwrites);
-//! 4. writes the state with the new notifications pending, conditionally (If-Match): a consumer that
-//!    lost the partition in a rebalance fails here instead of notifying;
-//! 5. sends every pending notification; those that fail after retries stay pending for the next
-//!    invocation (nothing is lost); writes the state again.
+//! 4. writes the state with the new notifications pending and claimed by this invocation (a lease),
+//!    conditionally (If-Match): a consumer that lost the partition in a rebalance fails here
+//!    instead of notifying, and of a batch and a tick that overlap only one claims a notification;
+//! 5. sends what it claimed; what fails after retries stays pending, its claim released, for the
+//!    next invocation (nothing is lost); writes the state again (re-reading it on a conflict).
 //!
-//! A crash between a send and step 5's write re-sends that notification once: the only duplicate
-//! window, milliseconds wide.
+//! A crash between a send and step 5's write re-sends that notification once its claim expires:
+//! the only duplicate window, milliseconds wide.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use base64::Engine as _;
@@ -37,6 +38,12 @@ use crate::rules_store::{RulesError, RulesStore};
 /// Times a tick re-reads a partition's state after losing a race with a batch.
 const TICK_CONFLICT_RETRIES: usize = 3;
 
+/// Times the final state write re-reads the state after another invocation wrote it.
+const SETTLE_RETRIES: usize = 5;
+
+/// How long a claim to send a notification holds: past it, another invocation sends it.
+const SEND_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One partition's alarm state as stored in the lake.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PartitionAlarms {
@@ -44,7 +51,27 @@ pub struct PartitionAlarms {
     pub eval: AlarmState,
     /// Notifications decided but not yet delivered, oldest first.
     #[serde(default)]
-    pub pending: Vec<Notification>,
+    pub pending: Vec<Pending>,
+}
+
+/// A notification waiting to be delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    /// What to send.
+    pub notification: Notification,
+    /// While set and in the future, an invocation is sending it and no other may (ms since the
+    /// epoch); it expires so that a crashed sender's notifications are sent by the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until_ms: Option<i64>,
+}
+
+impl Pending {
+    fn new(notification: Notification) -> Self {
+        Self {
+            notification,
+            lease_until_ms: None,
+        }
+    }
 }
 
 /// What one invocation did; returned as the function's JSON result.
@@ -301,16 +328,28 @@ impl Alarm {
             new: new.len() as u64,
             ..Outcome::default()
         };
-        state.pending.extend(new);
-        let version = self.lake.put_state(&key, &state, version).await?;
-        if state.pending.is_empty() {
+        state.pending.extend(new.into_iter().map(Pending::new));
+        // Claim what nobody else is sending: the conditional write below makes the claim exclusive,
+        // so a tick and a batch that overlap never both send one notification.
+        let now = chrono_now_ms();
+        let mut claimed = Vec::new();
+        for p in &mut state.pending {
+            if p.lease_until_ms.is_none_or(|until| until <= now) {
+                p.lease_until_ms = Some(now + SEND_LEASE.as_millis() as i64);
+                claimed.push(p.notification.clone());
+            }
+        }
+        let mut version = self.lake.put_state(&key, &state, version).await?;
+        if claimed.is_empty() {
+            outcome.pending = state.pending.len() as u64;
             return Ok(outcome);
         }
-        let mut unsent = Vec::new();
-        for n in state.pending.drain(..) {
-            match self.notifier.send(&n).await {
+        let (mut sent, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        for n in &claimed {
+            match self.notifier.send(n).await {
                 Ok(()) => {
                     outcome.sent += 1;
+                    sent.insert(n.dedup_id());
                     tracing::info!(
                         rule = %n.rule_id, vm = %n.vm(), from = %n.from, to = %n.to,
                         kind = n.kind.as_str(), target = %self.notifier.target(),
@@ -318,14 +357,34 @@ impl Alarm {
                     );
                 }
                 Err(e) => {
+                    failed.insert(n.dedup_id());
                     tracing::warn!(rule = %n.rule_id, vm = %n.vm(), error = %e, "notification kept pending");
-                    unsent.push(n);
                 }
             }
         }
-        outcome.pending = unsent.len() as u64;
-        state.pending = unsent;
-        self.lake.put_state(&key, &state, version).await?;
+        // Settle: drop what was sent, release the lease of what failed (the next invocation
+        // retries it). Someone else may have written meanwhile: re-read and settle on theirs.
+        for attempt in 0.. {
+            state
+                .pending
+                .retain(|p| !sent.contains(&p.notification.dedup_id()));
+            for p in &mut state.pending {
+                if failed.contains(&p.notification.dedup_id()) {
+                    p.lease_until_ms = None;
+                }
+            }
+            match self.lake.put_state(&key, &state, version).await {
+                Ok(_) => break,
+                Err(LakeError::Conflict { .. }) if attempt < SETTLE_RETRIES => {
+                    let (again, v): (Option<PartitionAlarms>, Version) =
+                        self.lake.read_state(&key).await?;
+                    state = again.unwrap_or_default();
+                    version = v;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        outcome.pending = state.pending.len() as u64;
         Ok(outcome)
     }
 
@@ -420,4 +479,141 @@ fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use aws_lambda_events::encodings::MillisecondTimestamp;
+    use damselfly_core::LakeLocation;
+    use object_store::memory::InMemory;
+
+    use crate::notifier::OutboxLine;
+
+    const RULES: &str = r#"{"v": 1, "rules": [{"id": "cpu", "name": "CPU", "metric": "cpu_utilization",
+        "statistic": "max", "period": "10s", "comparator": ">", "critical": 90,
+        "missing_data": "ignore"}]}"#;
+
+    fn record(offset: i64, ts: i64, cpu: f64) -> KafkaRecord {
+        let value = format!(
+            r#"{{"v":1,"ts":{ts},"tags":{{"ns":"n","mcis":"m","vm":"vm-1"}},"metrics":{{"cpu_utilization":{cpu}}}}}"#
+        );
+        let mut r = KafkaRecord::default();
+        r.topic = Some("metrics".into());
+        r.partition = 0;
+        r.offset = offset;
+        r.timestamp = MillisecondTimestamp(chrono_ts(ts));
+        r.key = Some(base64::engine::general_purpose::STANDARD.encode("vm-1"));
+        r.value = Some(base64::engine::general_purpose::STANDARD.encode(value));
+        r
+    }
+
+    fn chrono_ts(ms: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn event(records: Vec<KafkaRecord>) -> KafkaEvent {
+        let mut e = KafkaEvent::default();
+        e.records.insert("metrics-0".into(), records);
+        e
+    }
+
+    /// A handler over an in-memory lake, rules in a file, notifications to `outbox`.
+    fn handler(dir: &std::path::Path, lake: &Lake, outbox: std::path::PathBuf) -> Alarm {
+        let rules = dir.join("rules.json");
+        std::fs::write(&rules, RULES).unwrap();
+        Alarm::new(
+            lake.clone(),
+            RulesStore::open(rules.to_str().unwrap()).unwrap(),
+            Notifier::Outbox(outbox),
+            "g",
+            EvalConfig::default(),
+        )
+    }
+
+    fn outbox(path: &std::path::Path) -> Vec<OutboxLine> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn lake() -> Lake {
+        Lake::with_store(
+            LakeLocation::parse("s3://mem/lake").unwrap(),
+            Arc::new(InMemory::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_retried_batch_notifies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, out) = (lake(), dir.path().join("outbox.jsonl"));
+        let alarm = handler(dir.path(), &lake, out.clone());
+        let t = chrono_now_ms() - 60_000;
+        let batch = || event(vec![record(0, t, 10.0), record(1, t + 2_000, 95.0)]);
+        let first = alarm.handle(batch()).await.unwrap();
+        assert_eq!((first.notifications, first.sent, first.pending), (1, 1, 0));
+        let again = alarm.handle(batch()).await.unwrap();
+        assert_eq!((again.notifications, again.sent), (0, 0));
+        let lines = outbox(&out);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].subject, "[CRITICAL] cpu on vm-1");
+        let history = lake.list("alarms").await.unwrap();
+        assert_eq!(history.len(), 1, "{history:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unsent_notification_stays_pending_until_a_later_invocation_sends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake();
+        // A file where the outbox's directory should be: every append fails.
+        std::fs::write(dir.path().join("blocked"), "").unwrap();
+        let broken = handler(dir.path(), &lake, dir.path().join("blocked/outbox.jsonl"));
+        let t = chrono_now_ms() - 60_000;
+        let s = broken
+            .handle(event(vec![record(0, t, 95.0)]))
+            .await
+            .unwrap();
+        assert_eq!((s.notifications, s.sent, s.pending), (1, 0, 1));
+        let out = dir.path().join("outbox.jsonl");
+        let fixed = handler(dir.path(), &lake, out.clone());
+        let s = fixed.tick(chrono_now_ms()).await.unwrap();
+        assert_eq!((s.sent, s.pending), (1, 0));
+        assert_eq!(outbox(&out).len(), 1);
+        assert_eq!(fixed.tick(chrono_now_ms()).await.unwrap().sent, 0);
+    }
+
+    #[tokio::test]
+    async fn a_notification_claimed_by_another_invocation_is_left_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, out) = (lake(), dir.path().join("outbox.jsonl"));
+        let alarm = handler(dir.path(), &lake, out.clone());
+        let t = chrono_now_ms() - 60_000;
+        alarm.handle(event(vec![record(0, t, 95.0)])).await.unwrap();
+        // Put the sent notification back, claimed by someone else until a minute from now.
+        let key = Path::from("_state/alarm/g/metrics+0.json");
+        let (state, v): (Option<PartitionAlarms>, Version) = lake.read_state(&key).await.unwrap();
+        let mut state = state.unwrap();
+        let note = outbox(&out).remove(0).notification;
+        state.pending.push(Pending {
+            notification: note,
+            lease_until_ms: Some(chrono_now_ms() + 60_000),
+        });
+        lake.put_state(&key, &state, v).await.unwrap();
+        let s = alarm.tick(chrono_now_ms()).await.unwrap();
+        assert_eq!((s.sent, s.pending), (0, 1));
+        assert_eq!(outbox(&out).len(), 1, "not sent a second time");
+        // Once the claim has expired (its holder crashed), the next invocation sends it.
+        let (state, v): (Option<PartitionAlarms>, Version) = lake.read_state(&key).await.unwrap();
+        let mut state = state.unwrap();
+        state.pending[0].lease_until_ms = Some(chrono_now_ms() - 1);
+        lake.put_state(&key, &state, v).await.unwrap();
+        let s = alarm.tick(chrono_now_ms()).await.unwrap();
+        assert_eq!((s.sent, s.pending), (1, 0));
+        assert_eq!(outbox(&out).len(), 2);
+    }
 }
