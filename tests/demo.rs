@@ -50,7 +50,26 @@ fn demo_journey_adds_up_and_replaces_its_own_lake() {
             "a second demo replaces the first one's lake"
         );
         assert_eq!(s["rejected"], 0);
+        assert_eq!(s["alarm_sent"], s["alarm_notifications"], "all delivered");
+        let outbox = std::fs::read_to_string(lake.join("alarm-outbox.jsonl")).unwrap_or_default();
+        assert_eq!(
+            Some(outbox.lines().count() as u64),
+            s["alarm_sent"].as_u64(),
+            "one outbox line per notification sent"
+        );
     }
+
+    // The demo rule (max cpu_utilization > 45 over 10s, 1 of 1) fires for exactly the VMs with a
+    // sample above 45, and every notification is in the alarms table.
+    let breaching = sql(
+        &lake,
+        "SELECT DISTINCT vm FROM raw WHERE metric = 'cpu_utilization' AND value > 45 ORDER BY vm",
+    );
+    let alarmed = sql(
+        &lake,
+        "SELECT DISTINCT vm FROM alarms WHERE rule_id = 'cpu-busy' AND to_state <> 'OK' ORDER BY vm",
+    );
+    assert_eq!(alarmed, breaching);
 
     let raw = sql(
         &lake,

@@ -178,6 +178,10 @@ pub struct DemoArgs {
     /// Serve the runner's Prometheus metrics on this address (e.g. 127.0.0.1:9464) while the demo runs.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Send the demo's alarm notifications to this SNS topic (AWS_* variables configure the
+    /// client) instead of LAKE/alarm-outbox.jsonl.
+    #[arg(long, env = "SNS_TOPIC_ARN")]
+    pub sns_topic_arn: Option<String>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

@@ -18,8 +18,8 @@ use indicatif::MultiProgress;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use super::InProcessAggregate;
-use crate::cli::DemoArgs;
+use super::{InProcessAggregate, InProcessAlarm};
+use crate::cli::{AlarmTargetArgs, DemoArgs};
 use crate::output;
 
 const TOPIC: &str = "metrics";
@@ -28,6 +28,16 @@ const PARTITIONS: i32 = 6;
 const SCALE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long lower demand must last before the demo's runner removes workers.
 const COOLDOWN: Duration = Duration::from_secs(3);
+/// The demo's alarm rules, stored at the lake's default rules location.
+const DEMO_RULES: &str = include_str!("../../../schemas/examples/alarm-rules/demo.json");
+/// Consumer group (and state namespace) of the demo's alarm function.
+const ALARM_GROUP: &str = "damselfly-demo-alarm";
+/// Longest the demo's alarm function may take to evaluate the topic.
+const ALARM_DEADLINE: Duration = Duration::from_secs(120);
+/// The file in the demo lake that receives alarm notifications when no SNS topic is given.
+const OUTBOX: &str = "alarm-outbox.jsonl";
+/// Notifications shown after the demo, at most.
+const SHOWN_NOTIFICATIONS: usize = 8;
 /// Marks a directory as a demo lake, which a later demo may replace.
 const MARKER: &str = ".damselfly-demo";
 
@@ -52,6 +62,9 @@ struct DemoSummary {
     seconds: f64,
     max_workers_seen: u64,
     scaling_events: u64,
+    alarm_notifications: u64,
+    alarm_sent: u64,
+    alarm_target: String,
 }
 
 pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()> {
@@ -163,6 +176,7 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         r = stop_on_signal => return r,
     };
     bar.finish_and_clear();
+    let alarms = run_alarms(&args, &brokers, published, progress).await?;
     drop(cluster);
 
     let sql = LakeSql::open(&args.lake).await?;
@@ -180,6 +194,9 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         seconds: started.elapsed().as_secs_f64(),
         max_workers_seen: consumed.max_workers_seen,
         scaling_events: consumed.scaling_events,
+        alarm_notifications: alarms.notifications,
+        alarm_sent: alarms.sent,
+        alarm_target: alarms.target.clone(),
     };
     if !args.json {
         for (title, q) in [
@@ -189,6 +206,20 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
             let out = damselfly_query::format(&sql.query(q).await?, OutputFormat::Table)?;
             println!("{title}\n{q}\n{out}\n");
         }
+        println!(
+            "Alarm notifications: {} sent to {} (rules: {}/_config/alarm-rules.json)",
+            alarms.sent, alarms.target, args.lake
+        );
+        for subject in alarms.subjects.iter().take(SHOWN_NOTIFICATIONS) {
+            println!("  {subject}");
+        }
+        if alarms.subjects.len() > SHOWN_NOTIFICATIONS {
+            println!(
+                "  ... and {} more",
+                alarms.subjects.len() - SHOWN_NOTIFICATIONS
+            );
+        }
+        println!();
         println!(
             "Ask your own: damselfly sql --lake {} \"SELECT metric, count(*) FROM raw GROUP BY metric\"",
             args.lake
@@ -214,6 +245,81 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         ),
     );
     Ok(())
+}
+
+/// What the demo's alarm function did.
+struct AlarmRun {
+    notifications: u64,
+    sent: u64,
+    target: String,
+    /// Subjects of the notifications written to the outbox (empty when sent to SNS).
+    subjects: Vec<String>,
+}
+
+/// Runs the alarm function over the whole topic with the demo rules, then one tick.
+async fn run_alarms(
+    args: &DemoArgs,
+    brokers: &str,
+    published: u64,
+    progress: &MultiProgress,
+) -> anyhow::Result<AlarmRun> {
+    let rules = damselfly_alarm::RulesStore::open(&format!(
+        "{}/{}",
+        args.lake,
+        damselfly_alarm::config::DEFAULT_RULES_KEY
+    ))?;
+    rules.save(&rules.parse(DEMO_RULES.as_bytes())?).await?;
+    let outbox = Path::new(&args.lake).join(OUTBOX);
+    let target = AlarmTargetArgs {
+        rules: None,
+        sns_topic_arn: args.sns_topic_arn.clone(),
+        outbox: outbox.display().to_string(),
+        grace: Duration::from_secs(60),
+    };
+    let function =
+        InProcessAlarm::new(super::alarm::handler(&args.lake, ALARM_GROUP, &target).await?);
+    let config = RunnerConfig {
+        until_caught_up: true,
+        scaling: ScalingConfig {
+            max_workers: 1,
+            ..ScalingConfig::default()
+        },
+        ..RunnerConfig::new(brokers, TOPIC, ALARM_GROUP)
+    };
+    let stats = Arc::new(Stats::default());
+    let bar = output::bar(progress, None, "alarm");
+    let ticker = {
+        let (stats, f) = (stats.clone(), function.clone());
+        super::tick(bar.clone(), move || {
+            (
+                stats.records.load(Relaxed),
+                format!("messages, {} notifications", f.notifications.load(Relaxed)),
+            )
+        })
+    };
+    // Caught up normally takes a few seconds; a deadline keeps a stuck group from hanging the demo.
+    let deadline = tokio::time::sleep(ALARM_DEADLINE);
+    let run = damselfly_runner::run(&config, function.clone(), stats, deadline).await?;
+    if run.records < published {
+        tracing::warn!(deadline = ?ALARM_DEADLINE, records = run.records, published, "the alarm function did not catch up in time; showing what it sent");
+    }
+    drop(ticker);
+    bar.finish_and_clear();
+    let tick = function.handler().tick(super::now_ms()).await?;
+    let subjects = match std::fs::read_to_string(&outbox) {
+        Ok(text) => text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<damselfly_alarm::OutboxLine>(l).ok())
+            .map(|l| l.subject)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok(AlarmRun {
+        notifications: function.notifications.load(Relaxed) + tick.notifications,
+        sent: function.sent.load(Relaxed) + tick.sent,
+        target: function.handler().notifier().target(),
+        subjects,
+    })
 }
 
 /// What the demo publishes.
@@ -296,14 +402,19 @@ fn prepare_lake_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        // The tables, and the exactly-once ledger that describes what the last demo wrote: the
-        // next demo starts from offset 0 on a fresh broker.
+        // The tables, and the exactly-once ledger and alarm states that describe what the last
+        // demo did: the next demo starts from offset 0 on a fresh broker.
         let tables = Table::ALL.iter().map(|t| t.name());
         for name in tables.chain([damselfly_core::ledger::STATE_PREFIX]) {
             let t = dir.join(name);
             if t.exists() {
                 std::fs::remove_dir_all(&t).with_context(|| format!("clearing {}", t.display()))?;
             }
+        }
+        let outbox = dir.join(OUTBOX);
+        if outbox.exists() {
+            std::fs::remove_file(&outbox)
+                .with_context(|| format!("clearing {}", outbox.display()))?;
         }
     }
     std::fs::create_dir_all(dir)?;

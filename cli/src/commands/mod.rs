@@ -121,6 +121,11 @@ impl InProcessAlarm {
         })
     }
 
+    /// The handler.
+    pub fn handler(&self) -> &Alarm {
+        &self.handler
+    }
+
     fn count(&self, s: &damselfly_alarm::AlarmSummary) {
         self.records.fetch_add(s.records, Relaxed);
         self.notifications.fetch_add(s.notifications, Relaxed);
