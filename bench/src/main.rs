@@ -2,6 +2,7 @@
 
 mod agent;
 mod aggregate;
+mod alarm;
 mod runner;
 mod simulate;
 mod sys;
@@ -12,6 +13,8 @@ use clap::Parser as _;
 #[derive(Debug, clap::Parser)]
 #[command(name = "damselfly-bench")]
 enum Bench {
+    /// A breaching sample published -> its alarm notification sent, with 20,000 VMs publishing.
+    Alarm(alarm::Args),
     /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
     Aggregate(aggregate::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
@@ -25,6 +28,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Aggregate(args) => aggregate::run(&args),
+        Bench::Alarm(args) => alarm::run(&args),
         Bench::Agent(args) => agent::run(&args),
         Bench::Runner(args) => runner::run(&args),
         Bench::Simulate(args) => simulate::run(&args),
