@@ -106,12 +106,15 @@ pub enum HandlerError {
     /// The history rows could not be encoded: a bug.
     #[error("encoding alarm history: {0}")]
     Encode(#[from] EncodeError),
+    /// The event has `records` but is not a Kafka event.
+    #[error("not a Kafka event: {0}")]
+    Event(String),
 }
 
 impl HandlerError {
     /// Whether retrying the same batch may succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, HandlerError::Encode(_))
+        !matches!(self, HandlerError::Encode(_) | HandlerError::Event(_))
     }
 }
 
@@ -247,6 +250,21 @@ impl Alarm {
             "alarm batch evaluated"
         );
         Ok(summary)
+    }
+
+    /// Handles whatever Lambda delivers: a Kafka event (it has `records`) is evaluated; any other
+    /// event (an EventBridge schedule) runs the tick at the wall clock.
+    pub async fn handle_any(
+        &self,
+        payload: serde_json::Value,
+    ) -> Result<AlarmSummary, HandlerError> {
+        if payload.get("records").is_some() {
+            let event: KafkaEvent =
+                serde_json::from_value(payload).map_err(|e| HandlerError::Event(e.to_string()))?;
+            self.handle(event).await
+        } else {
+            self.tick(chrono_now_ms()).await
+        }
     }
 
     /// The scheduled tick: decides periods past their end, detects NO_DATA, repeats firing alarms
@@ -546,6 +564,43 @@ mod tests {
             LakeLocation::parse("s3://mem/lake").unwrap(),
             Arc::new(InMemory::new()),
         )
+    }
+
+    #[tokio::test]
+    async fn lambda_kafka_and_schedule_events_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, out) = (lake(), dir.path().join("outbox.jsonl"));
+        let alarm = handler(dir.path(), &lake, out.clone());
+        let value = format!(
+            r#"{{"v":1,"ts":{},"tags":{{"ns":"n","mcis":"m","vm":"vm-1"}},"metrics":{{"cpu_utilization":97}}}}"#,
+            chrono_now_ms() - 5_000
+        );
+        // As Lambda's self-managed Kafka trigger sends it (timestamps as numbers).
+        let kafka = serde_json::json!({
+            "eventSource": "SelfManagedKafka",
+            "bootstrapServers": "b-1:9092",
+            "records": {"metrics-0": [{
+                "topic": "metrics", "partition": 0, "offset": 7, "timestamp": chrono_now_ms(),
+                "timestampType": "CREATE_TIME",
+                "key": base64::engine::general_purpose::STANDARD.encode("vm-1"),
+                "value": base64::engine::general_purpose::STANDARD.encode(value),
+                "headers": []}]}
+        });
+        let s = alarm.handle_any(kafka).await.unwrap();
+        assert_eq!((s.records, s.sent), (1, 1));
+        // As EventBridge Scheduler sends it: a tick over every partition with a state.
+        let schedule = serde_json::json!({
+            "version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
+            "time": "2026-11-21T10:00:00Z", "region": "eu-west-1", "resources": [], "detail": {}
+        });
+        let s = alarm.handle_any(schedule).await.unwrap();
+        assert_eq!((s.partitions, s.records), (1, 0));
+        let bad = serde_json::json!({"records": 3});
+        let e = alarm.handle_any(bad).await.unwrap_err();
+        assert!(
+            !e.is_retryable() && e.to_string().starts_with("not a Kafka event"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

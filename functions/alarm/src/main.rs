@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use aws_lambda_events::event::kafka::KafkaEvent;
 use damselfly_alarm::{Alarm, Config};
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -16,18 +15,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let handler = Arc::new(Alarm::from_config(&config).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
-        async move {
-            let summary = if event.payload.get("records").is_some() {
-                let kafka: KafkaEvent = serde_json::from_value(event.payload)?;
-                handler.handle(kafka).await?
-            } else {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis() as i64;
-                handler.tick(now).await?
-            };
-            Ok::<_, lambda_runtime::Error>(summary)
-        }
+        async move { handler.handle_any(event.payload).await }
     }))
     .await
 }
