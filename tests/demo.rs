@@ -29,18 +29,22 @@ fn demo_journey_adds_up_and_replaces_its_own_lake() {
     let samples = messages * SAMPLES_PER_MESSAGE;
 
     for _run in 0..2 {
-        let s = damselfly(&[
-            "demo",
-            "--vms",
-            "4",
-            "--duration",
-            "3",
-            "--interval",
-            "1s",
-            "--lake",
-            lake_s,
-            "--json",
-        ]);
+        // Without an SNS topic (tests/run exports the local stack's), notifications go to the outbox.
+        let s = damselfly_without(
+            &["SNS_TOPIC_ARN"],
+            &[
+                "demo",
+                "--vms",
+                "4",
+                "--duration",
+                "3",
+                "--interval",
+                "1s",
+                "--lake",
+                lake_s,
+                "--json",
+            ],
+        );
         assert_eq!(s["intervals"], intervals);
         assert_eq!(s["published"], messages);
         assert_eq!(s["consumed"], messages);
@@ -51,6 +55,10 @@ fn demo_journey_adds_up_and_replaces_its_own_lake() {
         );
         assert_eq!(s["rejected"], 0);
         assert_eq!(s["alarm_sent"], s["alarm_notifications"], "all delivered");
+        assert_eq!(
+            s["alarm_target"].as_str(),
+            lake.join("alarm-outbox.jsonl").to_str()
+        );
         let outbox = std::fs::read_to_string(lake.join("alarm-outbox.jsonl")).unwrap_or_default();
         assert_eq!(
             Some(outbox.lines().count() as u64),

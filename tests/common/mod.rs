@@ -59,10 +59,17 @@ pub fn rt() -> tokio::runtime::Runtime {
 
 /// Runs `damselfly ARGS`, asserts it succeeded, and parses its stdout as JSON.
 pub fn damselfly(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-        .args(args)
-        .output()
-        .expect("run damselfly");
+    damselfly_without(&[], args)
+}
+
+/// Runs `damselfly ARGS` without the environment variables `unset` (e.g. the local stack's
+/// `SNS_TOPIC_ARN`), asserts it succeeded, and parses its stdout as JSON.
+pub fn damselfly_without(unset: &[&str], args: &[&str]) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_damselfly"));
+    for var in unset {
+        cmd.env_remove(var);
+    }
+    let out = cmd.args(args).output().expect("run damselfly");
     assert!(
         out.status.success(),
         "damselfly {args:?} failed: {}\n{}",
