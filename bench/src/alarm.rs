@@ -16,6 +16,7 @@ use damselfly_runner::{Function, FunctionError, RunnerConfig, ScalingConfig, Sta
 use rdkafka::mocking::MockCluster;
 
 use crate::sys;
+use damselfly_agent::run::now_ms;
 
 /// The goal: p99 under 2 s (CloudWatch alarms need minutes).
 const GOAL_P99: Duration = Duration::from_secs(2);
@@ -253,10 +254,4 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
          runner) in % of one core"
     );
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

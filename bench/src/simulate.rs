@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::mocking::MockCluster;
 
 use crate::sys;
+use damselfly_agent::run::now_ms;
 
 /// The fleet size the issue asks one process to sustain.
 const GOAL_VMS: usize = 20_000;
@@ -180,13 +181,6 @@ fn measure(
         expected: sent,
         cpu_pct: sys::cpu_pct(&cpu_before, &cpu_after, hz),
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn print_table(args: &Args, rows: &[Row], broker: &str) {

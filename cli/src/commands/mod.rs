@@ -169,8 +169,4 @@ impl Function for InProcessAlarm {
 }
 
 /// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use damselfly_agent::run::now_ms;

@@ -494,9 +494,7 @@ fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
 }
 
 fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]
