@@ -298,8 +298,14 @@ async fn run_alarms(
         })
     };
     // Caught up normally takes a few seconds; a deadline keeps a stuck group from hanging the demo.
-    let deadline = tokio::time::sleep(ALARM_DEADLINE);
-    let run = damselfly_runner::run(&config, function.clone(), stats, deadline).await?;
+    // Ctrl-C or SIGTERM stops it too.
+    let stop = async {
+        tokio::select! {
+            _ = tokio::time::sleep(ALARM_DEADLINE) => {},
+            _ = super::shutdown_signal() => {},
+        }
+    };
+    let run = damselfly_runner::run(&config, function.clone(), stats, stop).await?;
     if run.records < published {
         tracing::warn!(deadline = ?ALARM_DEADLINE, records = run.records, published, "the alarm function did not catch up in time; showing what it sent");
     }
