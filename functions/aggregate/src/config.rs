@@ -14,29 +14,7 @@ pub struct Config {
 }
 
 /// A configuration problem, naming the variable and how to fix it.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    /// A required variable is not set.
-    #[error("{var} is not set: {fix}")]
-    Missing {
-        /// The environment variable.
-        var: &'static str,
-        /// How to fix it.
-        fix: &'static str,
-    },
-    /// A variable is set to something unusable.
-    #[error("{var}={value:?} is invalid ({why}): {fix}")]
-    Invalid {
-        /// The environment variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// What is wrong.
-        why: String,
-        /// How to fix it.
-        fix: &'static str,
-    },
-}
+pub use damselfly_core::env::EnvError as ConfigError;
 
 impl Config {
     /// Reads the configuration from the process environment.
@@ -46,23 +24,15 @@ impl Config {
 
     /// Reads the configuration through a lookup function (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let lake = get("LAKE")
-            .filter(|v| !v.is_empty())
-            .ok_or(ConfigError::Missing {
-                var: "LAKE",
-                fix: "set it to the lake URL, e.g. s3://my-bucket/lake or /var/lib/damselfly/lake",
-            })?;
+        let lake = damselfly_core::env::lake(get("LAKE"))?;
         let defaults = Validation::default();
-        let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(var) {
-                None => Ok(default),
-                Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
-                    var,
-                    value: v,
-                    why: e.to_string(),
-                    fix: "use a duration such as 90s, 10m, 7d",
-                }),
-            }
+        let duration = |var: &'static str, default: Duration| {
+            damselfly_core::env::duration(
+                var,
+                get(var),
+                default,
+                "use a duration such as 90s, 10m, 7d",
+            )
         };
         let max_message_bytes = match get("DAMSELFLY_MAX_MESSAGE_BYTES") {
             None => defaults.max_message_bytes,

@@ -21,29 +21,7 @@ pub struct Config {
 }
 
 /// A configuration problem, naming the variable and how to fix it.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    /// A required variable is not set.
-    #[error("{var} is not set: {fix}")]
-    Missing {
-        /// The environment variable.
-        var: &'static str,
-        /// How to fix it.
-        fix: &'static str,
-    },
-    /// A variable is set to something unusable.
-    #[error("{var}={value:?} is invalid ({why}): {fix}")]
-    Invalid {
-        /// The environment variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// What is wrong.
-        why: String,
-        /// How to fix it.
-        fix: &'static str,
-    },
-}
+pub use damselfly_core::env::EnvError as ConfigError;
 
 /// The rules object inside a lake when `ALARM_RULES` is not set.
 pub const DEFAULT_RULES_KEY: &str = "_config/alarm-rules.json";
@@ -60,10 +38,7 @@ impl Config {
     /// Reads the configuration through a lookup function (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let set = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let lake = set("LAKE").ok_or(ConfigError::Missing {
-            var: "LAKE",
-            fix: "set it to the lake URL, e.g. s3://my-bucket/lake or /var/lib/damselfly/lake",
-        })?;
+        let lake = damselfly_core::env::lake(get("LAKE"))?;
         let rules = set("ALARM_RULES")
             .unwrap_or_else(|| format!("{}/{DEFAULT_RULES_KEY}", lake.trim_end_matches('/')));
         let sns_topic_arn = set("SNS_TOPIC_ARN");
@@ -77,15 +52,12 @@ impl Config {
                 fix: "use the topic's ARN, e.g. arn:aws:sns:eu-west-1:123456789012:damselfly-alarms",
             });
         }
-        let grace = match set("ALARM_GRACE") {
-            None => Duration::from_secs(60),
-            Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
-                var: "ALARM_GRACE",
-                value: v,
-                why: e.to_string(),
-                fix: "use a duration such as 30s or 2m",
-            })?,
-        };
+        let grace = damselfly_core::env::duration(
+            "ALARM_GRACE",
+            set("ALARM_GRACE"),
+            Duration::from_secs(60),
+            "use a duration such as 30s or 2m",
+        )?;
         Ok(Self {
             lake,
             rules,

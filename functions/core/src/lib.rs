@@ -8,6 +8,7 @@ pub mod batch;
 pub mod conformance;
 pub mod decode;
 pub mod encode;
+pub mod env;
 pub mod formats;
 pub mod lake;
 pub mod ledger;
