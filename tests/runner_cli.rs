@@ -245,3 +245,185 @@ fn read_failed(dir: &Path) -> Vec<Value> {
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
         .collect()
 }
+
+/// `cargo lambda watch` serving Lambda's Runtime and Invoke APIs on a free port, with no function
+/// of its own: the test starts the real binaries against it (a nested `cargo` build would wait on
+/// the lock `cargo test` holds).
+struct LambdaEmulator {
+    watch: Child,
+    functions: Vec<Child>,
+    port: u16,
+}
+
+impl LambdaEmulator {
+    fn start() -> Self {
+        let port = free_port();
+        let cargo_lambda =
+            std::env::var("DAMSELFLY_CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into());
+        let watch = Command::new(&cargo_lambda)
+            .args(["lambda", "watch", "--only-lambda-apis"])
+            .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
+            .arg(port.to_string())
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{cargo_lambda}: {e} (pip install cargo-lambda; tests/run does)")
+            });
+        let until = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "cargo lambda watch did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            watch,
+            functions: Vec::new(),
+            port,
+        }
+    }
+
+    /// Starts the real `damselfly-aggregate` Lambda binary as function `name`, writing to `lake`.
+    fn aggregate(&mut self, name: &str, lake: &Path) {
+        // The binary sits beside this test's directory: target/<profile>/damselfly-aggregate.
+        let bin = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("damselfly-aggregate");
+        assert!(
+            bin.exists(),
+            "{} is not built: cargo build -p damselfly-aggregate (tests/run does)",
+            bin.display()
+        );
+        let runtime_api = format!("http://127.0.0.1:{}/.rt/{name}", self.port);
+        let child = Command::new(bin)
+            .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("LAKE", lake)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("damselfly-aggregate");
+        self.functions.push(child);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LambdaEmulator {
+    fn drop(&mut self) {
+        for c in self.functions.iter_mut().chain([&mut self.watch]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `damselfly run aggregate` with extra arguments until caught up; its JSON summary.
+fn run_until_caught_up(brokers: &str, group: &str, args: &[&str]) -> Value {
+    let child = damselfly()
+        .args(["run", "aggregate", "--brokers", brokers, "--topic", TOPIC])
+        .args(["--group", group, "--until-caught-up", "--json"])
+        .args(["--batching-window", "200ms"])
+        .args(args)
+        .env_remove("LAKE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let out = wait(child, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A few aggregates over a lake, by `damselfly sql`.
+fn lake_answers(lake: &Path) -> Value {
+    let out = damselfly()
+        .args(["sql", "--lake", lake.to_str().unwrap(), "--format", "json"])
+        .arg(
+            "SELECT (SELECT count(*) FROM raw) AS raw_rows, \
+             (SELECT count(DISTINCT vm) FROM raw) AS vms, \
+             (SELECT round(sum(value), 3) FROM raw) AS raw_sum, \
+             (SELECT sum(count) FROM rollup_1m) AS rollup_count, \
+             (SELECT round(sum(sum), 3) FROM rollup_1m) AS rollup_sum",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs cargo-lambda on PATH and the damselfly-aggregate binary built: run tests/run"]
+fn the_real_lambda_binary_under_cargo_lambda_watch_answers_as_in_process() {
+    let (_cluster, brokers) = broker_with_messages(10, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let (local, remote) = (dir.path().join("in-process"), dir.path().join("remote"));
+
+    let a = run_until_caught_up(&brokers, "in-process", &["--lake", local.to_str().unwrap()]);
+
+    let mut lambda = LambdaEmulator::start();
+    lambda.aggregate("damselfly-aggregate", &remote);
+    let b = run_until_caught_up(&brokers, "remote", &["--invoke-url", &lambda.url()]);
+
+    assert_eq!(a["records"], 40);
+    for field in ["records", "samples", "rejected", "failed_batches"] {
+        assert_eq!(a[field], b[field], "{field}: in-process {a} vs remote {b}");
+    }
+    assert!(b["objects"].as_u64().unwrap() > 0, "{b}");
+    let (la, lb) = (lake_answers(&local), lake_answers(&remote));
+    assert_eq!(la[0]["raw_rows"], 40 * 50, "{la}");
+    assert_eq!(la, lb, "the two lakes answer alike");
+
+    // A function error crosses the Invoke API with Lambda's errorType and errorMessage: a lake
+    // whose `raw` directory is a file fails every write, and the batch goes to --on-failure.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("raw"), "in the way").unwrap();
+    // The emulator serves only the project's binary names: a second one hosts the broken copy.
+    let mut broken_lambda = LambdaEmulator::start();
+    broken_lambda.aggregate("damselfly-aggregate", &broken);
+    let failed = dir.path().join("failed");
+    let url = format!(
+        "{}/2015-03-31/functions/damselfly-aggregate/invocations",
+        broken_lambda.url()
+    );
+    let on_failure = format!("file://{}", failed.display());
+    let c = run_until_caught_up(
+        &brokers,
+        "broken",
+        &[
+            "--invoke-url",
+            &url,
+            "--max-retry-attempts",
+            "0",
+            "--on-failure",
+            &on_failure,
+        ],
+    );
+    assert_eq!(c["failed_records"], 40, "{c}");
+    let records = read_failed(&failed.join("broken"));
+    assert!(!records.is_empty());
+    for r in records {
+        let msg = r["responseContext"]["errorMessage"].as_str().unwrap();
+        assert!(
+            msg.starts_with("Retryable: ") && msg.contains("raw"),
+            "{msg}"
+        );
+    }
+}

@@ -274,8 +274,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub group: Option<String>,
     /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix (S3 settings from AWS_* variables).
-    #[arg(long, env = "LAKE")]
-    pub lake: String,
+    /// Not needed with --invoke-url: the invoked function has its own LAKE.
+    #[arg(long, env = "LAKE", required_unless_present = "invoke_url")]
+    pub lake: Option<String>,
+    /// Invoke the function over Lambda's Invoke API instead of in this process: `aws` (the
+    /// configured region's Lambda), `http://127.0.0.1:9000` (`cargo lambda watch`), or a whole
+    /// `http://HOST:PORT/2015-03-31/functions/NAME/invocations` URL [function name:
+    /// damselfly-aggregate or damselfly-alarm].
+    #[arg(long)]
+    pub invoke_url: Option<String>,
     /// Most records per invocation (Lambda: default 100, max 10000).
     #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,

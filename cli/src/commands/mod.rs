@@ -10,9 +10,9 @@ mod sql;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use damselfly_aggregate::{Aggregate, AggregateSummary};
+use damselfly_aggregate::Aggregate;
 use damselfly_alarm::Alarm;
-use damselfly_runner::{Function, FunctionError};
+use damselfly_runner::{Function, FunctionError, InvokeTarget, LambdaInvoke};
 use indicatif::{MultiProgress, ProgressBar};
 
 use crate::cli::Command;
@@ -54,9 +54,38 @@ impl Drop for Ticker {
     }
 }
 
-/// The aggregate handler invoked in-process by the runner, tallying what it wrote.
-pub struct InProcessAggregate {
-    handler: Aggregate,
+/// Where the runner's invocations go: the handler in this process, or a Lambda over the Invoke API.
+pub enum Target<H> {
+    /// The handler, called directly.
+    InProcess(H),
+    /// A function behind `--invoke-url` (`cargo lambda watch`, or AWS).
+    Remote(LambdaInvoke),
+}
+
+impl<H> Target<H> {
+    /// The in-process handler, or one behind `--invoke-url` named `default_name` unless the URL names one.
+    pub async fn new(
+        handler: impl AsyncFnOnce() -> anyhow::Result<H>,
+        invoke_url: Option<&str>,
+        default_name: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(match invoke_url {
+            None => Self::InProcess(handler().await?),
+            Some(url) => {
+                Self::Remote(LambdaInvoke::connect(InvokeTarget::parse(url, default_name)?).await)
+            }
+        })
+    }
+}
+
+/// A JSON counter from a function's result (0 when absent).
+fn counter(result: &serde_json::Value, field: &str) -> u64 {
+    result[field].as_u64().unwrap_or(0)
+}
+
+/// The aggregate function as the runner hosts it, tallying what it wrote from each result.
+pub struct HostedAggregate {
+    target: Target<Aggregate>,
     /// Samples written to `raw` so far.
     pub samples: AtomicU64,
     /// Records sent to `dlq` so far.
@@ -65,11 +94,11 @@ pub struct InProcessAggregate {
     pub objects: AtomicU64,
 }
 
-impl InProcessAggregate {
-    /// Wraps a handler.
-    pub fn new(handler: Aggregate) -> Arc<Self> {
+impl HostedAggregate {
+    /// Hosts a target.
+    pub fn new(target: Target<Aggregate>) -> Arc<Self> {
         Arc::new(Self {
-            handler,
+            target,
             samples: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             objects: AtomicU64::new(0),
@@ -78,27 +107,30 @@ impl InProcessAggregate {
 }
 
 #[async_trait::async_trait]
-impl Function for InProcessAggregate {
+impl Function for HostedAggregate {
     async fn invoke(
         &self,
         event: aws_lambda_events::event::kafka::KafkaEvent,
     ) -> Result<serde_json::Value, FunctionError> {
-        match self.handler.handle(event).await {
-            Ok(s @ AggregateSummary { stats, objects, .. }) => {
-                self.samples.fetch_add(stats.samples, Relaxed);
-                self.rejected.fetch_add(stats.rejected, Relaxed);
-                self.objects.fetch_add(objects as u64, Relaxed);
-                Ok(serde_json::to_value(s).expect("summaries serialize"))
-            }
-            Err(e) if e.is_retryable() => Err(FunctionError::retryable(e.to_string())),
-            Err(e) => Err(FunctionError::fatal(e.to_string())),
-        }
+        let result = match &self.target {
+            Target::Remote(f) => f.invoke(event).await?,
+            Target::InProcess(h) => match h.handle(event).await {
+                Ok(s) => serde_json::to_value(s).expect("summaries serialize"),
+                Err(e) if e.is_retryable() => return Err(FunctionError::retryable(e.to_string())),
+                Err(e) => return Err(FunctionError::fatal(e.to_string())),
+            },
+        };
+        self.samples.fetch_add(counter(&result, "samples"), Relaxed);
+        self.rejected
+            .fetch_add(counter(&result, "rejected"), Relaxed);
+        self.objects.fetch_add(counter(&result, "objects"), Relaxed);
+        Ok(result)
     }
 }
 
-/// The alarm function hosted in this process, with running totals for progress and summaries.
-pub struct InProcessAlarm {
-    handler: Alarm,
+/// The alarm function as the runner hosts it, with running totals for progress and summaries.
+pub struct HostedAlarm {
+    target: Target<Alarm>,
     /// Records evaluated so far.
     pub records: AtomicU64,
     /// Notifications decided so far (batches and ticks).
@@ -109,11 +141,11 @@ pub struct InProcessAlarm {
     pub pending: AtomicU64,
 }
 
-impl InProcessAlarm {
-    /// Wraps a handler.
-    pub fn new(handler: Alarm) -> Arc<Self> {
+impl HostedAlarm {
+    /// Hosts a target.
+    pub fn new(target: Target<Alarm>) -> Arc<Self> {
         Arc::new(Self {
-            handler,
+            target,
             records: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -121,19 +153,37 @@ impl InProcessAlarm {
         })
     }
 
-    /// The handler.
-    pub fn handler(&self) -> &Alarm {
-        &self.handler
+    /// Where notifications go (or which function decides that).
+    pub fn target(&self) -> String {
+        match &self.target {
+            Target::InProcess(h) => h.notifier().target(),
+            Target::Remote(f) => f.target().to_string(),
+        }
     }
 
-    fn count(&self, s: &damselfly_alarm::AlarmSummary) {
-        self.records.fetch_add(s.records, Relaxed);
-        self.notifications.fetch_add(s.notifications, Relaxed);
-        self.sent.fetch_add(s.sent, Relaxed);
-        self.pending.store(s.pending, Relaxed);
+    fn count(&self, s: &serde_json::Value) {
+        self.records.fetch_add(counter(s, "records"), Relaxed);
+        self.notifications
+            .fetch_add(counter(s, "notifications"), Relaxed);
+        self.sent.fetch_add(counter(s, "sent"), Relaxed);
+        self.pending.store(counter(s, "pending"), Relaxed);
     }
 
-    /// Runs the scheduled tick every `every` until dropped (the cloud's EventBridge schedule).
+    /// Runs the scheduled tick once (in-process, or by invoking the function with a scheduled event).
+    pub async fn tick(&self) -> Result<serde_json::Value, FunctionError> {
+        let result = match &self.target {
+            Target::InProcess(h) => h
+                .tick(now_ms())
+                .await
+                .map(|s| serde_json::to_value(s).expect("summaries serialize"))
+                .map_err(|e| FunctionError::retryable(e.to_string()))?,
+            Target::Remote(f) => f.invoke_json(&scheduled_event()).await?,
+        };
+        self.count(&result);
+        Ok(result)
+    }
+
+    /// Runs the scheduled tick every `every` until aborted (the cloud's EventBridge schedule).
     pub fn tick_every(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -142,29 +192,42 @@ impl InProcessAlarm {
             timer.tick().await;
             loop {
                 timer.tick().await;
-                match me.handler.tick(now_ms()).await {
-                    Ok(s) => me.count(&s),
-                    Err(e) => tracing::warn!(error = %e, "alarm tick failed; the next one retries"),
+                if let Err(e) = me.tick().await {
+                    tracing::warn!(error = %e, "alarm tick failed; the next one retries");
                 }
             }
         })
     }
 }
 
+/// The event an EventBridge schedule delivers, as the alarm function's tick receives it.
+fn scheduled_event() -> serde_json::Value {
+    serde_json::json!({
+        "version": "0",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "resources": [],
+        "detail": {}
+    })
+}
+
 #[async_trait::async_trait]
-impl Function for InProcessAlarm {
+impl Function for HostedAlarm {
     async fn invoke(
         &self,
         event: aws_lambda_events::event::kafka::KafkaEvent,
     ) -> Result<serde_json::Value, FunctionError> {
-        match self.handler.handle(event).await {
-            Ok(s) => {
-                self.count(&s);
-                Ok(serde_json::to_value(s).expect("summaries serialize"))
-            }
-            Err(e) if e.is_retryable() => Err(FunctionError::retryable(e.to_string())),
-            Err(e) => Err(FunctionError::fatal(e.to_string())),
-        }
+        let result = match &self.target {
+            Target::Remote(f) => f.invoke(event).await?,
+            Target::InProcess(h) => match h.handle(event).await {
+                Ok(s) => serde_json::to_value(s).expect("summaries serialize"),
+                Err(e) if e.is_retryable() => return Err(FunctionError::retryable(e.to_string())),
+                Err(e) => return Err(FunctionError::fatal(e.to_string())),
+            },
+        };
+        self.count(&result);
+        Ok(result)
     }
 }
 

@@ -9,7 +9,7 @@ use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use indicatif::MultiProgress;
 use serde::Serialize;
 
-use super::{InProcessAggregate, InProcessAlarm};
+use super::{HostedAggregate, HostedAlarm, Target};
 use crate::cli::{FunctionName, RunArgs};
 use crate::output;
 
@@ -55,6 +55,21 @@ fn group(args: &RunArgs) -> String {
         .unwrap_or_else(|| args.function.default_group().to_owned())
 }
 
+/// The lake of an in-process function (clap requires it unless --invoke-url is given).
+fn lake(args: &RunArgs) -> &str {
+    args.lake
+        .as_deref()
+        .expect("clap requires --lake unless --invoke-url")
+}
+
+/// Where the aggregate function writes, for the summary.
+fn destination(args: &RunArgs) -> String {
+    match (&args.invoke_url, &args.lake) {
+        (Some(url), _) => format!("the lake of {url}"),
+        (None, lake) => lake.clone().unwrap_or_default(),
+    }
+}
+
 /// Runs the chosen function until stopped (or caught up).
 pub async fn run(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     match args.function {
@@ -78,9 +93,12 @@ struct RunAlarmSummary {
 async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let config = runner_config(&args);
     config.validate()?;
-    let handler = super::alarm::handler(&args.lake, &group(&args), &args.alarm).await?;
-    let target = handler.notifier().target();
-    let function = InProcessAlarm::new(handler);
+    let group = group(&args);
+    let handler = async || super::alarm::handler(lake(&args), &group, &args.alarm).await;
+    let function = HostedAlarm::new(
+        Target::new(handler, args.invoke_url.as_deref(), "damselfly-alarm").await?,
+    );
+    let target = function.target();
     let ticker_task = function.tick_every(args.tick_every);
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "alarm");
@@ -132,13 +150,15 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
 async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let config = runner_config(&args);
     config.validate()?;
-    let lake = Lake::open(&args.lake)?;
     let limits = Validation {
         max_past: args.max_past,
         max_future: args.max_future,
         ..Validation::default()
     };
-    let function = InProcessAggregate::new(Aggregate::new(lake, limits));
+    let handler = async || Ok(Aggregate::new(Lake::open(lake(&args))?, limits));
+    let function = HostedAggregate::new(
+        Target::new(handler, args.invoke_url.as_deref(), "damselfly-aggregate").await?,
+    );
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "aggregate");
     let ticker = {
@@ -194,7 +214,7 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
             s.samples,
             s.rejected,
             s.objects,
-            args.lake,
+            destination(&args),
             s.runner.max_workers_seen,
             s.runner.scaling_events,
             s.runner.seconds

@@ -1,7 +1,7 @@
 //! The local event source mapping: what Lambda's Kafka trigger does, on any machine, against any broker.
 //!
 //! It runs consumer-group members ([`worker`]s) in this process, builds batches exactly as Lambda
-//! does ([`event::kafka_event`]), invokes a [`Function`], retries, bisects and sends failed batches
+//! does ([`event::kafka_event`]), invokes a [`Function`] (in-process, or over Lambda's Invoke API: [`remote`]), retries, bisects and sends failed batches
 //! to an on-failure [`destination`], commits offsets only after a batch is settled, and scales the
 //! number of members with the group's lag by KEDA's rule ([`scale`]), exporting [`metrics`].
 
@@ -10,6 +10,7 @@ pub mod destination;
 pub mod event;
 pub mod function;
 pub mod metrics;
+pub mod remote;
 pub mod runner;
 pub mod scale;
 mod worker;
@@ -18,4 +19,5 @@ pub use config::{ConfigError, OnFailure, RunnerConfig, ScalingConfig, StartingPo
 pub use destination::{Condition, FailedBatch};
 pub use function::{Function, FunctionError};
 pub use metrics::Stats;
+pub use remote::{InvokeTarget, LambdaInvoke};
 pub use runner::{RunSummary, RunnerError, run};

@@ -1,0 +1,221 @@
+//! Lag-driven scaling on the local stack: `damselfly run aggregate` on a 12-partition Tansu topic
+//! writing LocalStack S3 scales out under a burst, back in after the cool-down, and the lake holds
+//! every sample exactly once.
+//!
+//! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
+//! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package.
+
+mod common;
+use common::*;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 12;
+const THRESHOLD: u64 = 100;
+const SCALE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One scrape of the runner's metrics: seconds since start, group lag, workers.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: f64,
+    lag: i64,
+    workers: u64,
+}
+
+fn scrape(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The value of the first line starting with `family{` in a Prometheus text page.
+fn gauge(page: &str, family: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(&format!("{family}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn render(timeline: &[Sample]) -> String {
+    let mut s = String::from("   t(s)      lag  workers\n");
+    let mut last: Option<(i64, u64)> = None;
+    for p in timeline {
+        // Print changes only, so the table stays readable.
+        if last != Some((p.lag, p.workers)) {
+            s += &format!("{:7.1} {:8} {:8}\n", p.at, p.lag, p.workers);
+            last = Some((p.lag, p.workers));
+        }
+    }
+    s
+}
+
+#[test]
+#[ignore = "needs the local stack (Tansu + LocalStack S3): run tests/run"]
+fn a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
+    let brokers = env("KAFKA_BROKERS");
+    let id = run_id();
+    let topic = format!("scaling-{id}");
+    let group = format!("scaling-{id}");
+    let lake = format!("s3://{}/tests/scaling-{id}", env("LAKE_BUCKET"));
+    create_topic(&brokers, &topic, PARTITIONS);
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_damselfly"))
+        .args(["run", "aggregate", "--brokers", &brokers, "--topic", &topic])
+        .args([
+            "--group",
+            &group,
+            "--lake",
+            &lake,
+            "--metrics-listen",
+            &addr,
+        ])
+        .args(["--lag-threshold", &THRESHOLD.to_string()])
+        .args(["--min-workers", "1", "--max-workers", "12"])
+        .args(["--scale-interval", "1s", "--cooldown", "4s"])
+        .args(["--batch-size", "50", "--batching-window", "100ms", "--json"])
+        .env("RUST_LOG", "warn,damselfly_runner=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("damselfly run");
+
+    let start = Instant::now();
+    let mut timeline: Vec<Sample> = Vec::new();
+    let sample = |timeline: &mut Vec<Sample>| {
+        let page = scrape(&addr)?;
+        let lag = gauge(&page, "damselfly_runner_group_lag")? as i64;
+        let workers = gauge(&page, "damselfly_runner_workers")? as u64;
+        let s = Sample {
+            at: start.elapsed().as_secs_f64(),
+            lag,
+            workers,
+        };
+        timeline.push(s);
+        Some(s)
+    };
+    // The runner is up and idle at the minimum before the burst.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !matches!(sample(&mut timeline), Some(s) if s.workers == 1 && s.lag == 0) {
+        assert!(Instant::now() < until, "runner never came up idle");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The burst: 400 VMs x 6 intervals, published as fast as the broker takes them.
+    let published = damselfly(&[
+        "simulate",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--vms",
+        "400",
+        "--interval",
+        "1s",
+        "--duration",
+        "6s",
+        "--no-pace",
+        "--json",
+    ]);
+    let messages = published["published"].as_u64().unwrap();
+    assert_eq!(messages, 2400);
+
+    // Follow the timeline until the lag is gone and workers are back at the minimum.
+    let until = Instant::now() + Duration::from_secs(240);
+    let mut crossed: Option<f64> = None;
+    let mut peak: Option<Sample> = None;
+    loop {
+        if let Some(s) = sample(&mut timeline) {
+            if crossed.is_none() && s.lag as u64 > THRESHOLD {
+                crossed = Some(s.at);
+            }
+            if peak.is_none_or(|p| s.workers > p.workers) {
+                peak = Some(s);
+            }
+            if peak.is_some_and(|p| p.workers > 1) && s.lag == 0 && s.workers == 1 {
+                break;
+            }
+        }
+        if Instant::now() > until {
+            let _ = runner.kill();
+            let out = runner.wait_with_output().unwrap();
+            panic!(
+                "workers did not scale out and back in 240 s:\n{}\nstderr:\n{}",
+                render(&timeline),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("timeline (changes only):\n{}", render(&timeline));
+
+    // Out: the burst's lag (far above 12 x threshold) asks for the cap; the first sample at 12
+    // workers comes within two scale intervals (plus a scrape period) of the crossing.
+    let crossed = crossed.expect("the lag crossed the threshold");
+    let at_cap = timeline
+        .iter()
+        .find(|s| s.workers == PARTITIONS as u64)
+        .unwrap_or_else(|| panic!("never reached 12 workers:\n{}", render(&timeline)));
+    assert!(
+        at_cap.at - crossed <= 2.0 * SCALE_INTERVAL.as_secs_f64() + 0.6,
+        "12 workers {:.1}s after the crossing:\n{}",
+        at_cap.at - crossed,
+        render(&timeline)
+    );
+    // In: only after the wanted count, ceil(lag / threshold), has stayed below the workers for
+    // the cool-down (4 s, less a scrape period): the controller keeps the highest recent want.
+    let wanted_fewer = timeline
+        .iter()
+        .find(|s| s.at > at_cap.at && (s.lag.max(0) as u64).div_ceil(THRESHOLD) < PARTITIONS as u64)
+        .expect("the lag drained");
+    let first_in = timeline
+        .iter()
+        .find(|s| s.at > at_cap.at && s.workers < PARTITIONS as u64)
+        .unwrap();
+    assert!(
+        first_in.at - wanted_fewer.at >= 4.0 - 0.6,
+        "scaled in {:.1}s after fewer workers were wanted, before the 4s cool-down:\n{}",
+        first_in.at - wanted_fewer.at,
+        render(&timeline)
+    );
+    assert_eq!(timeline.last().unwrap().workers, 1);
+
+    // A clean stop, then the lake: every published sample exactly once.
+    let term = Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = runner.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["max_workers_seen"], 12, "{summary}");
+    assert!(
+        summary["scaling_events"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    assert!(copy_lake(&lake, dir.path()) > 0);
+    let rows = duckdb(
+        dir.path(),
+        "SELECT count(*) AS n, \
+         count(DISTINCT (vm, metric, device, ts)) AS distinct_samples, \
+         count(DISTINCT vm) AS vms FROM raw",
+    );
+    let expected = messages * SAMPLES_PER_MESSAGE;
+    assert_eq!(rows[0]["n"], expected, "{rows}");
+    assert_eq!(rows[0]["distinct_samples"], expected, "duplicates: {rows}");
+    assert_eq!(rows[0]["vms"], 400);
+}
