@@ -27,12 +27,24 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Answer SQL over the lake (tables: raw, rollup_1m, dlq; partition columns dt, hour).
     Sql(SqlArgs),
+    /// Merge the small files of closed hours into one per partition, build rollup_1h and
+    /// rollup_1d, and delete partitions past their table's retention (run it hourly).
+    Compact(CompactArgs),
     /// Run the host agent: collect this VM's metrics every interval and publish them to Kafka,
     /// spooling to disk while the broker is unreachable (see agent/agent.example.toml).
     Agent(AgentArgs),
     /// Alarm rules and the alarm tick: rules list|put|delete|validate, import, tick.
     #[command(subcommand)]
     Alarm(AlarmCommand),
+    /// Serve the CB-Dragonfly-compatible metric API over the lake (axum; the same router as the
+    /// damselfly-query Lambda).
+    Serve(ServeArgs),
+    /// One VM's metrics per window, as CB-Dragonfly's `cbmon get metric`: metric get.
+    #[command(subcommand)]
+    Metric(MetricCommand),
+    /// The VMs in the lake: vm list.
+    #[command(subcommand)]
+    Vm(VmCommand),
 }
 
 /// `damselfly alarm ...`.
@@ -385,8 +397,117 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// The SQL statement.
-    pub query: String,
+    /// The SQL statement; without one, an interactive prompt (statements end with `;`, history
+    /// in ~/.damselfly_sql_history, Ctrl-D leaves).
+    pub query: Option<String>,
+}
+
+/// `damselfly serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix.
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Address to listen on (CB-Dragonfly's API listens on 9090).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: std::net::SocketAddr,
+    /// How often the lake's tables are registered again (new tables, compacted files).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub refresh: Duration,
+}
+
+/// `damselfly metric ...`.
+#[derive(Debug, Subcommand)]
+pub enum MetricCommand {
+    /// One VM's metric family, one statistic per window over the last --duration (the API's
+    /// GET /dragonfly/ns/NS/mcis/MCIS/vm/VM/metric/METRIC/info, answered from the lake).
+    Get(MetricGetArgs),
+}
+
+/// `damselfly metric get`.
+#[derive(Debug, Args)]
+pub struct MetricGetArgs {
+    /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix.
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Namespace.
+    #[arg(long)]
+    pub ns: String,
+    /// MCIS (VM group).
+    #[arg(long)]
+    pub mcis: String,
+    /// VM id.
+    #[arg(long)]
+    pub vm: String,
+    /// Metric family: cpu, cpufreq, memory, disk, diskio, network, swap, load, process.
+    #[arg(long)]
+    pub metric: String,
+    /// Window: m (minute), h (hour) or d (day).
+    #[arg(long, default_value = "m")]
+    pub period: String,
+    /// Statistic per window: min, max, avg or last (of per-second rates for counters).
+    #[arg(long, default_value = "avg")]
+    pub stat: String,
+    /// How far back: 5m, 1h30m, 7d (InfluxQL style, as CB-Dragonfly).
+    #[arg(long, default_value = "5m")]
+    pub duration: String,
+    /// Only this device (disk, diskio, network).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `damselfly vm ...`.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// The VMs with samples in the lake: ns, mcis, vm, csp, region, os, last seen.
+    List(VmListArgs),
+}
+
+/// `damselfly vm list`.
+#[derive(Debug, Args)]
+pub struct VmListArgs {
+    /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix.
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Only VMs seen within this long.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `damselfly compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix.
+    #[arg(long, env = "LAKE")]
+    pub lake: String,
+    /// Take this time (RFC 3339, e.g. 2026-11-21T10:05:00Z) as now [default: the clock].
+    #[arg(long)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// Compact an hour once it ended this long ago (late batches after that start a new generation).
+    #[arg(long, env = "COMPACT_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Merge and roll up hours that started at most this long ago (retention looks at everything).
+    #[arg(long, env = "COMPACT_LOOKBACK", default_value = "8d", value_parser = humantime::parse_duration)]
+    pub lookback: Duration,
+    /// Retention as TABLE=AGE pairs over the defaults raw=30d, rollup_1m=90d, rollup_1h=400d,
+    /// rollup_1d=5y, dlq=30d, alarms=400d; `off` keeps a table forever.
+    #[arg(long, env = "RETENTION", value_parser = damselfly_core::compact::Retention::parse)]
+    pub retention: Option<damselfly_core::compact::Retention>,
+    /// Print what would be merged and deleted, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Crash drill: write the compacted files and rollups, then stop before deleting anything.
+    #[arg(long, hide = true)]
+    pub halt_after_write: bool,
 }
 
 /// Options of `damselfly agent` (the same as the slim `damselfly-agent` binary).
