@@ -17,6 +17,32 @@ const PARTITIONS: i32 = 12;
 const THRESHOLD: u64 = 100;
 const SCALE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A child process killed when the test ends, passing or not.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.as_mut().unwrap().kill()
+    }
+
+    fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().unwrap().wait_with_output()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// One scrape of the runner's metrics: seconds since start, group lag, workers.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -67,7 +93,7 @@ fn a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
     create_topic(&brokers, &topic, PARTITIONS);
 
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_damselfly"))
+    let runner = Command::new(env!("CARGO_BIN_EXE_damselfly"))
         .args(["run", "aggregate", "--brokers", &brokers, "--topic", &topic])
         .args([
             "--group",
@@ -86,6 +112,8 @@ fn a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("damselfly run");
+    // Whatever happens below, the runner does not outlive the test.
+    let mut runner = KillOnDrop(Some(runner));
 
     let start = Instant::now();
     let mut timeline: Vec<Sample> = Vec::new();

@@ -3,15 +3,19 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use damselfly_agent::Fleet;
-use damselfly_core::batch::PartitionBatch;
+use damselfly_core::batch::{LakeObject, PartitionBatch};
+use damselfly_core::compact::{self, CompactConfig};
 use damselfly_core::decode::{InputRecord, Validation};
 use damselfly_core::rates::Tail;
+use damselfly_core::{Lake, LakeLocation};
 use damselfly_schemas::Table;
 use indicatif::{ProgressBar, ProgressStyle};
+use object_store::ObjectStoreExt as _;
 
 /// Options of the aggregate benchmark.
 #[derive(Debug, clap::Args)]
@@ -108,6 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let now_ms = start_ms + args.span.as_millis() as i64;
     let run_bar = bar(total, "damselfly");
     let (mut tail, mut samples, mut out_bytes, mut raw_bytes) = (Tail::default(), 0u64, 0u64, 0u64);
+    let mut written = Vec::new();
     let mut latencies = Vec::new();
     let started = Instant::now();
     for (n, chunk) in messages.chunks(args.batch_size).enumerate() {
@@ -131,6 +136,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if o.table == Table::Raw {
                 raw_bytes += o.bytes.len() as u64;
             }
+            written.push(o);
         }
         latencies.push(t.elapsed());
         run_bar.inc(chunk.len() as u64);
@@ -159,6 +165,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(|o| o.bytes.len() as u64)
         .sum();
     drop(all);
+
+    // Compaction: the per-batch files in a lake, merged as `damselfly compact` does it.
+    eprintln!("compacting {} batch files ...", written.len());
+    let (compacted_raw, compact_secs) = compacted_raw_bytes(&written, now_ms)?;
+    drop(written);
 
     // DuckDB: the same job on the same input, one thread.
     eprintln!("running DuckDB on {} ...", input.display());
@@ -246,6 +257,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         one_file as f64 / samples as f64
     );
     println!(
+        "| damselfly, after `damselfly compact` (zstd 17; {:.1} s) | {} | {:.2} |",
+        compact_secs,
+        compacted_raw,
+        compacted_raw as f64 / samples as f64
+    );
+    println!(
         "| DuckDB, one file, zstd | {} | {:.2} |",
         duck_raw,
         duck_raw as f64 / samples as f64
@@ -257,6 +274,43 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         out_bytes as f64 / 1048576.0
     );
     Ok(())
+}
+
+/// Writes the batch objects to an in-memory lake, runs a compaction over it (every hour closed),
+/// and returns the bytes of the compacted `raw` files and the seconds the compaction took.
+fn compacted_raw_bytes(objects: &[LakeObject], now_ms: i64) -> anyhow::Result<(u64, f64)> {
+    let lake = Lake::with_store(
+        LakeLocation::Local("/bench".into()),
+        Arc::new(object_store::memory::InMemory::new()),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        lake.put_all(objects).await?;
+        let cfg = CompactConfig {
+            grace: Duration::ZERO,
+            ..CompactConfig::at(now_ms + 3_600_000)
+        };
+        let started = Instant::now();
+        let report = compact::compact(&lake, &cfg).await?;
+        let secs = started.elapsed().as_secs_f64();
+        if report.waiting > 0 || report.partitions_compacted == 0 {
+            bail!("compaction left batch files behind: {report:?}");
+        }
+        let mut bytes = 0;
+        for key in lake.list(Table::Raw.name()).await? {
+            if !key
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("compacted-"))
+            {
+                bail!("{key} was not compacted");
+            }
+            bytes += lake.store().head(&key.as_str().into()).await?.size;
+        }
+        Ok((bytes, secs))
+    })
 }
 
 fn bar(len: u64, prefix: &str) -> ProgressBar {

@@ -1,6 +1,6 @@
 //! Lake path rules: Hive-style `table/dt=YYYY-MM-DD/hour=HH/` prefixes and deterministic object names.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 
 use crate::Table;
 
@@ -26,6 +26,41 @@ impl HourPartition {
             day: t.day(),
             hour: t.hour(),
         })
+    }
+
+    /// The partition of a Hive-style key or directory (`raw/dt=2026-11-21/hour=09/x.parquet`):
+    /// the table and the hour; `None` when the key is not under a `table/dt=/hour=` directory.
+    pub fn parse_key(key: &str) -> Option<(Table, Self)> {
+        let mut parts = key.split('/');
+        let table = Table::from_name(parts.next()?)?;
+        let date =
+            NaiveDate::parse_from_str(parts.next()?.strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
+        let hour = parts.next()?.strip_prefix("hour=")?;
+        if hour.len() != 2 {
+            return None;
+        }
+        let hour: u32 = hour.parse().ok().filter(|h| *h < 24)?;
+        Some((
+            table,
+            Self {
+                year: date.year(),
+                month: date.month(),
+                day: date.day(),
+                hour,
+            },
+        ))
+    }
+
+    /// The first millisecond of the hour.
+    pub fn start_ms(&self) -> i64 {
+        NaiveDate::from_ymd_opt(self.year, self.month, self.day)
+            .and_then(|d| d.and_hms_opt(self.hour, 0, 0))
+            .map_or(i64::MIN, |t| t.and_utc().timestamp_millis())
+    }
+
+    /// Hour 00 of the same day: where a `rollup_1d` file lives.
+    pub fn day(&self) -> Self {
+        Self { hour: 0, ..*self }
     }
 
     /// The Hive-style directory of this partition in a table: `raw/dt=2026-11-21/hour=09`.
@@ -57,6 +92,29 @@ pub fn batch_object_key(
     )
 }
 
+/// The key of a compacted file: `{table}/dt=/hour=/compacted-{generation:06}.parquet`; each
+/// generation replaces the files (earlier generations included) its metadata lists.
+pub fn compacted_object_key(table: Table, hour: HourPartition, generation: u64) -> String {
+    format!("{}/compacted-{generation:06}.parquet", hour.dir(table))
+}
+
+/// The generation of a compacted file's key or name, `None` for any other object.
+pub fn compacted_generation(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
+    let digits = name.strip_prefix("compacted-")?.strip_suffix(".parquet")?;
+    digits.parse().ok()
+}
+
+/// The key of an hour's `rollup_1h` file (`rollup_1h/dt=/hour=/1h.parquet`) or a day's
+/// `rollup_1d` file (`rollup_1d/dt=/hour=00/1d.parquet`); other tables have none.
+pub fn rollup_object_key(table: Table, hour: HourPartition) -> Option<String> {
+    match table {
+        Table::Rollup1h => Some(format!("{}/1h.parquet", hour.dir(table))),
+        Table::Rollup1d => Some(format!("{}/1d.parquet", hour.day().dir(table))),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +128,36 @@ mod tests {
             batch_object_key(Table::Rollup1m, hour, "metrics", 3, 1200),
             "rollup_1m/dt=2025-11-21/hour=09/metrics+3+0000001200.parquet"
         );
+    }
+
+    #[test]
+    fn keys_parse_back_to_their_partition() {
+        let hour = HourPartition::of_millis(1_763_717_400_000).unwrap();
+        let key = compacted_object_key(Table::Raw, hour, 3);
+        assert_eq!(key, "raw/dt=2025-11-21/hour=09/compacted-000003.parquet");
+        assert_eq!(HourPartition::parse_key(&key), Some((Table::Raw, hour)));
+        assert_eq!(compacted_generation(&key), Some(3));
+        assert_eq!(
+            compacted_generation("raw/dt=2025-11-21/hour=09/m+0+1.parquet"),
+            None
+        );
+        assert_eq!(hour.start_ms(), 1_763_715_600_000);
+        assert_eq!(
+            rollup_object_key(Table::Rollup1d, hour).unwrap(),
+            "rollup_1d/dt=2025-11-21/hour=00/1d.parquet"
+        );
+        assert_eq!(
+            rollup_object_key(Table::Rollup1h, hour).unwrap(),
+            "rollup_1h/dt=2025-11-21/hour=09/1h.parquet"
+        );
+        for bad in [
+            "raw",
+            "raw/dt=2025-11-21",
+            "raw/dt=2025-13-01/hour=00/x",
+            "raw/dt=2025-11-21/hour=24/x",
+            "nope/dt=2025-11-21/hour=01/x",
+        ] {
+            assert_eq!(HourPartition::parse_key(bad), None, "{bad}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Arrow schemas of the lake tables (`raw`, `rollup_1m`, `dlq`, `alarms`).
+//! Arrow schemas of the lake tables (`raw`, `rollup_1m`, `rollup_1h`, `rollup_1d`, `dlq`, `alarms`).
 
 use std::sync::{Arc, LazyLock};
 
@@ -11,6 +11,10 @@ pub enum Table {
     Raw,
     /// Mergeable one-minute partial aggregates per (vm, metric, device, minute).
     Rollup1m,
+    /// Hourly partial aggregates, merged from `rollup_1m` by compaction.
+    Rollup1h,
+    /// Daily partial aggregates, merged from `rollup_1h` by compaction (kept under `hour=00`).
+    Rollup1d,
     /// Records that did not decode or validate, with the reason.
     Dlq,
     /// Alarm history: one row per state transition or repeat notification.
@@ -19,23 +23,37 @@ pub enum Table {
 
 impl Table {
     /// Every table, in the order they are written.
-    pub const ALL: [Table; 4] = [Table::Raw, Table::Rollup1m, Table::Dlq, Table::Alarms];
+    pub const ALL: [Table; 6] = [
+        Table::Raw,
+        Table::Rollup1m,
+        Table::Rollup1h,
+        Table::Rollup1d,
+        Table::Dlq,
+        Table::Alarms,
+    ];
 
     /// The table's name: its top-level prefix in the lake and its SQL name.
     pub fn name(self) -> &'static str {
         match self {
             Table::Raw => "raw",
             Table::Rollup1m => "rollup_1m",
+            Table::Rollup1h => "rollup_1h",
+            Table::Rollup1d => "rollup_1d",
             Table::Dlq => "dlq",
             Table::Alarms => "alarms",
         }
+    }
+
+    /// The table called `name` (its lake prefix), if there is one.
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// The Arrow schema of the table's Parquet files (partition columns `dt`/`hour` excluded).
     pub fn schema(self) -> SchemaRef {
         match self {
             Table::Raw => RAW.clone(),
-            Table::Rollup1m => ROLLUP.clone(),
+            Table::Rollup1m | Table::Rollup1h | Table::Rollup1d => ROLLUP.clone(),
             Table::Dlq => DLQ.clone(),
             Table::Alarms => ALARMS.clone(),
         }
@@ -132,7 +150,12 @@ mod tests {
 
     #[test]
     fn raw_and_rollup_share_tag_columns() {
-        for t in [Table::Raw, Table::Rollup1m] {
+        for t in [
+            Table::Raw,
+            Table::Rollup1m,
+            Table::Rollup1h,
+            Table::Rollup1d,
+        ] {
             let s = t.schema();
             for tag in TAG_COLUMNS {
                 assert!(s.field_with_name(tag).is_ok(), "{} lacks {tag}", t.name());
@@ -142,6 +165,14 @@ mod tests {
                 "partition columns live in the path"
             );
         }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for t in Table::ALL {
+            assert_eq!(Table::from_name(t.name()), Some(t));
+        }
+        assert_eq!(Table::from_name("rollup_5m"), None);
     }
 
     #[test]

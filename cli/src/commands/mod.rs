@@ -2,10 +2,14 @@
 
 mod agent;
 mod alarm;
+mod compact;
 mod demo;
+mod metric;
 mod run;
+mod serve;
 mod simulate;
 mod sql;
+mod vm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,8 +28,12 @@ pub async fn dispatch(command: Command, progress: &MultiProgress) -> anyhow::Res
         Command::Simulate(args) => simulate::simulate(args, progress).await,
         Command::Run(args) => run::run(*args, progress).await,
         Command::Sql(args) => sql::sql(args).await,
+        Command::Compact(args) => compact::compact(args, progress).await,
         Command::Agent(args) => agent::agent(args).await,
         Command::Alarm(cmd) => alarm::alarm(cmd).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Metric(crate::cli::MetricCommand::Get(args)) => metric::get(args).await,
+        Command::Vm(crate::cli::VmCommand::List(args)) => vm::list(args).await,
     }
 }
 

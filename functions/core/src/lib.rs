@@ -5,6 +5,7 @@
 
 pub mod alarm;
 pub mod batch;
+pub mod compact;
 pub mod conformance;
 pub mod decode;
 pub mod encode;
