@@ -141,21 +141,22 @@ fn get(addr: &str, path: &str) -> Option<(u16, Value)> {
 
 /// Runs many queries in one DuckDB session (UTC) over the lake; one JSON array of rows per query.
 fn duckdb_all(lake: &Path, queries: &[String]) -> Vec<Value> {
-    let script = r#"
-import duckdb, json, sys
-lake = sys.argv[1]
-con = duckdb.connect()
+    let script = format!(
+        r#"{DUCKDB_OPEN}
+import json, sys
+con = open_lake(sys.argv[1])
 con.execute("SET TimeZone = 'UTC'")
-con.execute(f"CREATE VIEW rollup_1m AS SELECT * FROM read_parquet('{lake}/rollup_1m/**/*.parquet', hive_partitioning = true)")
 out = []
 for q in json.load(sys.stdin):
     cur = con.execute(q)
     cols = [d[0] for d in cur.description]
     out.append([dict(zip(cols, row)) for row in cur.fetchall()])
 print(json.dumps(out, default=str))
-"#;
+"#
+    );
     let mut child = Command::new(env("DAMSELFLY_PYTHON"))
-        .args(["-c", script, lake.to_str().unwrap()])
+        .args(["-c", &script, lake.to_str().unwrap()])
+        .env("DUCKDB_VIEWS", DUCKDB_VIEWS)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -126,6 +126,12 @@ fn journey_on_tansu_and_localstack_s3() {
         "SELECT metric, count(*) AS windows, round(max(\"max\"), 6) AS peak FROM rollup_1m \
          WHERE metric LIKE 'bytes_%' GROUP BY metric ORDER BY metric",
         "SELECT \"offset\", \"partition\", key, reason FROM dlq ORDER BY \"offset\"",
+        // The rollup views both engines share: `avg` per row and partials merged across files.
+        "SELECT vm, count(*) AS minutes, sum(\"count\") AS n, round(max(avg), 6) AS peak_avg, \
+         round(min(\"first\"), 6) AS lo_first, round(max(\"last\"), 6) AS hi_last FROM rollup_1m_merged \
+         WHERE metric = 'cpu_utilization' GROUP BY vm ORDER BY vm",
+        "SELECT metric, round(sum(avg * \"count\") / sum(\"count\"), 6) AS weighted FROM rollup_1m \
+         WHERE metric IN ('cpu_utilization', 'mem_utilization') GROUP BY metric ORDER BY metric",
     ] {
         let ours = sql(q);
         assert!(!ours.as_array().unwrap().is_empty(), "{q}: no rows");

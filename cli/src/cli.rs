@@ -25,7 +25,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run a function under the local event source mapping (consume, batch, invoke, commit).
     Run(Box<RunArgs>),
-    /// Answer SQL over the lake (tables: raw, rollup_1m, dlq; partition columns dt, hour).
+    /// Answer SQL over the lake (tables raw, rollup_1m, rollup_1h, rollup_1d, dlq, alarms; rollups
+    /// have `avg` and `*_merged` views; partition columns dt, hour).
     Sql(SqlArgs),
     /// Merge the small files of closed hours into one per partition, build rollup_1h and
     /// rollup_1d, and delete partitions past their table's retention (run it hourly).

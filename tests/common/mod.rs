@@ -122,22 +122,42 @@ pub fn copy_lake(url: &str, to: &Path) -> usize {
     })
 }
 
-/// Answers `query` with DuckDB (Python package, `DAMSELFLY_PYTHON`) over a local lake, with a view
-/// per table that has files, read with Hive partitioning.
+/// The lake views users load into DuckDB (`schemas/sql/duckdb.sql`), which every DuckDB check uses.
+pub const DUCKDB_VIEWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/sql/duckdb.sql");
+
+/// Python defining `open_lake(lake)`: a DuckDB connection in the lake's directory with the views of
+/// [`DUCKDB_VIEWS`] (path in `DUCKDB_VIEWS`); a table with no files yet has no view.
+pub const DUCKDB_OPEN: &str = r#"
+import duckdb, os
+def open_lake(lake):
+    con = duckdb.connect()
+    os.chdir(lake)
+    for stmt in open(os.environ["DUCKDB_VIEWS"]).read().split(";"):
+        if "CREATE" not in stmt:
+            continue
+        try:
+            con.execute(stmt)
+        except duckdb.IOException as e:
+            if "No files found" not in str(e):
+                raise
+    return con
+"#;
+
+/// Answers `query` with DuckDB (Python package, `DAMSELFLY_PYTHON`) over a local lake, through the
+/// views users load ([`DUCKDB_VIEWS`]).
 pub fn duckdb(lake_dir: &Path, query: &str) -> Value {
-    let script = r#"
-import duckdb, glob, json, sys
+    let script = format!(
+        r#"{DUCKDB_OPEN}
+import json, sys
 lake, query = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-for t in ("raw", "rollup_1m", "dlq", "alarms"):
-    if glob.glob(f"{lake}/{t}/**/*.parquet", recursive=True):
-        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet', hive_partitioning = true)")
-cur = con.execute(query)
+cur = open_lake(lake).execute(query)
 cols = [d[0] for d in cur.description]
 print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
-"#;
+"#
+    );
     let out = Command::new(env("DAMSELFLY_PYTHON"))
-        .args(["-c", script, lake_dir.to_str().unwrap(), query])
+        .args(["-c", &script, lake_dir.to_str().unwrap(), query])
+        .env("DUCKDB_VIEWS", DUCKDB_VIEWS)
         .output()
         .expect("run python");
     assert!(

@@ -40,8 +40,9 @@ async fn prompt(lake: &LakeSql, url: &str, fmt: OutputFormat) -> anyhow::Result<
         let _ = editor.load_history(h);
     }
     eprintln!(
-        "SQL over {url} (tables raw, rollup_1m, rollup_1h, rollup_1d, dlq, alarms; partition \
-         columns dt, hour). End statements with ';'. .quit or Ctrl-D leaves."
+        "SQL over {url} (tables raw, rollup_1m, rollup_1h, rollup_1d, dlq, alarms; rollups have \
+         avg and a *_merged view; partition columns dt, hour). End statements with ';'. .quit or \
+         Ctrl-D leaves."
     );
     let mut statement = String::new();
     loop {

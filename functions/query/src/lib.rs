@@ -1,14 +1,22 @@
 //! SQL over the Damselfly lake with DataFusion: every table registered with `dt`/`hour` partition pruning.
+//!
+//! The stored files of each table are `files.<table>`. `raw`, `dlq` and `alarms` are those
+//! tables as they are; `rollup_1m`, `rollup_1h` and `rollup_1d` are views that add a ready-made
+//! `avg`, and `<rollup>_merged` views merge partials across files into one row per series and
+//! window (see [`ROLLUP_VIEWS`]).
 
 pub mod api;
 pub mod live;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
 use damselfly_core::{Lake, LakeError};
 use damselfly_schemas::Table;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -21,6 +29,33 @@ use object_store::path::Path;
 
 /// Hive partition columns every table has, from its object paths.
 pub const PARTITION_COLUMNS: [&str; 2] = ["dt", "hour"];
+
+/// The schema that holds every table's stored files, e.g. `files.rollup_1m`.
+pub const FILES_SCHEMA: &str = "files";
+
+/// The rollup tables, which are registered as views adding `avg` and as `<table>_merged`.
+pub const ROLLUP_VIEWS: [Table; 3] = [Table::Rollup1m, Table::Rollup1h, Table::Rollup1d];
+
+/// The columns that identify a rollup row's series and window.
+const ROLLUP_KEY: &str = "window_start, ns, mcis, vm, csp, region, os, metric, device, dt, hour";
+
+/// The view over a rollup table's files that adds the window's average, `sum / count`.
+pub fn rollup_view_sql(table: Table) -> String {
+    let name = table.name();
+    format!(r#"CREATE VIEW {name} AS SELECT *, "sum" / "count" AS avg FROM {FILES_SCHEMA}.{name}"#)
+}
+
+/// The view that merges a rollup table's partials across files: one row per series and window.
+///
+/// A minute written by two batches has a partial in each file until compaction merges them;
+/// this is the merge (sum the counts and sums, min of mins, max of maxes, the first value by
+/// `first_ts`, the last by `last_ts`) that every reader must apply, written once.
+pub fn merged_view_sql(table: Table) -> String {
+    let name = table.name();
+    format!(
+        r#"CREATE VIEW {name}_merged AS SELECT {ROLLUP_KEY}, sum("count") AS "count", sum("sum") AS "sum", min("min") AS "min", max("max") AS "max", first_value("first" ORDER BY first_ts) AS "first", min(first_ts) AS first_ts, last_value("last" ORDER BY last_ts) AS "last", max(last_ts) AS last_ts, sum("sum") / sum("count") AS avg FROM {FILES_SCHEMA}.{name} GROUP BY {ROLLUP_KEY}"#
+    )
+}
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +86,8 @@ pub enum OutputFormat {
 /// A SQL session over one lake.
 pub struct LakeSql {
     ctx: SessionContext,
+    /// The tables registered over files (the others are empty tables).
+    with_files: BTreeSet<&'static str>,
 }
 
 impl LakeSql {
@@ -63,6 +100,10 @@ impl LakeSql {
     /// Registers the tables of an opened lake.
     pub async fn for_lake(lake: &Lake) -> Result<Self, QueryError> {
         let ctx = SessionContext::new();
+        ctx.catalog("datafusion")
+            .expect("the default catalog exists")
+            .register_schema(FILES_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
+        let mut with_files = BTreeSet::new();
         let location = lake.location();
         let store_url = url::Url::parse(&location.store_url()).expect("store URLs are valid");
         // Listings skip files a compacted file replaces, so a query racing compaction never double counts.
@@ -71,6 +112,7 @@ impl LakeSql {
         for table in Table::ALL {
             let provider: Arc<dyn datafusion::catalog::TableProvider> =
                 if has_objects(lake, table).await? {
+                    with_files.insert(table.name());
                     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                         .with_file_extension(".parquet")
                         .with_table_partition_cols(
@@ -102,9 +144,23 @@ impl LakeSql {
                         vec![vec![]],
                     )?)
                 };
-            ctx.register_table(table.name(), provider)?;
+            ctx.register_table(
+                TableReference::partial(FILES_SCHEMA, table.name()),
+                provider.clone(),
+            )?;
+            if ROLLUP_VIEWS.contains(&table) {
+                ctx.sql(&rollup_view_sql(table)).await?;
+                ctx.sql(&merged_view_sql(table)).await?;
+            } else {
+                ctx.register_table(table.name(), provider)?;
+            }
         }
-        Ok(Self { ctx })
+        Ok(Self { ctx, with_files })
+    }
+
+    /// Whether `table` has files in the lake (an empty table still answers, with no rows).
+    pub fn holds_files(&self, table: &str) -> bool {
+        self.with_files.contains(table)
     }
 
     /// Runs one SQL statement and collects the result.
@@ -315,6 +371,49 @@ mod tests {
         assert_eq!(answer(&lake, &totals("rollup_1d")).await, minutes);
         let rows = "SELECT count(*) AS n, min(dt) AS dt, min(hour) AS hour FROM rollup_1d";
         assert_eq!(answer(&lake, rows).await, "n,dt,hour\n3,2025-11-21,00\n");
+    }
+
+    #[tokio::test]
+    async fn rollup_views_add_avg_and_merge_partials_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let h15 = 1_763_737_200_000; // 2025-11-21T15:00:00Z
+        // Two batches share minute 15:00: every VM has a partial in each file.
+        write_batch(&lake, 0, 3, h15).await;
+        write_batch(&lake, 3, 3, h15 + 30_000).await;
+        let cpu = "metric = 'cpu_utilization'";
+        assert_eq!(
+            answer(
+                &lake,
+                &format!(
+                    "SELECT vm, avg FROM rollup_1m WHERE {cpu} AND vm = 'vm-0' ORDER BY first_ts"
+                )
+            )
+            .await,
+            "vm,avg\nvm-0,0.0\nvm-0,3.0\n",
+            "one row per file, each with its own average"
+        );
+        assert_eq!(
+            answer(
+                &lake,
+                &format!(
+                    r#"SELECT vm, "count", "sum", "min", "max", "first", "last", avg, first_ts, last_ts FROM rollup_1m_merged WHERE {cpu} ORDER BY vm"#
+                )
+            )
+            .await,
+            "vm,count,sum,min,max,first,last,avg,first_ts,last_ts\n\
+             vm-0,2,3.0,0.0,3.0,0.0,3.0,1.5,2025-11-21T15:00:00Z,2025-11-21T15:00:30Z\n\
+             vm-1,2,5.0,1.0,4.0,1.0,4.0,2.5,2025-11-21T15:00:10Z,2025-11-21T15:00:40Z\n\
+             vm-2,2,7.0,2.0,5.0,2.0,5.0,3.5,2025-11-21T15:00:20Z,2025-11-21T15:00:50Z\n"
+        );
+        // The stored files stay reachable as they are.
+        let stored = "SELECT count(*) AS n FROM files.rollup_1m WHERE metric = 'cpu_utilization'";
+        assert_eq!(answer(&lake, stored).await, "n\n6\n");
+        // Tables without files answer with no rows, views included.
+        assert_eq!(
+            answer(&lake, "SELECT count(*) AS n FROM rollup_1h_merged").await,
+            "n\n0\n"
+        );
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -13,7 +13,6 @@ use arrow::array::{ArrayRef, AsArray as _, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use chrono::{DateTime, SecondsFormat};
-use datafusion::datasource::MemTable;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -191,7 +190,7 @@ pub async fn metric_info(
 ) -> Result<MetricInfo, ApiError> {
     let mut coarse = Vec::new();
     for (table, _) in &SOURCES[1..] {
-        if holds_files(sql, table).await {
+        if sql.holds_files(table) {
             coarse.push(*table);
         }
     }
@@ -264,18 +263,10 @@ pub async fn metric_info(
     })
 }
 
-/// Whether `table` is registered over files (an empty table is registered as an empty `MemTable`).
-pub(crate) async fn holds_files(sql: &LakeSql, table: &str) -> bool {
-    match sql.context().table_provider(table).await {
-        Ok(p) => p.downcast_ref::<MemTable>().is_none(),
-        Err(_) => false,
-    }
-}
-
 /// Whether any rollup table holds a row of the VM, at any time.
 async fn vm_exists(sql: &LakeSql, req: &MetricRequest) -> Result<bool, ApiError> {
     for (table, _) in SOURCES {
-        if !holds_files(sql, table).await {
+        if !sql.holds_files(table) {
             continue;
         }
         let q = format!(

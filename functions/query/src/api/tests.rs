@@ -241,7 +241,7 @@ async fn hourly_table_answers_up_to_its_watermark_and_minutes_after_it() {
         .unwrap();
     }
     let sql = LakeSql::for_lake(&lake).await.unwrap();
-    if !metric::holds_files(&sql, "rollup_1h").await {
+    if !sql.holds_files("rollup_1h") {
         // Before rollup_1h is a lake table, register it the way LakeSql registers tables.
         let options = datafusion::prelude::ParquetReadOptions::default().table_partition_cols(
             crate::PARTITION_COLUMNS
