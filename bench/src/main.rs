@@ -3,6 +3,7 @@
 mod agent;
 mod aggregate;
 mod alarm;
+mod api;
 mod runner;
 mod simulate;
 mod sys;
@@ -17,6 +18,8 @@ enum Bench {
     Alarm(alarm::Args),
     /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
     Aggregate(aggregate::Args),
+    /// The metric API's p50/p99 for 5-minute and 24-hour queries over a week of rollups, against DuckDB.
+    Api(api::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
     Agent(agent::Args),
     /// `damselfly run`'s event source mapping (no-op and aggregate) against a bare rdkafka consumer.
@@ -30,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Aggregate(args) => aggregate::run(&args),
         Bench::Alarm(args) => alarm::run(&args),
         Bench::Agent(args) => agent::run(&args),
+        Bench::Api(args) => api::run(&args),
         Bench::Runner(args) => runner::run(&args),
         Bench::Simulate(args) => simulate::run(&args),
     }
