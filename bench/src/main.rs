@@ -4,6 +4,7 @@ mod agent;
 mod aggregate;
 mod alarm;
 mod api;
+mod fleet;
 mod runner;
 mod simulate;
 mod sys;
@@ -18,6 +19,8 @@ enum Bench {
     Alarm(alarm::Args),
     /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
     Aggregate(aggregate::Args),
+    /// N simulated VMs through Tansu, aggregate and alarm into LocalStack, for growing N (issue 9).
+    Fleet(fleet::Args),
     /// The metric API's p50/p99 for 5-minute and 24-hour queries over a week of rollups, against DuckDB.
     Api(api::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Alarm(args) => alarm::run(&args),
         Bench::Agent(args) => agent::run(&args),
         Bench::Api(args) => api::run(&args),
+        Bench::Fleet(args) => fleet::run(&args),
         Bench::Runner(args) => runner::run(&args),
         Bench::Simulate(args) => simulate::run(&args),
     }

@@ -1,0 +1,88 @@
+"""Renders the fleet benchmark's plots (lag and workers over time, latency vs N, CPU vs N) from bench/out/fleet (for `damselfly-bench fleet`).
+
+Usage: plot.py OUT_DIR PNG_DIR. Reads OUT_DIR/summary.json and OUT_DIR/n*/timeline.csv.
+"""
+
+import csv
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+out, png = sys.argv[1], sys.argv[2]
+rows = json.load(open(os.path.join(out, "summary.json")))
+
+
+def timeline(n):
+    with open(os.path.join(out, f"n{n}", "timeline.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def over_time(columns, ylabel, name, log=False):
+    fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.6), squeeze=False)
+    for ax, (col, title) in zip(axes[0], columns):
+        for r in rows:
+            t = timeline(r["vms"])
+            xs = [float(x["t_s"]) for x in t]
+            ys = [max(float(x[col]), 0.0) for x in t]
+            ax.plot(xs, ys, label=f'{r["vms"]} VMs', linewidth=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("seconds since the fleet started publishing")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("symlog", linthresh=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(png, name), dpi=80)
+    plt.close(fig)
+
+
+over_time([("agg_lag", "aggregate"), ("alarm_lag", "alarm")], "consumer-group lag (records)", "lag.png", log=True)
+over_time([("agg_workers", "aggregate"), ("alarm_workers", "alarm")], "workers", "workers.png")
+
+ns = [r["vms"] for r in rows]
+fig, ax = plt.subplots(figsize=(6, 3.8))
+for key, label, style in [
+    ("lake_p50_s", "publish -> lake p50", "o-"),
+    ("lake_p99_s", "publish -> lake p99", "s-"),
+    ("sns_p50_s", "breach -> SNS p50", "^--"),
+    ("sns_p99_s", "breach -> SNS p99", "v--"),
+]:
+    pts = [(n, r[key]) for n, r in zip(ns, rows) if r[key] is not None]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+ax.axhline(15, color="red", linewidth=0.8, linestyle=":", label="goal: lake p99 < 15 s")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_xlabel("simulated VMs (2 s interval)")
+ax.set_ylabel("seconds")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(os.path.join(png, "latency.png"), dpi=80)
+plt.close(fig)
+
+fig, ax = plt.subplots(figsize=(6, 3.8))
+for key, label in [
+    ("cpu_aggregate", "aggregate"),
+    ("cpu_alarm", "alarm"),
+    ("cpu_simulate", "simulator"),
+    ("cpu_tansu", "Tansu"),
+    ("cpu_localstack", "LocalStack"),
+]:
+    ax.plot(ns, [r[key] for r in rows], "o-", label=label)
+ax.axhline(200, color="red", linewidth=0.8, linestyle=":", label="2 cores")
+ax.set_xscale("log")
+ax.set_xlabel("simulated VMs (2 s interval)")
+ax.set_ylabel("CPU, % of one core")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(os.path.join(png, "cpu.png"), dpi=80)
+plt.close(fig)
+print(f"plots: {png}/lag.png workers.png latency.png cpu.png")
