@@ -294,7 +294,7 @@ impl LambdaEmulator {
             .join("damselfly-aggregate");
         assert!(
             bin.exists(),
-            "{} is not built: cargo build -p damselfly-aggregate (tests/run does)",
+            "{} is not built: cargo test --workspace --no-run builds it",
             bin.display()
         );
         let runtime_api = format!("http://127.0.0.1:{}/.rt/{name}", self.port);
