@@ -58,20 +58,7 @@ impl HandlerError {
     }
 }
 
-impl From<HandlerError> for lambda_runtime::Diagnostic {
-    /// Lambda reports `errorType` `Retryable` or `NonRetryable`, so on-failure destinations and logs can tell them apart.
-    fn from(e: HandlerError) -> Self {
-        let kind = if e.is_retryable() {
-            "Retryable"
-        } else {
-            "NonRetryable"
-        };
-        lambda_runtime::Diagnostic {
-            error_type: kind.to_owned(),
-            error_message: e.to_string(),
-        }
-    }
-}
+damselfly_core::lambda_diagnostic!(HandlerError);
 
 impl Aggregate {
     /// A handler writing to `lake` with the given validation limits.

@@ -118,19 +118,7 @@ impl HandlerError {
     }
 }
 
-impl From<HandlerError> for lambda_runtime::Diagnostic {
-    fn from(e: HandlerError) -> Self {
-        let kind = if e.is_retryable() {
-            "Retryable"
-        } else {
-            "NonRetryable"
-        };
-        lambda_runtime::Diagnostic {
-            error_type: kind.to_owned(),
-            error_message: e.to_string(),
-        }
-    }
-}
+damselfly_core::lambda_diagnostic!(HandlerError);
 
 /// The alarm function with its lake, rules and notifier.
 #[derive(Debug, Clone)]
