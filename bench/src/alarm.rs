@@ -27,6 +27,10 @@ const WARM_UP: Duration = Duration::from_secs(10);
 /// The injected value: above the rule's threshold, and never produced by the simulated fleet.
 const BREACH: f64 = 99.25;
 
+/// The rule set the alarm and fleet benchmarks evaluate: CPU over 95 % within 10 s is CRITICAL.
+pub const BENCH_RULES: &str = r#"{"v": 1, "rules": [{"id": "cpu-saturated", "name": "CPU saturated", "metric": "cpu_utilization",
+    "statistic": "max", "period": "10s", "comparator": ">", "critical": 95, "missing_data": "ignore"}]}"#;
+
 /// Options of the alarm benchmark.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -105,11 +109,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     cluster.create_topic("metrics", args.partitions, 1)?;
     let brokers = cluster.bootstrap_servers();
     let rules = out.join("rules.json");
-    std::fs::write(
-        &rules,
-        r#"{"v": 1, "rules": [{"id": "cpu-saturated", "name": "CPU saturated", "metric": "cpu_utilization",
-            "statistic": "max", "period": "10s", "comparator": ">", "critical": 95, "missing_data": "ignore"}]}"#,
-    )?;
+    std::fs::write(&rules, BENCH_RULES)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

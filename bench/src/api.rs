@@ -548,12 +548,6 @@ fn percentiles(ms: &mut [f64]) -> (f64, f64, f64) {
     (pct(0.5), pct(0.99), ms[ms.len() - 1])
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// Runs the benchmark and prints its table.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
@@ -563,7 +557,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(args.partitions > 0, "--partitions must be at least 1");
     let families = parse_families(&args.families)?;
     let series = series_of(&families);
-    let load_before = load_average();
+    let load_before = sys::load_average();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -697,7 +691,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ensure!(checked == checks[qi].len(), "not every answer was checked");
         theirs.push(ms);
     }
-    let load_after = load_average();
+    let load_after = sys::load_average();
 
     // The report.
     let minutes = args.days as u64 * 24 * 60;

@@ -26,9 +26,6 @@ use damselfly_agent::{Fleet, Publisher, PublisherConfig};
 use damselfly_core::Lake;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStoreExt as _;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 
 use crate::sys;
 
@@ -199,11 +196,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let scripts = std::fs::canonicalize(&args.scripts)?;
     let run_id = now_ms();
     let rules = out.join("rules.json");
-    std::fs::write(
-        &rules,
-        r#"{"v": 1, "rules": [{"id": "cpu-saturated", "name": "CPU saturated", "metric": "cpu_utilization",
-            "statistic": "max", "period": "10s", "comparator": ">", "critical": 95, "missing_data": "ignore"}]}"#,
-    )?;
+    std::fs::write(&rules, crate::alarm::BENCH_RULES)?;
     let env = Env {
         bin,
         python,
@@ -218,7 +211,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "fleet run {run_id}: tansu pid {:?}, localstack pid {:?}, load average {}",
         env.tansu,
         env.localstack,
-        load_avg()
+        sys::load_average()
     );
 
     let mut rows: Vec<Row> = Vec::new();
@@ -338,9 +331,9 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     let hz = sys::clock_ticks();
     let dir = env.out.join(format!("n{n}"));
     std::fs::create_dir_all(&dir)?;
-    let load_avg = load_avg();
+    let load_avg = sys::load_average();
     let topic = format!("fleet-{n}-{}", now_ms());
-    create_topic(&args.brokers, &topic, args.partitions)?;
+    sys::create_topic(&args.brokers, &topic, args.partitions)?;
     let lake_url = format!("s3://{}/fleet/{}/n{n}", args.bucket, env.run_id);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -891,30 +884,6 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let res = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &opts,
-    ))?;
-    for r in res {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
-    Ok(())
 }
 
 fn opt_s(v: Option<f64>) -> String {

@@ -18,8 +18,6 @@ use damselfly_aggregate::Aggregate;
 use damselfly_core::{Lake, Validation};
 use damselfly_runner::{Function, FunctionError, RunnerConfig, ScalingConfig, Stats};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::mocking::MockCluster;
@@ -128,7 +126,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // The mock cluster lives until the end of the run; children reach it over TCP.
     let (_mock, brokers) = match &args.brokers {
         Some(b) => {
-            create_topic(b, &topic, args.partitions)?;
+            sys::create_topic(b, &topic, args.partitions)?;
             (None, b.clone())
         }
         None => {
@@ -250,24 +248,6 @@ fn child(
             String::from_utf8_lossy(&out.stdout)
         )
     })
-}
-
-fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let res = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &opts,
-    ))?;
-    for r in res {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
-    Ok(())
 }
 
 /// Publishes the seeded fleet's messages, key = VM id; returns (messages, JSON bytes).

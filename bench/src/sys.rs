@@ -1,4 +1,4 @@
-//! A process's resource use from /proc: CPU time and resident memory.
+//! The machine and its helpers as benchmarks see them: /proc readings (CPU time, resident memory, load) and topic creation.
 
 use std::fs;
 use std::process::Command;
@@ -79,4 +79,32 @@ pub fn cpu_pct(a: &Sample, b: &Sample, hz: u64) -> f64 {
         return 0.0;
     }
     b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / hz as f64 / secs * 100.0
+}
+
+/// The 1-, 5- and 15-minute load averages, as /proc/loadavg prints them ("?" when unreadable).
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Creates `topic` with `partitions` partitions on a Kafka-protocol broker.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let res = rt.block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &opts,
+    ))?;
+    for r in res {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
 }
