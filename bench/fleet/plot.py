@@ -46,43 +46,50 @@ over_time([("agg_lag", "aggregate"), ("alarm_lag", "alarm")], "consumer-group la
 over_time([("agg_workers", "aggregate"), ("alarm_workers", "alarm")], "workers", "workers.png")
 
 ns = [r["vms"] for r in rows]
-fig, ax = plt.subplots(figsize=(6, 3.8))
-for key, label, style in [
-    ("lake_p50_s", "publish -> lake p50", "o-"),
-    ("lake_p99_s", "publish -> lake p99", "s-"),
-    ("sns_p50_s", "breach -> SNS p50", "^--"),
-    ("sns_p99_s", "breach -> SNS p99", "v--"),
-]:
-    pts = [(n, r[key]) for n, r in zip(ns, rows) if r[key] is not None]
-    if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-ax.axhline(15, color="red", linewidth=0.8, linestyle=":", label="goal: lake p99 < 15 s")
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel("simulated VMs (2 s interval)")
-ax.set_ylabel("seconds")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(os.path.join(png, "latency.png"), dpi=80)
-plt.close(fig)
 
-fig, ax = plt.subplots(figsize=(6, 3.8))
-for key, label in [
-    ("cpu_aggregate", "aggregate"),
-    ("cpu_alarm", "alarm"),
-    ("cpu_simulate", "simulator"),
-    ("cpu_tansu", "Tansu"),
-    ("cpu_localstack", "LocalStack"),
-]:
-    ax.plot(ns, [r[key] for r in rows], "o-", label=label)
-ax.axhline(200, color="red", linewidth=0.8, linestyle=":", label="2 cores")
-ax.set_xscale("log")
-ax.set_xlabel("simulated VMs (2 s interval)")
-ax.set_ylabel("CPU, % of one core")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(os.path.join(png, "cpu.png"), dpi=80)
-plt.close(fig)
+
+def versus_n(series, ylabel, goal, name, logy=False):
+    """One plot of `series` [(key, label, style)] against N, with a red goal line (value, label)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for key, label, style in series:
+        pts = [(n, r[key]) for n, r in zip(ns, rows) if r.get(key) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+    ax.axhline(goal[0], color="red", linewidth=0.8, linestyle=":", label=goal[1])
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("simulated VMs (2 s interval)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(png, name), dpi=80)
+    plt.close(fig)
+
+
+versus_n(
+    [
+        ("lake_p50_s", "publish -> lake p50", "o-"),
+        ("lake_p99_s", "publish -> lake p99", "s-"),
+        ("sns_p50_s", "breach -> SNS p50", "^--"),
+        ("sns_p99_s", "breach -> SNS p99", "v--"),
+    ],
+    "seconds",
+    (15, "goal: lake p99 < 15 s"),
+    "latency.png",
+    logy=True,
+)
+versus_n(
+    [
+        ("cpu_aggregate", "aggregate", "o-"),
+        ("cpu_alarm", "alarm", "o-"),
+        ("cpu_simulate", "simulator", "o-"),
+        ("cpu_tansu", "Tansu", "o-"),
+        ("cpu_localstack", "LocalStack", "o-"),
+    ],
+    "CPU, % of one core",
+    (200, "2 cores"),
+    "cpu.png",
+)
 print(f"plots: {png}/lag.png workers.png latency.png cpu.png")
