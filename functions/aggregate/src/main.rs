@@ -7,7 +7,7 @@ use damselfly_aggregate::{Aggregate, Config};
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let handler = Arc::new(Aggregate::from_config(&config)?);
@@ -16,4 +16,5 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         async move { handler.handle(event.payload).await }
     }))
     .await
+    .map_err(anyhow::Error::from_boxed)
 }

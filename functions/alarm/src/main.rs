@@ -9,7 +9,7 @@ use damselfly_alarm::{Alarm, Config};
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let handler = Arc::new(Alarm::from_config(&config).await?);
@@ -18,4 +18,5 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         async move { handler.handle_any(event.payload).await }
     }))
     .await
+    .map_err(anyhow::Error::from_boxed)
 }

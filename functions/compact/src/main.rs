@@ -6,7 +6,7 @@ use damselfly_compact::{Compactor, Config};
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let handler = Arc::new(Compactor::from_config(config)?);
@@ -15,4 +15,5 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         async move { handler.handle(event.payload).await }
     }))
     .await
+    .map_err(anyhow::Error::from_boxed)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use damselfly_query::api::{self, Api};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+async fn main() -> anyhow::Result<()> {
     lambda_http::tracing::init_default_subscriber();
     let lake = damselfly_core::env::lake(std::env::var("LAKE").ok())?;
     let refresh = damselfly_core::env::duration(
@@ -15,5 +15,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         "use a duration such as 30s or 5m",
     )?;
     let api = Arc::new(Api::open(&lake, refresh).await?);
-    lambda_http::run(api::router(api)).await
+    lambda_http::run(api::router(api))
+        .await
+        .map_err(anyhow::Error::from_boxed)
 }
