@@ -249,11 +249,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use arrow_array::cast::AsArray as _;
-    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow_array::types::TimestampMillisecondType;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use proptest::prelude::*;
 
     use super::*;
+    use crate::encode::PartialColumns;
     use crate::rollup::Partial;
 
     const T0: i64 = 1_763_737_200_000;
@@ -270,12 +271,6 @@ mod tests {
             for b in reader {
                 let b = b.unwrap();
                 let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-                let f = |n: &str| {
-                    b.column_by_name(n)
-                        .unwrap()
-                        .as_primitive::<Float64Type>()
-                        .clone()
-                };
                 let t = |n: &str| {
                     b.column_by_name(n)
                         .unwrap()
@@ -283,25 +278,10 @@ mod tests {
                         .clone()
                 };
                 let (vm, metric, device) = (s("vm"), s("metric"), s("device"));
-                let (window, first_ts, last_ts) = (t("window_start"), t("first_ts"), t("last_ts"));
-                let count = b
-                    .column_by_name("count")
-                    .unwrap()
-                    .as_primitive::<Int64Type>()
-                    .clone();
-                let (sum, min, max, first, last) =
-                    (f("sum"), f("min"), f("max"), f("first"), f("last"));
+                let window = t("window_start");
+                let partials = PartialColumns::of(&b).unwrap();
                 for i in 0..b.num_rows() {
-                    let p = Partial {
-                        count: count.value(i),
-                        sum: sum.value(i),
-                        min: min.value(i),
-                        max: max.value(i),
-                        first: first.value(i),
-                        first_ts: first_ts.value(i),
-                        last: last.value(i),
-                        last_ts: last_ts.value(i),
-                    };
+                    let p = partials.get(i);
                     let key = (
                         vm.value(i).to_owned(),
                         metric.value(i).to_owned(),

@@ -36,7 +36,7 @@ use arrow::array::{
     TimestampMillisecondArray, UInt32Array,
 };
 use arrow::datatypes::{
-    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
 };
 use bytes::Bytes;
 use damselfly_schemas::Table;
@@ -53,7 +53,7 @@ use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::encode::{self, EncodeError};
+use crate::encode::{self, EncodeError, PartialColumns};
 use crate::lake::{Lake, LakeError};
 use crate::ledger::{PartitionState, state_key};
 use crate::rollup::Partial;
@@ -1100,25 +1100,11 @@ fn merge(table: Table, batches: Vec<RecordBatch>, window: Window) -> Result<Merg
             windows,
         });
     }
-    let f = |name: &str| -> Result<&Float64Array, CompactError> {
-        Ok(column(&base, name)?.as_primitive::<Float64Type>())
-    };
-    let t = |name: &str| -> Result<&TimestampMillisecondArray, CompactError> {
-        Ok(column(&base, name)?.as_primitive::<TimestampMillisecondType>())
-    };
-    let count = column(&base, "count")?.as_primitive::<Int64Type>();
-    let (sum, min, max, first, last) = (f("sum")?, f("min")?, f("max")?, f("first")?, f("last")?);
-    let (first_ts, last_ts) = (t("first_ts")?, t("last_ts")?);
-    let partial = |i: usize| Partial {
-        count: count.value(i),
-        sum: sum.value(i),
-        min: min.value(i),
-        max: max.value(i),
-        first: first.value(i),
-        first_ts: first_ts.value(i),
-        last: last.value(i),
-        last_ts: last_ts.value(i),
-    };
+    let columns = PartialColumns::of(&base).map_err(|why| CompactError::Source {
+        key: "rollup partials".into(),
+        why,
+    })?;
+    let partial = |i: usize| columns.get(i);
     let same = |a: u32, b: u32| keys.iter().all(|k| k[a as usize] == k[b as usize]);
     let mut groups: Vec<u32> = Vec::new();
     let mut partials: Vec<Partial> = Vec::new();
@@ -1348,17 +1334,7 @@ mod tests {
                 .column_by_name("window_start")
                 .unwrap()
                 .as_primitive::<TimestampMillisecondType>();
-            let c = b
-                .column_by_name("count")
-                .unwrap()
-                .as_primitive::<Int64Type>();
-            let f = |n: &str| {
-                b.column_by_name(n)
-                    .unwrap()
-                    .as_primitive::<Float64Type>()
-                    .clone()
-            };
-            let (sum, min, max) = (f("sum"), f("min"), f("max"));
+            let partials = crate::encode::PartialColumns::of(&b).unwrap();
             for i in 0..b.num_rows() {
                 let key = (
                     vm.as_string::<i32>().value(i).to_owned(),
@@ -1366,11 +1342,12 @@ mod tests {
                     device.as_string::<i32>().value(i).to_owned(),
                     w.value(i).div_euclid(len) * len,
                 );
+                let p = partials.get(i);
                 let e = out.entry(key).or_insert((0, 0.0, f64::MAX, f64::MIN));
-                e.0 += c.value(i);
-                e.1 += sum.value(i);
-                e.2 = e.2.min(min.value(i));
-                e.3 = e.3.max(max.value(i));
+                e.0 += p.count;
+                e.1 += p.sum;
+                e.2 = e.2.min(p.min);
+                e.3 = e.3.max(p.max);
             }
         }
         out

@@ -151,6 +151,58 @@ where
     )
 }
 
+/// The partial-aggregate columns of a `rollup_*` record batch, read back row by row: the reverse
+/// of [`rollup_parquet`].
+#[derive(Debug, Clone, Copy)]
+pub struct PartialColumns<'a> {
+    count: &'a Int64Array,
+    sum: &'a Float64Array,
+    min: &'a Float64Array,
+    max: &'a Float64Array,
+    first: &'a Float64Array,
+    first_ts: &'a TimestampMillisecondArray,
+    last: &'a Float64Array,
+    last_ts: &'a TimestampMillisecondArray,
+}
+
+impl<'a> PartialColumns<'a> {
+    /// Finds the columns in `batch`; the error names a column that is missing or of another type.
+    pub fn of(batch: &'a RecordBatch) -> Result<Self, String> {
+        fn get<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("column {name} missing"))?
+                .as_any()
+                .downcast_ref::<T>()
+                .ok_or_else(|| format!("column {name} has another type"))
+        }
+        Ok(Self {
+            count: get(batch, "count")?,
+            sum: get(batch, "sum")?,
+            min: get(batch, "min")?,
+            max: get(batch, "max")?,
+            first: get(batch, "first")?,
+            first_ts: get(batch, "first_ts")?,
+            last: get(batch, "last")?,
+            last_ts: get(batch, "last_ts")?,
+        })
+    }
+
+    /// Row `i`'s partial.
+    pub fn get(&self, i: usize) -> Partial {
+        Partial {
+            count: self.count.value(i),
+            sum: self.sum.value(i),
+            min: self.min.value(i),
+            max: self.max.value(i),
+            first: self.first.value(i),
+            first_ts: self.first_ts.value(i),
+            last: self.last.value(i),
+            last_ts: self.last_ts.value(i),
+        }
+    }
+}
+
 /// Encodes dead-letter rows.
 pub fn dlq_parquet(rows: &[&DlqRow]) -> Result<Bytes, EncodeError> {
     let columns: Vec<ArrayRef> = vec![
