@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod live;
+pub mod prune;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,7 +24,9 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use object_store::path::Path;
 
@@ -94,12 +97,23 @@ impl LakeSql {
     /// Opens the lake at `url` and registers its tables (`raw`, `rollup_1m`, `rollup_1h`,
     /// `rollup_1d`, `dlq`, `alarms`), reading only live files (see [`live`]).
     pub async fn open(url: &str) -> Result<Self, QueryError> {
-        Self::for_lake(&Lake::open(url)?).await
+        Self::open_in(url, lake_runtime()?).await
+    }
+
+    /// Opens the lake at `url` in an existing runtime, keeping its caches (a renewed session).
+    pub async fn open_in(url: &str, runtime: Arc<RuntimeEnv>) -> Result<Self, QueryError> {
+        Self::for_lake_in(&Lake::open(url)?, runtime).await
     }
 
     /// Registers the tables of an opened lake.
     pub async fn for_lake(lake: &Lake) -> Result<Self, QueryError> {
-        let ctx = SessionContext::new();
+        Self::for_lake_in(lake, lake_runtime()?).await
+    }
+
+    /// Registers the tables of an opened lake in `runtime` (see [`lake_runtime`]).
+    pub async fn for_lake_in(lake: &Lake, runtime: Arc<RuntimeEnv>) -> Result<Self, QueryError> {
+        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         ctx.catalog("datafusion")
             .expect("the default catalog exists")
             .register_schema(FILES_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
@@ -125,7 +139,12 @@ impl LakeSql {
                     let config = ListingTableConfig::new(url)
                         .with_listing_options(options)
                         .with_schema(table.schema());
-                    Arc::new(ListingTable::try_new(config)?)
+                    Arc::new(prune::PrunedTable::new(
+                        // Per-file statistics are kept between queries (checked against each
+                        // object's size and time), so pruning costs no footer reads once warm.
+                        Arc::new(ListingTable::try_new(config)?.with_cache(statistics.clone())),
+                        table.schema(),
+                    ))
                 } else {
                     // An empty table still answers queries (with no rows) rather than failing.
                     let mut fields: Vec<Field> = table
@@ -168,10 +187,25 @@ impl LakeSql {
         Ok(self.ctx.sql(sql).await?.collect().await?)
     }
 
+    /// The runtime this session plans in (its caches), to open a renewed session in.
+    pub fn runtime(&self) -> Arc<RuntimeEnv> {
+        self.ctx.runtime_env()
+    }
+
     /// The underlying DataFusion session, for callers that need more.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+/// A DataFusion runtime for lake sessions: file statistics and Parquet footers are cached (each
+/// entry checked against the object's size and time), listings are not, so every query sees the
+/// files written, compacted and deleted since the last one.
+pub fn lake_runtime() -> Result<Arc<RuntimeEnv>, QueryError> {
+    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    Ok(RuntimeEnvBuilder::new()
+        .with_cache_manager(caches)
+        .build_arc()?)
 }
 
 async fn has_objects(lake: &Lake, table: Table) -> Result<bool, QueryError> {
@@ -371,6 +405,69 @@ mod tests {
         assert_eq!(answer(&lake, &totals("rollup_1d")).await, minutes);
         let rows = "SELECT count(*) AS n, min(dt) AS dt, min(hour) AS hour FROM rollup_1d";
         assert_eq!(answer(&lake, rows).await, "n,dt,hour\n3,2025-11-21,00\n");
+    }
+
+    /// How many files the plan of `sql` scans.
+    async fn files_planned(session: &LakeSql, sql: &str) -> usize {
+        use datafusion::datasource::physical_plan::FileScanConfig;
+        use datafusion::datasource::source::DataSourceExec;
+        use datafusion::physical_plan::ExecutionPlan;
+        fn count(plan: &Arc<dyn ExecutionPlan>) -> usize {
+            let here = plan
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
+                .map_or(0, |c| c.file_groups.iter().map(|g| g.len()).sum());
+            here + plan.children().into_iter().map(count).sum::<usize>()
+        }
+        let df = session.context().sql(sql).await.unwrap();
+        count(&df.create_physical_plan().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_time_filter_plans_only_the_files_whose_windows_overlap_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let h15 = 1_763_737_200_000; // 2025-11-21T15:00:00Z
+        // Three one-minute batches in one hour partition: 15:00, 15:10, 15:20.
+        for (i, first) in [0, 6, 12].into_iter().enumerate() {
+            write_batch(&lake, first, 6, h15 + i as i64 * 600_000).await;
+        }
+        let session = LakeSql::for_lake(&lake).await.unwrap();
+        let window = |from: i64, to: i64| {
+            format!(
+                "SELECT sum(count) AS n, min(min) AS lo FROM rollup_1m WHERE window_start >= {} AND window_start < {}",
+                api::metric::ts_literal(from),
+                api::metric::ts_literal(to)
+            )
+        };
+        let all = "SELECT sum(count) AS n, min(min) AS lo FROM rollup_1m";
+        assert_eq!(files_planned(&session, all).await, 3);
+        let ten = window(h15 + 600_000, h15 + 660_000);
+        assert_eq!(files_planned(&session, &ten).await, 1);
+        let out = format(&session.query(&ten).await.unwrap(), OutputFormat::Csv).unwrap();
+        assert_eq!(out, "n,lo\n6,6.0\n");
+        // A window no file overlaps plans no file and answers with no samples.
+        let none = window(h15 + 3_000_000, h15 + 3_060_000);
+        assert_eq!(files_planned(&session, &none).await, 0);
+        let out = format(&session.query(&none).await.unwrap(), OutputFormat::Csv).unwrap();
+        assert_eq!(out, "n,lo\n,\n");
+        // Filters on other columns prune too: vm-0 is in every file.
+        let vm0 = "SELECT count(*) AS n FROM raw WHERE vm = 'vm-0'";
+        assert_eq!(files_planned(&session, vm0).await, 3);
+    }
+
+    #[tokio::test]
+    async fn one_session_sees_files_written_after_it_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let h15 = 1_763_737_200_000; // 2025-11-21T15:00:00Z
+        write_batch(&lake, 0, 6, h15).await;
+        let session = LakeSql::for_lake(&lake).await.unwrap();
+        let count = "SELECT count(*) AS n FROM raw";
+        let n = |b: &[RecordBatch]| format(b, OutputFormat::Csv).unwrap();
+        assert_eq!(n(&session.query(count).await.unwrap()), "n\n6\n");
+        write_batch(&lake, 6, 6, h15 + 60_000).await;
+        assert_eq!(n(&session.query(count).await.unwrap()), "n\n12\n");
     }
 
     #[tokio::test]

@@ -169,7 +169,7 @@ impl Api {
             return sql;
         };
         let started = Instant::now();
-        match LakeSql::open(url).await {
+        match LakeSql::open_in(url, sql.runtime()).await {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 *self.current.write().await = Snapshot {
