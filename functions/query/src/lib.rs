@@ -112,7 +112,13 @@ impl LakeSql {
 
     /// Registers the tables of an opened lake in `runtime` (see [`lake_runtime`]).
     pub async fn for_lake_in(lake: &Lake, runtime: Arc<RuntimeEnv>) -> Result<Self, QueryError> {
-        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        let mut config = SessionConfig::new();
+        // Late materialization: evaluate the filters (vm, metric, time) on their columns first
+        // and decode the other columns only for the rows that pass.
+        let parquet = &mut config.options_mut().execution.parquet;
+        parquet.pushdown_filters = true;
+        parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         ctx.catalog("datafusion")
             .expect("the default catalog exists")
@@ -127,7 +133,9 @@ impl LakeSql {
             let provider: Arc<dyn datafusion::catalog::TableProvider> =
                 if has_objects(lake, table).await? {
                     with_files.insert(table.name());
-                    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                    let format = ParquetFormat::default()
+                        .with_options(ctx.state().table_options().parquet.clone());
+                    let options = ListingOptions::new(Arc::new(format))
                         .with_file_extension(".parquet")
                         .with_table_partition_cols(
                             PARTITION_COLUMNS
