@@ -994,10 +994,9 @@ fn consumer_config(config: &RunnerConfig, id: usize) -> ClientConfig {
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("partition.assignment.strategy", "range,roundrobin")
-        // librdkafka prefetches up to 64 MiB per consumer by default, and each worker is one
-        // consumer: up to 768 MiB at 12 workers under lag. A worker needs about one batch ahead,
-        // so keep two batches' worth (at least 4 MiB). (At 5,000 VMs the measured RSS did not
-        // change: the prefetch was not what held it there; see bench/RESULTS.md.)
+        // librdkafka prefetches up to 64 MiB per consumer by default; with one consumer per
+        // worker that is most of a function's memory at 12 workers. A worker needs about one
+        // batch ahead, so keep a few batches' worth (at least 4 MiB).
         .set(
             "queued.max.messages.kbytes",
             prefetch_kbytes(config.batch_size).to_string(),
