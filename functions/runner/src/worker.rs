@@ -993,27 +993,11 @@ fn consumer_config(config: &RunnerConfig, id: usize) -> ClientConfig {
         .set("auto.offset.reset", reset)
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-        .set("partition.assignment.strategy", "range,roundrobin")
-        // librdkafka prefetches up to 64 MiB per consumer by default; with one consumer per
-        // worker that is most of a function's memory at 12 workers. A worker needs about one
-        // batch ahead, so keep a few batches' worth (at least 4 MiB).
-        .set(
-            "queued.max.messages.kbytes",
-            prefetch_kbytes(config.batch_size).to_string(),
-        )
-        .set(
-            "queued.min.messages",
-            (2 * config.batch_size).max(1_000).to_string(),
-        );
+        .set("partition.assignment.strategy", "range,roundrobin");
     for (k, v) in &config.kafka_options {
         cc.set(k, v);
     }
     cc
-}
-
-/// KiB of prefetched messages a worker's consumer keeps: two batches of 2 KiB records, 4..64 MiB.
-fn prefetch_kbytes(batch_size: usize) -> usize {
-    (2 * batch_size * 2).clamp(4 * 1024, 64 * 1024)
 }
 
 /// Whether a commit failed because the group is rebalancing (or moved on without this member).
@@ -1043,39 +1027,4 @@ fn oldest_age(part: &[Msg]) -> Option<Duration> {
         .min()?;
     let age = Utc::now().timestamp_millis() - oldest;
     Some(Duration::from_millis(age.max(0) as u64))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::consumer::BaseConsumer;
-
-    #[test]
-    fn prefetch_is_bounded_and_librdkafka_accepts_it_at_every_batch_size() {
-        for batch_size in [1, 100, 1_000, 10_000] {
-            let mut config = RunnerConfig::new("127.0.0.1:9", "metrics", "g");
-            config.batch_size = batch_size;
-            let cc = consumer_config(&config, 0);
-            let kbytes: usize = cc
-                .get("queued.max.messages.kbytes")
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert!(
-                (4 * 1024..=64 * 1024).contains(&kbytes),
-                "{batch_size}: {kbytes}"
-            );
-            // Creating the consumer validates the settings together (no broker is contacted).
-            let made: Result<BaseConsumer, _> = cc.create();
-            assert!(made.is_ok(), "batch size {batch_size}: {:?}", made.err());
-        }
-    }
-
-    #[test]
-    fn an_explicit_kafka_option_overrides_the_prefetch_default() {
-        let mut config = RunnerConfig::new("127.0.0.1:9", "metrics", "g");
-        config.kafka_options = vec![("queued.max.messages.kbytes".into(), "1024".into())];
-        let cc = consumer_config(&config, 0);
-        assert_eq!(cc.get("queued.max.messages.kbytes"), Some("1024"));
-    }
 }
