@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use damselfly_schemas::paths::{HourPartition, batch_object_key};
-use damselfly_schemas::{MetricMessage, Table};
+use damselfly_schemas::{MetricMessage, Table, Tags};
 
 use crate::decode::{InputRecord, Rejection, Validation, decode};
 use crate::encode::{self, EncodeError, RawRow, RollupKey};
@@ -145,66 +145,116 @@ impl PartitionBatch {
             |table, hour| batch_object_key(table, hour, &self.topic, self.partition, first_offset);
         let mut out = Vec::new();
 
-        let mut raw: BTreeMap<HourPartition, Vec<RawRow<'_>>> = BTreeMap::new();
-        // Hash maps while accumulating (string-keyed B-trees spent most of the time comparing);
-        // each hour's windows are sorted once when encoded.
-        let mut rollups: BTreeMap<HourPartition, ahash::AHashMap<RollupKey<'_>, Partial>> =
+        // Per sample, only the series is looked up by string (and mostly not even that: a
+        // message usually lists the same series in the same order as the one before it); the
+        // rows and rollup windows are keyed by dense ids and sorted by ranks.
+        let mut ids = Ids::default();
+        let mut shape: Vec<(&str, &str, u32)> = Vec::new();
+        let mut sids: Vec<u32> = Vec::new();
+        let mut firsts: Vec<(usize, u32)> = Vec::with_capacity(self.messages.len());
+        let mut raw: BTreeMap<HourPartition, Vec<Row>> = BTreeMap::new();
+        let mut rollups: BTreeMap<HourPartition, ahash::AHashMap<Window, Partial>> =
             BTreeMap::new();
         for msg in &self.messages {
+            let vm = ids.vm(&msg.tags);
+            firsts.push((sids.len(), vm));
             let hour = hour_of(msg.ts)?;
             let window = minute_of(msg.ts);
             let rows = raw.entry(hour).or_default();
             let windows = rollups.entry(hour_of(window)?).or_default();
-            for (device, metric, value) in samples(msg) {
-                rows.push(RawRow {
-                    tags: &msg.tags,
-                    metric,
-                    device,
+            for (j, (device, metric, value)) in samples(msg).enumerate() {
+                let sid = match shape.get(j) {
+                    Some(&(m, d, sid)) if m == metric && d == device => sid,
+                    _ => {
+                        let sid = ids.series(metric, device);
+                        shape.truncate(j);
+                        shape.push((metric, device, sid));
+                        sid
+                    }
+                };
+                sids.push(sid);
+                rows.push(Row {
+                    vm,
+                    sid,
                     ts: msg.ts,
                     value,
                 });
-                let k = RollupKey::new(&msg.tags, metric, device, window);
                 let p = Partial::of(msg.ts, value);
                 windows
-                    .entry(k)
+                    .entry((vm, sid, window))
                     .and_modify(|acc| acc.merge(&p))
                     .or_insert(p);
             }
         }
         // Rates: every counter series in time order, continuing from the tail.
-        let mut by_time: Vec<&MetricMessage> = self.messages.iter().collect();
-        by_time.sort_by_key(|m| m.ts);
-        for msg in by_time {
+        let mut by_time: Vec<usize> = (0..self.messages.len()).collect();
+        by_time.sort_by_key(|&i| self.messages[i].ts);
+        for i in by_time {
+            let msg = &self.messages[i];
+            let (first, vm) = firsts[i];
             let window = minute_of(msg.ts);
-            for (device, metric, value) in samples(msg) {
-                let Some(rate_metric) = rate_name(metric) else {
+            for (j, (device, metric, value)) in samples(msg).enumerate() {
+                let Some(rate_sid) = ids.rate_of[sids[first + j] as usize] else {
                     continue;
                 };
                 let Some(r) = tail.observe(&msg.tags.vm, metric, device, msg.ts, value) else {
                     continue;
                 };
-                let k = RollupKey::new(&msg.tags, rate_metric, device, window);
                 let p = Partial::of(msg.ts, r);
                 rollups
                     .entry(hour_of(window)?)
                     .or_default()
-                    .entry(k)
+                    .entry((vm, rate_sid, window))
                     .and_modify(|acc| acc.merge(&p))
                     .or_insert(p);
             }
         }
+        let ranks = ids.ranks();
         for (hour, rows) in raw {
-            let rows_n = rows.len();
+            // Table order (vm, metric, device, ts); equal keys keep the batch's order.
+            let mut order: Vec<(u64, i64, u32)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (ranks.series_of(r.vm, r.sid), r.ts, i as u32))
+                .collect();
+            order.sort_unstable();
+            let rows: Vec<RawRow<'_>> = order
+                .iter()
+                .map(|o| {
+                    let r = &rows[o.2 as usize];
+                    let (metric, device) = ids.series[r.sid as usize];
+                    RawRow {
+                        tags: ids.vms[r.vm as usize],
+                        metric,
+                        device,
+                        ts: r.ts,
+                        value: r.value,
+                    }
+                })
+                .collect();
             out.push(LakeObject {
                 table: Table::Raw,
                 key: key(Table::Raw, hour),
                 bytes: encode::raw_parquet(&rows)?,
-                rows: rows_n,
+                rows: rows.len(),
             });
         }
         for (hour, windows) in rollups {
-            let mut windows: Vec<(RollupKey<'_>, Partial)> = windows.into_iter().collect();
-            windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut windows: Vec<(Window, Partial)> = windows.into_iter().collect();
+            // Table order (vm, metric, device, window_start), then the rest of the tags.
+            windows.sort_unstable_by_key(|&((vm, sid, start), _)| {
+                (ranks.series_of(vm, sid), start, ranks.tags[vm as usize])
+            });
+            let windows: Vec<(RollupKey<'_>, Partial)> = windows
+                .into_iter()
+                .map(|((vm, sid, start), p)| {
+                    let (metric, device) = ids.series[sid as usize];
+                    (
+                        RollupKey::new(ids.vms[vm as usize], metric, device, start),
+                        p,
+                    )
+                })
+                .collect();
             out.push(LakeObject {
                 table: Table::Rollup1m,
                 key: key(Table::Rollup1m, hour),
@@ -227,6 +277,93 @@ impl PartitionBatch {
             });
         }
         Ok(out)
+    }
+}
+
+/// A `raw` row of a batch by ids: the VM and series are indices into [`Ids`].
+struct Row {
+    vm: u32,
+    sid: u32,
+    ts: i64,
+    value: f64,
+}
+
+/// A `rollup_1m` window of a batch by ids: (VM, series, window start).
+type Window = (u32, u32, i64);
+
+/// A batch's distinct VMs (by tags) and series (metric, device) as dense ids.
+#[derive(Default)]
+struct Ids<'a> {
+    vms: Vec<&'a Tags>,
+    vm_ids: ahash::AHashMap<&'a Tags, u32>,
+    series: Vec<(&'a str, &'a str)>,
+    series_ids: ahash::AHashMap<(&'a str, &'a str), u32>,
+    /// Per series: the id of its derived rate series, for counters.
+    rate_of: Vec<Option<u32>>,
+}
+
+/// Sort ranks of a batch's ids.
+struct Ranks {
+    /// Per VM id: rank of its `vm` tag (equal tags, equal rank).
+    vm: Vec<u32>,
+    /// Per VM id: rank of its whole tag set.
+    tags: Vec<u32>,
+    /// Per series id: rank of (metric, device).
+    series: Vec<u32>,
+}
+
+impl<'a> Ids<'a> {
+    fn vm(&mut self, tags: &'a Tags) -> u32 {
+        let next = self.vms.len() as u32;
+        let id = *self.vm_ids.entry(tags).or_insert(next);
+        if id == next {
+            self.vms.push(tags);
+        }
+        id
+    }
+
+    fn series(&mut self, metric: &'a str, device: &'a str) -> u32 {
+        if let Some(&id) = self.series_ids.get(&(metric, device)) {
+            return id;
+        }
+        let id = self.series.len() as u32;
+        self.series.push((metric, device));
+        self.series_ids.insert((metric, device), id);
+        self.rate_of.push(None);
+        // A rate series is not a counter itself, so this recursion stops at one level.
+        if let Some(rate) = rate_name(metric) {
+            self.rate_of[id as usize] = Some(self.series(rate, device));
+        }
+        id
+    }
+
+    fn ranks(&self) -> Ranks {
+        fn rank<T: Ord>(keys: &[T]) -> Vec<u32> {
+            let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+            let mut ranks = vec![0; keys.len()];
+            let mut r = 0;
+            for (i, w) in order.iter().enumerate() {
+                if i > 0 && keys[order[i - 1] as usize] != keys[*w as usize] {
+                    r += 1;
+                }
+                ranks[*w as usize] = r;
+            }
+            ranks
+        }
+        let vm_names: Vec<&str> = self.vms.iter().map(|t| t.vm.as_str()).collect();
+        Ranks {
+            vm: rank(&vm_names),
+            tags: rank(&self.vms),
+            series: rank(&self.series),
+        }
+    }
+}
+
+impl Ranks {
+    /// The (vm, metric, device) part of the table order as one integer.
+    fn series_of(&self, vm: u32, sid: u32) -> u64 {
+        (u64::from(self.vm[vm as usize]) << 32) | u64::from(self.series[sid as usize])
     }
 }
 
@@ -463,6 +600,147 @@ mod tests {
                 .starts_with("not a native v1 message, Telegraf JSON or Influx line protocol"),
             "{}",
             row.reason
+        );
+    }
+
+    /// String columns of a read-back table, row by row.
+    fn rows_of(o: &LakeObject, cols: &[&str], time: &str) -> Vec<(Vec<String>, i64)> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(o.bytes.clone())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let t = b
+                .column_by_name(time)
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>()
+                .clone();
+            for i in 0..b.num_rows() {
+                let strs = cols
+                    .iter()
+                    .map(|c| {
+                        b.column_by_name(c)
+                            .unwrap()
+                            .as_string::<i32>()
+                            .value(i)
+                            .to_owned()
+                    })
+                    .collect();
+                out.push((strs, t.value(i)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn objects_hold_every_sample_once_in_table_order() {
+        // VMs out of order, a VM whose csp changes mid-batch, and messages whose series differ
+        // from the message before them (a new device, a missing metric).
+        let msgs = [
+            (
+                3,
+                "aws",
+                0,
+                r#""metrics":{"cpu_utilization":1,"mem_used":2},"devices":{"eth0":{"bytes_in":10}}"#,
+            ),
+            (
+                1,
+                "gcp",
+                0,
+                r#""metrics":{"cpu_utilization":3},"devices":{"eth0":{"bytes_in":5},"eth1":{"bytes_in":7}}"#,
+            ),
+            (
+                3,
+                "aws",
+                2_000,
+                r#""metrics":{"cpu_utilization":4,"mem_used":5},"devices":{"eth0":{"bytes_in":30}}"#,
+            ),
+            (
+                1,
+                "azure",
+                2_000,
+                r#""metrics":{"mem_used":6},"devices":{"eth0":{"bytes_in":9}}"#,
+            ),
+            (
+                2,
+                "aws",
+                61_000,
+                r#""metrics":{"cpu_utilization":8,"mem_used":9}"#,
+            ),
+            (
+                3,
+                "aws",
+                4_000,
+                r#""devices":{"eth0":{"bytes_in":50},"sda":{"kb_read":1}}"#,
+            ),
+        ];
+        let mut batch = PartitionBatch::new("metrics", 0);
+        let mut want_raw = Vec::new();
+        for (offset, (vm, csp, dt, body)) in msgs.iter().enumerate() {
+            let v = format!(
+                r#"{{"v":1,"ts":{},"tags":{{"ns":"n","mcis":"m","vm":"vm-{vm}","csp":"{csp}"}},{body}}}"#,
+                T0 + dt
+            );
+            let m = MetricMessage::from_json(v.as_bytes()).unwrap();
+            for (device, metric, _) in samples(&m) {
+                want_raw.push((
+                    vec![
+                        format!("vm-{vm}"),
+                        metric.to_owned(),
+                        device.to_owned(),
+                        csp.to_string(),
+                    ],
+                    T0 + dt,
+                ));
+            }
+            let rec = InputRecord {
+                topic: "metrics",
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: T0,
+                key: None,
+                value: Some(v.as_bytes()),
+            };
+            batch.push(&rec, T0, &Validation::default());
+        }
+        let objects = batch.objects(&mut Tail::default()).unwrap();
+        let cols = ["vm", "metric", "device", "csp"];
+        let raw = objects.iter().find(|o| o.table == Table::Raw).unwrap();
+        let got = rows_of(raw, &cols, "ts");
+        let key = |r: &(Vec<String>, i64)| (r.0[0].clone(), r.0[1].clone(), r.0[2].clone(), r.1);
+        assert!(
+            got.windows(2).all(|w| key(&w[0]) <= key(&w[1])),
+            "raw not in table order: {got:?}"
+        );
+        let (mut got_set, mut want_set) = (got.clone(), want_raw);
+        got_set.sort();
+        want_set.sort();
+        assert_eq!(got_set, want_set);
+
+        let rollup = objects.iter().find(|o| o.table == Table::Rollup1m).unwrap();
+        let got = rows_of(rollup, &cols, "window_start");
+        assert!(
+            got.windows(2).all(|w| key(&w[0]) <= key(&w[1])),
+            "rollup not in table order: {got:?}"
+        );
+        // vm-3's eth0 counter has two consecutive samples in minute 0: one rate window.
+        assert!(
+            got.iter()
+                .any(|r| r.0[..3] == ["vm-3", "bytes_in_rate", "eth0"]),
+            "{got:?}"
+        );
+        // vm-1 keeps one window per tag set; vm-2's sample lies in the next minute.
+        let vm1_mem: Vec<_> = got
+            .iter()
+            .filter(|r| r.0[..2] == ["vm-1", "mem_used"])
+            .collect();
+        assert_eq!(vm1_mem.len(), 1, "{got:?}");
+        assert_eq!(vm1_mem[0].0[3], "azure");
+        assert!(
+            got.iter().any(|r| r.0[0] == "vm-2" && r.1 == T0 + 60_000),
+            "{got:?}"
         );
     }
 }

@@ -55,21 +55,13 @@ pub struct RawRow<'a> {
 }
 
 /// A `rollup_1m` row's identity; its order is the table's sort order (vm, metric, device, window).
-/// It hashes the series and window only: a VM's tags almost never differ within a batch, and
-/// equality still compares them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RollupKey<'a> {
     vm: &'a str,
     metric: &'a str,
     device: &'a str,
     window_start: i64,
     tags: &'a Tags,
-}
-
-impl std::hash::Hash for RollupKey<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.vm, self.metric, self.device, self.window_start).hash(state);
-    }
 }
 
 impl<'a> RollupKey<'a> {
@@ -85,25 +77,15 @@ impl<'a> RollupKey<'a> {
     }
 }
 
-/// Encodes `raw` rows, sorted by vm, metric, device, ts.
+/// Encodes `raw` rows, which the caller gives in table order: vm, metric, device, ts.
 pub fn raw_parquet(rows: &[RawRow<'_>]) -> Result<Bytes, EncodeError> {
-    // Rank the strings once and sort integers: comparing strings per pair of rows dominated.
-    let vm_rank = ranks(rows.iter().map(|r| r.tags.vm.as_str()));
-    let series_rank = ranks(rows.iter().map(|r| (r.metric, r.device)));
-    let mut order: Vec<(u32, u32, i64, u32)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                vm_rank[r.tags.vm.as_str()],
-                series_rank[&(r.metric, r.device)],
-                r.ts,
-                i as u32,
-            )
-        })
-        .collect();
-    order.sort_unstable();
-    let rows: Vec<RawRow<'_>> = order.iter().map(|o| rows[o.3 as usize]).collect();
+    debug_assert!(
+        rows.windows(2).all(|w| {
+            (w[0].tags.vm.as_str(), w[0].metric, w[0].device, w[0].ts)
+                <= (w[1].tags.vm.as_str(), w[1].metric, w[1].device, w[1].ts)
+        }),
+        "raw rows not in table order"
+    );
     let mut columns: Vec<ArrayRef> = vec![ts_array(rows.iter().map(|r| r.ts))];
     columns.extend(tag_arrays(rows.iter().map(|r| r.tags)));
     columns.push(str_array(rows.iter().map(|r| r.metric)));
@@ -223,19 +205,6 @@ pub fn dlq_parquet(rows: &[&DlqRow]) -> Result<Bytes, EncodeError> {
         columns,
         &["topic", "partition", "offset"],
     )
-}
-
-/// Each distinct value's rank in sorted order.
-fn ranks<T: Ord + std::hash::Hash + Copy>(
-    values: impl Iterator<Item = T>,
-) -> ahash::AHashMap<T, u32> {
-    let mut distinct: Vec<T> = values.collect::<ahash::AHashSet<T>>().into_iter().collect();
-    distinct.sort_unstable();
-    distinct
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (v, i as u32))
-        .collect()
 }
 
 fn ts_array(it: impl Iterator<Item = i64>) -> ArrayRef {
