@@ -89,6 +89,8 @@ pub enum OutputFormat {
 /// A SQL session over one lake.
 pub struct LakeSql {
     ctx: SessionContext,
+    /// Bloom filters read for pruning, kept for a renewed session.
+    blooms: Arc<prune::VmBlooms>,
     /// The tables registered over files (the others are empty tables).
     with_files: BTreeSet<&'static str>,
 }
@@ -101,7 +103,7 @@ impl LakeSql {
     }
 
     /// Opens the lake at `url` in an existing runtime, keeping its caches (a renewed session).
-    pub async fn open_in(url: &str, runtime: Arc<RuntimeEnv>) -> Result<Self, QueryError> {
+    pub async fn open_in(url: &str, runtime: LakeRuntime) -> Result<Self, QueryError> {
         Self::for_lake_in(&Lake::open(url)?, runtime).await
     }
 
@@ -111,14 +113,18 @@ impl LakeSql {
     }
 
     /// Registers the tables of an opened lake in `runtime` (see [`lake_runtime`]).
-    pub async fn for_lake_in(lake: &Lake, runtime: Arc<RuntimeEnv>) -> Result<Self, QueryError> {
+    pub async fn for_lake_in(lake: &Lake, runtime: LakeRuntime) -> Result<Self, QueryError> {
         let mut config = SessionConfig::new();
         // Late materialization: evaluate the filters (vm, metric, time) on their columns first
         // and decode the other columns only for the rows that pass.
         let parquet = &mut config.options_mut().execution.parquet;
         parquet.pushdown_filters = true;
         parquet.reorder_filters = true;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Planning already pruned files by their `vm` bloom filters (a batch file has one row
+        // group); compacted files carry none.
+        parquet.bloom_filter_on_read = false;
+        let LakeRuntime { env, blooms } = runtime;
+        let ctx = SessionContext::new_with_config_rt(config, env);
         let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         ctx.catalog("datafusion")
             .expect("the default catalog exists")
@@ -152,6 +158,7 @@ impl LakeSql {
                         // object's size and time), so pruning costs no footer reads once warm.
                         Arc::new(ListingTable::try_new(config)?.with_cache(statistics.clone())),
                         table.schema(),
+                        blooms.clone(),
                     ))
                 } else {
                     // An empty table still answers queries (with no rows) rather than failing.
@@ -182,7 +189,11 @@ impl LakeSql {
                 ctx.register_table(table.name(), provider)?;
             }
         }
-        Ok(Self { ctx, with_files })
+        Ok(Self {
+            ctx,
+            blooms,
+            with_files,
+        })
     }
 
     /// Whether `table` has files in the lake (an empty table still answers, with no rows).
@@ -196,8 +207,11 @@ impl LakeSql {
     }
 
     /// The runtime this session plans in (its caches), to open a renewed session in.
-    pub fn runtime(&self) -> Arc<RuntimeEnv> {
-        self.ctx.runtime_env()
+    pub fn runtime(&self) -> LakeRuntime {
+        LakeRuntime {
+            env: self.ctx.runtime_env(),
+            blooms: self.blooms.clone(),
+        }
     }
 
     /// The underlying DataFusion session, for callers that need more.
@@ -206,14 +220,24 @@ impl LakeSql {
     }
 }
 
-/// A DataFusion runtime for lake sessions: file statistics and Parquet footers are cached (each
-/// entry checked against the object's size and time), listings are not, so every query sees the
-/// files written, compacted and deleted since the last one.
-pub fn lake_runtime() -> Result<Arc<RuntimeEnv>, QueryError> {
+/// What lake sessions share across renewals: a DataFusion runtime and the files' bloom filters.
+#[derive(Clone)]
+pub struct LakeRuntime {
+    env: Arc<RuntimeEnv>,
+    blooms: Arc<prune::VmBlooms>,
+}
+
+/// A runtime for lake sessions: file statistics, Parquet footers and `vm` bloom filters are
+/// cached (each entry checked against the object's size and time), listings are not, so every
+/// query sees the files written, compacted and deleted since the last one.
+pub fn lake_runtime() -> Result<LakeRuntime, QueryError> {
     let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
-    Ok(RuntimeEnvBuilder::new()
-        .with_cache_manager(caches)
-        .build_arc()?)
+    Ok(LakeRuntime {
+        env: RuntimeEnvBuilder::new()
+            .with_cache_manager(caches)
+            .build_arc()?,
+        blooms: Arc::default(),
+    })
 }
 
 async fn has_objects(lake: &Lake, table: Table) -> Result<bool, QueryError> {
@@ -462,6 +486,71 @@ mod tests {
         // Filters on other columns prune too: vm-0 is in every file.
         let vm0 = "SELECT count(*) AS n FROM raw WHERE vm = 'vm-0'";
         assert_eq!(files_planned(&session, vm0).await, 3);
+    }
+
+    /// Writes one batch file per table of `partition` holding one sample of each of `vms`.
+    async fn write_vms(lake: &Lake, partition: i32, vms: &[&str], ts: i64) {
+        let mut batch = PartitionBatch::new("metrics", partition);
+        for (offset, vm) in vms.iter().enumerate() {
+            let v = message(vm, ts, offset as f64);
+            let rec = InputRecord {
+                topic: "metrics",
+                partition,
+                offset: offset as i64,
+                timestamp_ms: ts,
+                key: None,
+                value: Some(v.as_bytes()),
+            };
+            batch.push(&rec, ts, &Validation::default());
+        }
+        let write = damselfly_core::ledger::PartitionWrite {
+            topic: "metrics".into(),
+            partition,
+            first_offset: 0,
+            next_offset: vms.len() as i64,
+            objects: batch.objects(&mut Default::default()).unwrap(),
+            tail: Default::default(),
+            tail_undo: Default::default(),
+        };
+        lake.write_exactly_once("aggregate", &write).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_vm_filter_plans_only_the_files_whose_bloom_filters_may_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        // Two partitions' batch files of one minute: min/max of the first ("vm-a" to "vm-z")
+        // covers the VM of the second, so only its bloom filter can rule the first out.
+        write_vms(&lake, 0, &["vm-a", "vm-z"], now).await;
+        write_vms(&lake, 1, &["vm-m"], now).await;
+        let session = LakeSql::for_lake(&lake).await.unwrap();
+        let count = |filter: &str| format!("SELECT count(*) AS n FROM rollup_1m WHERE {filter}");
+        let n = |b: &[RecordBatch]| format(b, OutputFormat::Csv).unwrap();
+        let all = count("metric = 'cpu_utilization'");
+        assert_eq!(files_planned(&session, &all).await, 2);
+        for (filter, files, rows) in [
+            ("vm = 'vm-m'", 1, 1),
+            ("vm = 'vm-z'", 1, 1),
+            ("vm IN ('vm-a', 'vm-m')", 2, 2),
+            ("vm = 'vm-q'", 0, 0),
+            // A VM absent from every file excludes nothing: every file stays.
+            ("vm <> 'vm-q'", 2, 3),
+        ] {
+            let sql = count(&format!("metric = 'cpu_utilization' AND {filter}"));
+            assert_eq!(files_planned(&session, &sql).await, files, "{filter}");
+            assert_eq!(
+                n(&session.query(&sql).await.unwrap()),
+                format!("n\n{rows}\n"),
+                "{filter}"
+            );
+        }
+        // A renewed session reuses the filters it read (and still prunes).
+        let renewed = LakeSql::open_in(dir.path().to_str().unwrap(), session.runtime())
+            .await
+            .unwrap();
+        let vm_m = count("metric = 'cpu_utilization' AND vm = 'vm-m'");
+        assert_eq!(files_planned(&renewed, &vm_m).await, 1);
     }
 
     #[tokio::test]

@@ -6,23 +6,38 @@
 //! batch and partition (hundreds), so a 5-minute query spent most of its time building the same
 //! predicate hundreds of times. [`PrunedTable`] builds it once and evaluates it over all files'
 //! statistics together, handing on only the files that can hold a matching row.
+//!
+//! Min/max cannot rule out a batch file for a VM: a batch file holds one Kafka partition's VMs,
+//! spread over the whole fleet by hashing. Batch files carry a bloom filter on `vm`, and a query
+//! that names its VMs (`vm = ...`, `vm IN (...)`) also prunes by those filters ([`VmBlooms`]).
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
+use arrow::array::{Array as _, ArrayRef, BooleanArray};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::pruning::PrunableStatistics;
-use datafusion::common::{DFSchema, Statistics};
+use datafusion::common::pruning::{PrunableStatistics, PruningStatistics};
+use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::parquet::bloom_filter::Sbbf;
+use datafusion::physical_expr::utils::Guarantee;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::ObjectMeta;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
 
 /// A table over files (normally a `ListingTable`) whose scans skip the files that the filters'
 /// column statistics rule out.
@@ -32,16 +47,27 @@ pub struct PrunedTable {
     /// The columns stored in the files (the table's schema without the partition columns): the
     /// schema of each file's statistics.
     file_schema: SchemaRef,
+    /// The files' `vm` bloom filters, loaded when a query names its VMs.
+    blooms: Arc<VmBlooms>,
 }
 
 impl PrunedTable {
-    /// Wraps `inner`, whose files store the columns of `file_schema`.
-    pub fn new(inner: Arc<dyn TableProvider>, file_schema: SchemaRef) -> Self {
-        Self { inner, file_schema }
+    /// Wraps `inner`, whose files store the columns of `file_schema`; `blooms` caches the files'
+    /// `vm` bloom filters (share it between sessions over the same lake).
+    pub fn new(
+        inner: Arc<dyn TableProvider>,
+        file_schema: SchemaRef,
+        blooms: Arc<VmBlooms>,
+    ) -> Self {
+        Self {
+            inner,
+            file_schema,
+            blooms,
+        }
     }
 
     /// The scan's plan with only the files that may hold rows matching `filters`.
-    fn prune(
+    async fn prune(
         &self,
         state: &dyn Session,
         plan: Arc<dyn ExecutionPlan>,
@@ -84,7 +110,19 @@ impl PrunedTable {
                     .unwrap_or_else(|| Arc::new(Statistics::new_unknown(&self.file_schema)))
             })
             .collect();
-        let keep = pruning.prune(&PrunableStatistics::new(stats, self.file_schema.clone()))?;
+        let min_max = PrunableStatistics::new(stats, self.file_schema.clone());
+        let names_vms = pruning
+            .literal_guarantees()
+            .iter()
+            .any(|g| g.column.name() == "vm" && g.guarantee == Guarantee::In);
+        let keep = if names_vms && self.file_schema.index_of("vm").is_ok() {
+            let store = state.runtime_env().object_store(&config.object_store_url)?;
+            let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+            let blooms = self.blooms.load(store, footers, &files).await?;
+            pruning.prune(&WithVmBlooms { min_max, blooms })?
+        } else {
+            pruning.prune(&min_max)?
+        };
         if keep.iter().all(|k| *k) {
             return Ok(plan);
         }
@@ -146,6 +184,148 @@ impl TableProvider for PrunedTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.inner.scan(state, projection, filters, limit).await?;
-        self.prune(state, plan, filters)
+        self.prune(state, plan, filters).await
+    }
+}
+
+/// The `vm` bloom filters of lake files, one per row group, cached by object (path, size, time).
+#[derive(Debug, Default)]
+pub struct VmBlooms {
+    loaded: Mutex<HashMap<ObjectVersion, FileBlooms>>,
+}
+
+/// An object as listed: path, size and modification time (ns).
+type ObjectVersion = (Path, u64, i64);
+
+/// A file's `vm` filters, one per row group; `None` when it has none.
+type FileBlooms = Option<Arc<[Sbbf]>>;
+
+/// Cached files beyond which the cache starts over (an entry is a few hundred bytes to a few KB).
+const MAX_CACHED_FILES: usize = 100_000;
+
+/// Concurrent footer and filter reads when loading the filters of many files.
+const LOAD_CONCURRENCY: usize = 16;
+
+impl VmBlooms {
+    /// The filters of each file (`None`: the file has none), reading the ones not cached yet.
+    async fn load(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        footers: Arc<FileMetadataCache>,
+        files: &[&PartitionedFile],
+    ) -> Result<Vec<FileBlooms>> {
+        let loads: Vec<_> = files
+            .iter()
+            .map(|f| self.load_one(store.clone(), footers.clone(), f.object_meta.clone()))
+            .collect();
+        futures::stream::iter(loads)
+            .buffered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// One file's filters, from the cache or read (and then cached).
+    async fn load_one(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        footers: Arc<FileMetadataCache>,
+        meta: ObjectMeta,
+    ) -> Result<FileBlooms> {
+        let key = (
+            meta.location.clone(),
+            meta.size,
+            meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+        );
+        if let Some(hit) = self.lock().get(&key) {
+            return Ok(hit.clone());
+        }
+        let md = DFParquetMetadata::new(store.as_ref(), &meta)
+            .with_file_metadata_cache(Some(footers))
+            .fetch_metadata()
+            .await?;
+        let column = md
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == "vm");
+        let mut filters = Vec::with_capacity(md.num_row_groups());
+        for rg in md.row_groups() {
+            let Some((offset, len)) = column.and_then(|i| {
+                let c = rg.column(i);
+                Some((c.bloom_filter_offset()?, c.bloom_filter_length()?))
+            }) else {
+                break;
+            };
+            let (start, len) = (offset as u64, len as u64);
+            let bytes = store.get_range(&meta.location, start..start + len).await?;
+            filters.push(Sbbf::from_bytes(&bytes)?);
+        }
+        // A row group without a filter may hold any VM: the file is then unknown (None).
+        let loaded: Option<Arc<[Sbbf]>> =
+            (column.is_some() && filters.len() == md.num_row_groups()).then(|| filters.into());
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED_FILES {
+            cache.clear();
+        }
+        cache.insert(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectVersion, FileBlooms>> {
+        self.loaded.lock().expect("bloom cache lock poisoned")
+    }
+}
+
+/// Files' min/max statistics plus their `vm` bloom filters, for one pruning pass.
+struct WithVmBlooms {
+    min_max: PrunableStatistics,
+    blooms: Vec<FileBlooms>,
+}
+
+impl PruningStatistics for WithVmBlooms {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.min_max.min_values(column)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.min_max.max_values(column)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.min_max.num_containers()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.min_max.null_counts(column)
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.min_max.row_counts()
+    }
+
+    /// False for a file whose filters hold none of `values`; unknown otherwise.
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        if column.name() != "vm" {
+            return self.min_max.contained(column, values);
+        }
+        let vms: Vec<&str> = values
+            .iter()
+            .map(|v| match v {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let absent: BooleanArray = self
+            .blooms
+            .iter()
+            .map(|filters| match filters {
+                Some(fs) if !vms.iter().any(|vm| fs.iter().any(|f| f.check(*vm))) => Some(false),
+                _ => None,
+            })
+            .collect();
+        (absent.null_count() < absent.len()).then_some(absent)
     }
 }
