@@ -135,13 +135,15 @@ impl LakeSql {
         // Listings skip files a compacted file replaces, so a query racing compaction never double counts.
         let store = Arc::new(live::LiveStore::new(location.root_store()?));
         ctx.register_object_store(&store_url, store);
+        // The session's Parquet options (pushdown, bloom filters), read once for every table.
+        let format = Arc::new(
+            ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone()),
+        );
         for table in Table::ALL {
             let provider: Arc<dyn datafusion::catalog::TableProvider> =
                 if has_objects(lake, table).await? {
                     with_files.insert(table.name());
-                    let format = ParquetFormat::default()
-                        .with_options(ctx.state().table_options().parquet.clone());
-                    let options = ListingOptions::new(Arc::new(format))
+                    let options = ListingOptions::new(format.clone())
                         .with_file_extension(".parquet")
                         .with_table_partition_cols(
                             PARTITION_COLUMNS
