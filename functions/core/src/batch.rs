@@ -431,6 +431,19 @@ mod tests {
         }
     }
 
+    /// Pushes one record of partition 0 at `offset`, received at `T0`.
+    fn push_at(batch: &mut PartitionBatch, offset: usize, value: &str) {
+        let rec = InputRecord {
+            topic: "metrics",
+            partition: 0,
+            offset: offset as i64,
+            timestamp_ms: T0,
+            key: None,
+            value: Some(value.as_bytes()),
+        };
+        batch.push(&rec, T0, &Validation::default());
+    }
+
     fn rollups_of(messages: &[(usize, i64, i64)], splits: &[usize]) -> BTreeMap<Series, Partial> {
         let mut bounds: Vec<usize> = splits.iter().map(|s| s % (messages.len() + 1)).collect();
         bounds.extend([0, messages.len()]);
@@ -446,15 +459,7 @@ mod tests {
                     T0 + dt,
                     value * 3
                 );
-                let rec = InputRecord {
-                    topic: "metrics",
-                    partition: 0,
-                    offset: offset as i64,
-                    timestamp_ms: T0,
-                    key: None,
-                    value: Some(v.as_bytes()),
-                };
-                batch.push(&rec, T0, &Validation::default());
+                push_at(&mut batch, offset, &v);
             }
             merged_rollups(&batch.objects(tail).unwrap(), &mut merged);
         }
@@ -695,15 +700,7 @@ mod tests {
                     T0 + dt,
                 ));
             }
-            let rec = InputRecord {
-                topic: "metrics",
-                partition: 0,
-                offset: offset as i64,
-                timestamp_ms: T0,
-                key: None,
-                value: Some(v.as_bytes()),
-            };
-            batch.push(&rec, T0, &Validation::default());
+            push_at(&mut batch, offset, &v);
         }
         let objects = batch.objects(&mut Tail::default()).unwrap();
         let cols = ["vm", "metric", "device", "csp"];
