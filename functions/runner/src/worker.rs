@@ -188,7 +188,7 @@ impl ConsumerContext for WorkerContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        {
+        let paused = {
             let mut st = self.ownership.lock();
             for e in tpl.elements() {
                 let epoch = st.next_epoch;
@@ -199,20 +199,17 @@ impl ConsumerContext for WorkerContext {
             st.changes += 1;
             st.assigns += 1;
             st.assigned = true;
-            if tpl.count() > 0 {
-                // Pause state does not reliably survive a reassignment: set it explicitly, under
-                // the lock. Released before this call, the worker could see the assignment, resume
-                // it, and then have this pause it again while `paused` reads false: a worker that
-                // owns partitions and never consumes from them.
-                let paused = st.paused;
-                let r = if paused {
-                    consumer.pause(tpl)
-                } else {
-                    consumer.resume(tpl)
-                };
-                if let Err(e) = r {
-                    tracing::debug!(worker = self.id, error = %e, paused, "pause/resume after assignment");
-                }
+            st.paused
+        };
+        if tpl.count() > 0 {
+            // Pause state does not reliably survive a reassignment: set it explicitly.
+            let r = if paused {
+                consumer.pause(tpl)
+            } else {
+                consumer.resume(tpl)
+            };
+            if let Err(e) = r {
+                tracing::debug!(worker = self.id, error = %e, paused, "pause/resume after assignment");
             }
         }
         self.stats.rebalances.fetch_add(1, Relaxed);
@@ -949,14 +946,13 @@ impl Worker {
         }
     }
 
-    /// Pauses the assignment. The flag and librdkafka's state change under one lock, which the
-    /// assignment callback also holds while it applies the flag.
     fn pause(&self) {
         let mut st = self.ownership.lock();
         if st.paused {
             return;
         }
         st.paused = true;
+        drop(st);
         if let Ok(tpl) = self.consumer.assignment()
             && tpl.count() > 0
             && let Err(e) = self.consumer.pause(&tpl)
@@ -965,13 +961,13 @@ impl Worker {
         }
     }
 
-    /// Resumes the assignment, under the same lock as [`pause`](Self::pause).
     fn resume(&self) {
         let mut st = self.ownership.lock();
         if !st.paused {
             return;
         }
         st.paused = false;
+        drop(st);
         if let Ok(tpl) = self.consumer.assignment()
             && tpl.count() > 0
             && let Err(e) = self.consumer.resume(&tpl)
