@@ -168,10 +168,14 @@ fn sigkilled_aggregate_stores_every_sample_exactly_once() {
     let published: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(published["published"], (vms * intervals) as u64);
 
-    let last = aggregate(&["--until-caught-up", "--json"])
-        .wait_with_output()
-        .unwrap();
-    let last_log = String::from_utf8_lossy(&last.stderr);
+    // It normally takes about a minute; a stalled consumer fails here, with its log.
+    let (last, last_log) = wait_bounded(
+        aggregate(&["--until-caught-up", "--json"]),
+        Duration::from_secs(300),
+    );
+    let last = last.unwrap_or_else(|| {
+        panic!("final catch-up run did not catch up in 5 minutes; its log:\n{last_log}")
+    });
     assert!(
         last.status.success(),
         "final catch-up run failed: {last_log}"

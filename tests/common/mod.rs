@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use damselfly_core::Lake;
@@ -55,6 +55,45 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Waits for a child whose stdout and stderr are piped, at most `limit`: on time-out kills it and
+/// returns `None` with what it printed so far, so that a hang fails the test in minutes, with its log.
+pub fn wait_bounded(mut child: Child, limit: Duration) -> (Option<Output>, String) {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let log = String::from_utf8_lossy(&stderr).into_owned();
+    (
+        status.map(|status| Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        log,
+    )
 }
 
 /// Runs `damselfly ARGS`, asserts it succeeded, and parses its stdout as JSON.
