@@ -38,6 +38,10 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// How long a held worker waits for the rebalance it was held for before it carries on.
 pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(60);
+/// Idle time (empty batching windows in a row) after which a worker that is not holding re-asserts
+/// that its partitions are resumed: a partition left paused by mistake would otherwise stall
+/// silently, with lag building up and nothing consumed.
+const IDLE_RESUME: Duration = Duration::from_secs(2);
 /// Writes of a failed batch to its destination before the runner gives up.
 const DESTINATION_ATTEMPTS: u32 = 5;
 
@@ -452,6 +456,8 @@ pub(crate) struct Worker {
     control: Arc<Control>,
     /// Consumed records not yet in a batch, in consumption order.
     stash: VecDeque<Msg>,
+    /// Since when the batching windows have been empty (None: the last one was not).
+    idle_since: Option<Instant>,
 }
 
 impl Worker {
@@ -490,6 +496,7 @@ impl Worker {
             ownership,
             control,
             stash: VecDeque::new(),
+            idle_since: None,
         };
         Ok((worker, handle))
     }
@@ -525,7 +532,10 @@ impl Worker {
                 return Ok(());
             }
             let batch = self.gather().await;
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                self.idle();
+            } else {
+                self.idle_since = None;
                 self.settle(batch).await?;
                 self.resume();
             }
@@ -943,6 +953,34 @@ impl Worker {
             Served::Stopped
         } else {
             served
+        }
+    }
+
+    /// After [`IDLE_RESUME`] of empty windows, resumes the assignment again unless the worker
+    /// keeps it paused on purpose (cheap, and idempotent in librdkafka).
+    fn idle(&mut self) {
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < IDLE_RESUME {
+            return;
+        }
+        self.idle_since = Some(Instant::now());
+        if self.ownership.lock().paused {
+            return;
+        }
+        if let Ok(tpl) = self.consumer.assignment()
+            && tpl.count() > 0
+        {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::debug!(worker = self.id, error = %e, "resume while idle");
+            }
+            let positions = self.consumer.position().map(|p| {
+                p.elements()
+                    .iter()
+                    .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            tracing::trace!(worker = self.id, ?positions, "idle: assignment resumed");
         }
     }
 
