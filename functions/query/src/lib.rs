@@ -89,7 +89,8 @@ pub enum OutputFormat {
 /// A SQL session over one lake.
 pub struct LakeSql {
     ctx: SessionContext,
-    /// Bloom filters read for pruning, kept for a renewed session.
+    /// File statistics and bloom filters read for pruning, kept for a renewed session.
+    stats: Arc<prune::FileStats>,
     blooms: Arc<prune::VmBlooms>,
     /// The tables registered over files (the others are empty tables).
     with_files: BTreeSet<&'static str>,
@@ -123,9 +124,11 @@ impl LakeSql {
         // Planning already pruned files by their `vm` bloom filters (a batch file has one row
         // group); compacted files carry none.
         parquet.bloom_filter_on_read = false;
-        let LakeRuntime { env, blooms } = runtime;
+        // File statistics are read and cached by `PrunedTable`, which prunes with them;
+        // `ListingTable`'s own collection would copy and merge them on every scan.
+        config.options_mut().execution.collect_statistics = false;
+        let LakeRuntime { env, stats, blooms } = runtime;
         let ctx = SessionContext::new_with_config_rt(config, env);
-        let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         ctx.catalog("datafusion")
             .expect("the default catalog exists")
             .register_schema(FILES_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
@@ -156,10 +159,11 @@ impl LakeSql {
                         .with_listing_options(options)
                         .with_schema(table.schema());
                     Arc::new(prune::PrunedTable::new(
+                        Arc::new(ListingTable::try_new(config)?),
+                        table.schema(),
                         // Per-file statistics are kept between queries (checked against each
                         // object's size and time), so pruning costs no footer reads once warm.
-                        Arc::new(ListingTable::try_new(config)?.with_cache(statistics.clone())),
-                        table.schema(),
+                        stats.clone(),
                         blooms.clone(),
                     ))
                 } else {
@@ -193,6 +197,7 @@ impl LakeSql {
         }
         Ok(Self {
             ctx,
+            stats,
             blooms,
             with_files,
         })
@@ -212,6 +217,7 @@ impl LakeSql {
     pub fn runtime(&self) -> LakeRuntime {
         LakeRuntime {
             env: self.ctx.runtime_env(),
+            stats: self.stats.clone(),
             blooms: self.blooms.clone(),
         }
     }
@@ -222,10 +228,12 @@ impl LakeSql {
     }
 }
 
-/// What lake sessions share across renewals: a DataFusion runtime and the files' bloom filters.
+/// What lake sessions share across renewals: a DataFusion runtime and the files' statistics and
+/// bloom filters.
 #[derive(Clone)]
 pub struct LakeRuntime {
     env: Arc<RuntimeEnv>,
+    stats: Arc<prune::FileStats>,
     blooms: Arc<prune::VmBlooms>,
 }
 
@@ -238,6 +246,7 @@ pub fn lake_runtime() -> Result<LakeRuntime, QueryError> {
         env: RuntimeEnvBuilder::new()
             .with_cache_manager(caches)
             .build_arc()?,
+        stats: Arc::default(),
         blooms: Arc::default(),
     })
 }

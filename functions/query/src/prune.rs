@@ -47,21 +47,26 @@ pub struct PrunedTable {
     /// The columns stored in the files (the table's schema without the partition columns): the
     /// schema of each file's statistics.
     file_schema: SchemaRef,
+    /// The files' min/max statistics, read from their footers.
+    stats: Arc<FileStats>,
     /// The files' `vm` bloom filters, loaded when a query names its VMs.
     blooms: Arc<VmBlooms>,
 }
 
 impl PrunedTable {
-    /// Wraps `inner`, whose files store the columns of `file_schema`; `blooms` caches the files'
-    /// `vm` bloom filters (share it between sessions over the same lake).
+    /// Wraps `inner`, whose files store the columns of `file_schema`; `stats` and `blooms` cache
+    /// the files' statistics and `vm` bloom filters (share them between sessions over the same
+    /// lake). `inner` need not collect statistics: the pruning pass reads them from `stats`.
     pub fn new(
         inner: Arc<dyn TableProvider>,
         file_schema: SchemaRef,
+        stats: Arc<FileStats>,
         blooms: Arc<VmBlooms>,
     ) -> Self {
         Self {
             inner,
             file_schema,
+            stats,
             blooms,
         }
     }
@@ -102,22 +107,18 @@ impl PrunedTable {
             return Ok(plan);
         };
         let files: Vec<_> = config.file_groups.iter().flat_map(|g| g.iter()).collect();
-        let stats: Vec<Arc<Statistics>> = files
-            .iter()
-            .map(|f| {
-                f.statistics
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(Statistics::new_unknown(&self.file_schema)))
-            })
-            .collect();
+        let store = state.runtime_env().object_store(&config.object_store_url)?;
+        let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let stats = self
+            .stats
+            .load(store.clone(), footers.clone(), &files, &self.file_schema)
+            .await?;
         let min_max = PrunableStatistics::new(stats, self.file_schema.clone());
         let names_vms = pruning
             .literal_guarantees()
             .iter()
             .any(|g| g.column.name() == "vm" && g.guarantee == Guarantee::In);
         let keep = if names_vms && self.file_schema.index_of("vm").is_ok() {
-            let store = state.runtime_env().object_store(&config.object_store_url)?;
-            let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
             let blooms = self.blooms.load(store, footers, &files).await?;
             pruning.prune(&WithVmBlooms { min_max, blooms })?
         } else {
@@ -188,6 +189,85 @@ impl TableProvider for PrunedTable {
     }
 }
 
+/// The min/max statistics of lake files, cached by object (path, size, time).
+///
+/// DataFusion's `ListingTable` can collect them too, but it then copies every listed file's
+/// statistics (with the partition columns appended) and merges them into table statistics on
+/// every scan: with an open hour's hundreds of batch files, most of a short query's time, in
+/// allocations. Here a scan looks its files up under one lock and hands them on shared.
+#[derive(Debug, Default)]
+pub struct FileStats {
+    loaded: Mutex<HashMap<ObjectVersion, Arc<Statistics>>>,
+}
+
+impl FileStats {
+    /// The statistics of each file (as columns of `file_schema`), reading the ones not cached yet.
+    async fn load(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        footers: Arc<FileMetadataCache>,
+        files: &[&PartitionedFile],
+        file_schema: &SchemaRef,
+    ) -> Result<Vec<Arc<Statistics>>> {
+        let mut stats: Vec<Option<Arc<Statistics>>> = {
+            let cache = self.lock();
+            files
+                .iter()
+                .map(|f| cache.get(&version(&f.object_meta)).cloned())
+                .collect()
+        };
+        let missing: Vec<usize> = (0..files.len()).filter(|i| stats[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let reads: Vec<_> = missing
+                .iter()
+                .map(|&i| {
+                    let (store, footers) = (store.clone(), footers.clone());
+                    let (meta, schema) = (files[i].object_meta.clone(), file_schema.clone());
+                    async move {
+                        let read = DFParquetMetadata::new(store.as_ref(), &meta)
+                            .with_file_metadata_cache(Some(footers))
+                            .fetch_statistics(&schema)
+                            .await?;
+                        Ok::<_, datafusion::error::DataFusionError>((
+                            version(&meta),
+                            Arc::new(read),
+                        ))
+                    }
+                })
+                .collect();
+            let read: Vec<_> = futures::stream::iter(reads)
+                .buffered(LOAD_CONCURRENCY)
+                .try_collect()
+                .await?;
+            let mut cache = self.lock();
+            if cache.len() + read.len() > MAX_CACHED_FILES {
+                cache.clear();
+            }
+            for (i, (key, st)) in missing.into_iter().zip(read) {
+                stats[i] = Some(st.clone());
+                cache.insert(key, st);
+            }
+        }
+        Ok(stats
+            .into_iter()
+            .map(|s| s.expect("every file's statistics were loaded"))
+            .collect())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectVersion, Arc<Statistics>>> {
+        self.loaded.lock().expect("statistics cache lock poisoned")
+    }
+}
+
+/// The cache key of a listed object.
+fn version(meta: &ObjectMeta) -> ObjectVersion {
+    (
+        meta.location.clone(),
+        meta.size,
+        meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+    )
+}
+
 /// The `vm` bloom filters of lake files, one per row group, cached by object (path, size, time).
 #[derive(Debug, Default)]
 pub struct VmBlooms {
@@ -231,11 +311,7 @@ impl VmBlooms {
         footers: Arc<FileMetadataCache>,
         meta: ObjectMeta,
     ) -> Result<FileBlooms> {
-        let key = (
-            meta.location.clone(),
-            meta.size,
-            meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
-        );
+        let key = version(&meta);
         if let Some(hit) = self.lock().get(&key) {
             return Ok(hit.clone());
         }
