@@ -12,6 +12,7 @@
 //! that names its VMs (`vm = ...`, `vm IN (...)`) also prunes by those filters ([`VmBlooms`]).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array as _, ArrayRef, BooleanArray};
@@ -189,53 +190,50 @@ impl TableProvider for PrunedTable {
     }
 }
 
-/// The min/max statistics of lake files, cached by object (path, size, time).
-///
-/// DataFusion's `ListingTable` can collect them too, but it then copies every listed file's
-/// statistics (with the partition columns appended) and merges them into table statistics on
-/// every scan: with an open hour's hundreds of batch files, most of a short query's time, in
-/// allocations. Here a scan looks its files up under one lock and hands them on shared.
-#[derive(Debug, Default)]
-pub struct FileStats {
-    loaded: Mutex<HashMap<ObjectVersion, Arc<Statistics>>>,
+/// Something read from each lake file, cached by object (path, size, time).
+#[derive(Debug)]
+struct ObjectCache<T> {
+    loaded: Mutex<HashMap<ObjectVersion, T>>,
 }
 
-impl FileStats {
-    /// The statistics of each file (as columns of `file_schema`), reading the ones not cached yet.
-    async fn load(
-        &self,
-        store: Arc<dyn ObjectStore>,
-        footers: Arc<FileMetadataCache>,
-        files: &[&PartitionedFile],
-        file_schema: &SchemaRef,
-    ) -> Result<Vec<Arc<Statistics>>> {
-        let mut stats: Vec<Option<Arc<Statistics>>> = {
+/// An object as listed: path, size and modification time (ns).
+type ObjectVersion = (Path, u64, i64);
+
+/// Cached files beyond which a cache starts over (an entry is a few hundred bytes to a few KB).
+const MAX_CACHED_FILES: usize = 100_000;
+
+/// Concurrent footer and filter reads when loading what many files hold.
+const LOAD_CONCURRENCY: usize = 16;
+
+impl<T> Default for ObjectCache<T> {
+    fn default() -> Self {
+        Self {
+            loaded: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Clone> ObjectCache<T> {
+    /// The value of each file: looked up under one lock, and `read` for the ones not cached yet.
+    async fn load<F, Fut>(&self, files: &[&PartitionedFile], read: F) -> Result<Vec<T>>
+    where
+        F: Fn(ObjectMeta) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut values: Vec<Option<T>> = {
             let cache = self.lock();
             files
                 .iter()
                 .map(|f| cache.get(&version(&f.object_meta)).cloned())
                 .collect()
         };
-        let missing: Vec<usize> = (0..files.len()).filter(|i| stats[*i].is_none()).collect();
+        let missing: Vec<usize> = (0..files.len()).filter(|i| values[*i].is_none()).collect();
         if !missing.is_empty() {
             let reads: Vec<_> = missing
                 .iter()
-                .map(|&i| {
-                    let (store, footers) = (store.clone(), footers.clone());
-                    let (meta, schema) = (files[i].object_meta.clone(), file_schema.clone());
-                    async move {
-                        let read = DFParquetMetadata::new(store.as_ref(), &meta)
-                            .with_file_metadata_cache(Some(footers))
-                            .fetch_statistics(&schema)
-                            .await?;
-                        Ok::<_, datafusion::error::DataFusionError>((
-                            version(&meta),
-                            Arc::new(read),
-                        ))
-                    }
-                })
+                .map(|&i| read(files[i].object_meta.clone()))
                 .collect();
-            let read: Vec<_> = futures::stream::iter(reads)
+            let read: Vec<T> = futures::stream::iter(reads)
                 .buffered(LOAD_CONCURRENCY)
                 .try_collect()
                 .await?;
@@ -243,19 +241,19 @@ impl FileStats {
             if cache.len() + read.len() > MAX_CACHED_FILES {
                 cache.clear();
             }
-            for (i, (key, st)) in missing.into_iter().zip(read) {
-                stats[i] = Some(st.clone());
-                cache.insert(key, st);
+            for (i, value) in missing.into_iter().zip(read) {
+                cache.insert(version(&files[i].object_meta), value.clone());
+                values[i] = Some(value);
             }
         }
-        Ok(stats
+        Ok(values
             .into_iter()
-            .map(|s| s.expect("every file's statistics were loaded"))
+            .map(|v| v.expect("every file's value was loaded"))
             .collect())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectVersion, Arc<Statistics>>> {
-        self.loaded.lock().expect("statistics cache lock poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectVersion, T>> {
+        self.loaded.lock().expect("file cache lock poisoned")
     }
 }
 
@@ -268,23 +266,50 @@ fn version(meta: &ObjectMeta) -> ObjectVersion {
     )
 }
 
+/// The min/max statistics of lake files, cached by object (path, size, time).
+///
+/// DataFusion's `ListingTable` can collect them too, but it then copies every listed file's
+/// statistics (with the partition columns appended) and merges them into table statistics on
+/// every scan: with an open hour's hundreds of batch files, most of a short query's time, in
+/// allocations. Here a scan looks its files up under one lock and hands them on shared.
+#[derive(Debug, Default)]
+pub struct FileStats {
+    cache: ObjectCache<Arc<Statistics>>,
+}
+
+impl FileStats {
+    /// The statistics of each file (as columns of `file_schema`), reading the ones not cached yet.
+    async fn load(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        footers: Arc<FileMetadataCache>,
+        files: &[&PartitionedFile],
+        file_schema: &SchemaRef,
+    ) -> Result<Vec<Arc<Statistics>>> {
+        self.cache
+            .load(files, |meta| {
+                let (store, footers) = (store.clone(), footers.clone());
+                let schema = file_schema.clone();
+                async move {
+                    let stats = DFParquetMetadata::new(store.as_ref(), &meta)
+                        .with_file_metadata_cache(Some(footers))
+                        .fetch_statistics(&schema)
+                        .await?;
+                    Ok(Arc::new(stats))
+                }
+            })
+            .await
+    }
+}
+
 /// The `vm` bloom filters of lake files, one per row group, cached by object (path, size, time).
 #[derive(Debug, Default)]
 pub struct VmBlooms {
-    loaded: Mutex<HashMap<ObjectVersion, FileBlooms>>,
+    cache: ObjectCache<FileBlooms>,
 }
-
-/// An object as listed: path, size and modification time (ns).
-type ObjectVersion = (Path, u64, i64);
 
 /// A file's `vm` filters, one per row group; `None` when it has none.
 type FileBlooms = Option<Arc<[Sbbf]>>;
-
-/// Cached files beyond which the cache starts over (an entry is a few hundred bytes to a few KB).
-const MAX_CACHED_FILES: usize = 100_000;
-
-/// Concurrent footer and filter reads when loading the filters of many files.
-const LOAD_CONCURRENCY: usize = 16;
 
 impl VmBlooms {
     /// The filters of each file (`None`: the file has none), reading the ones not cached yet.
@@ -294,63 +319,44 @@ impl VmBlooms {
         footers: Arc<FileMetadataCache>,
         files: &[&PartitionedFile],
     ) -> Result<Vec<FileBlooms>> {
-        let loads: Vec<_> = files
-            .iter()
-            .map(|f| self.load_one(store.clone(), footers.clone(), f.object_meta.clone()))
-            .collect();
-        futures::stream::iter(loads)
-            .buffered(LOAD_CONCURRENCY)
-            .try_collect()
+        self.cache
+            .load(files, |meta| {
+                read_blooms(store.clone(), footers.clone(), meta)
+            })
             .await
     }
+}
 
-    /// One file's filters, from the cache or read (and then cached).
-    async fn load_one(
-        &self,
-        store: Arc<dyn ObjectStore>,
-        footers: Arc<FileMetadataCache>,
-        meta: ObjectMeta,
-    ) -> Result<FileBlooms> {
-        let key = version(&meta);
-        if let Some(hit) = self.lock().get(&key) {
-            return Ok(hit.clone());
-        }
-        let md = DFParquetMetadata::new(store.as_ref(), &meta)
-            .with_file_metadata_cache(Some(footers))
-            .fetch_metadata()
-            .await?;
-        let column = md
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().string() == "vm");
-        let mut filters = Vec::with_capacity(md.num_row_groups());
-        for rg in md.row_groups() {
-            let Some((offset, len)) = column.and_then(|i| {
-                let c = rg.column(i);
-                Some((c.bloom_filter_offset()?, c.bloom_filter_length()?))
-            }) else {
-                break;
-            };
-            let (start, len) = (offset as u64, len as u64);
-            let bytes = store.get_range(&meta.location, start..start + len).await?;
-            filters.push(Sbbf::from_bytes(&bytes)?);
-        }
-        // A row group without a filter may hold any VM: the file is then unknown (None).
-        let loaded: Option<Arc<[Sbbf]>> =
-            (column.is_some() && filters.len() == md.num_row_groups()).then(|| filters.into());
-        let mut cache = self.lock();
-        if cache.len() >= MAX_CACHED_FILES {
-            cache.clear();
-        }
-        cache.insert(key, loaded.clone());
-        Ok(loaded)
+/// One file's `vm` filters, read through the footer cache and one ranged read per row group.
+async fn read_blooms(
+    store: Arc<dyn ObjectStore>,
+    footers: Arc<FileMetadataCache>,
+    meta: ObjectMeta,
+) -> Result<FileBlooms> {
+    let md = DFParquetMetadata::new(store.as_ref(), &meta)
+        .with_file_metadata_cache(Some(footers))
+        .fetch_metadata()
+        .await?;
+    let column = md
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == "vm");
+    let mut filters = Vec::with_capacity(md.num_row_groups());
+    for rg in md.row_groups() {
+        let Some((offset, len)) = column.and_then(|i| {
+            let c = rg.column(i);
+            Some((c.bloom_filter_offset()?, c.bloom_filter_length()?))
+        }) else {
+            break;
+        };
+        let (start, len) = (offset as u64, len as u64);
+        let bytes = store.get_range(&meta.location, start..start + len).await?;
+        filters.push(Sbbf::from_bytes(&bytes)?);
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectVersion, FileBlooms>> {
-        self.loaded.lock().expect("bloom cache lock poisoned")
-    }
+    // A row group without a filter may hold any VM: the file is then unknown (None).
+    Ok((column.is_some() && filters.len() == md.num_row_groups()).then(|| filters.into()))
 }
 
 /// Files' min/max statistics plus their `vm` bloom filters, for one pruning pass.
@@ -403,5 +409,33 @@ impl PruningStatistics for WithVmBlooms {
             })
             .collect();
         (absent.null_count() < absent.len()).then_some(absent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    #[tokio::test]
+    async fn the_file_cache_reads_each_object_version_once() {
+        let cache = ObjectCache::<u64>::default();
+        let reads = AtomicUsize::new(0);
+        let read = |meta: ObjectMeta| {
+            reads.fetch_add(1, Relaxed);
+            async move { Ok(meta.size * 100) }
+        };
+        let file = |path: &str, size: u64| PartitionedFile::new(path, size);
+        let (a, b) = (file("t/a.parquet", 1), file("t/b.parquet", 2));
+        assert_eq!(cache.load(&[&a, &b], read).await.unwrap(), [100, 200]);
+        assert_eq!(reads.load(Relaxed), 2);
+        // Cached: answered in the files' order, nothing read.
+        assert_eq!(cache.load(&[&b, &a], read).await.unwrap(), [200, 100]);
+        assert_eq!(reads.load(Relaxed), 2);
+        // A rewritten object (another size) is another version: read again, once.
+        let a2 = file("t/a.parquet", 3);
+        assert_eq!(cache.load(&[&a2, &b], read).await.unwrap(), [300, 200]);
+        assert_eq!(cache.load(&[&a2], read).await.unwrap(), [300]);
+        assert_eq!(reads.load(Relaxed), 3);
     }
 }
