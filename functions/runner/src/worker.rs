@@ -973,14 +973,16 @@ impl Worker {
             if let Err(e) = self.consumer.resume(&tpl) {
                 tracing::debug!(worker = self.id, error = %e, "resume while idle");
             }
-            let positions = self.consumer.position().map(|p| {
-                p.elements()
-                    .iter()
-                    .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            });
-            tracing::trace!(worker = self.id, ?positions, "idle: assignment resumed");
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let positions = self.consumer.position().map(|p| {
+                    p.elements()
+                        .iter()
+                        .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+                tracing::trace!(worker = self.id, ?positions, "idle: assignment resumed");
+            }
         }
     }
 
