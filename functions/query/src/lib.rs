@@ -89,9 +89,8 @@ pub enum OutputFormat {
 /// A SQL session over one lake.
 pub struct LakeSql {
     ctx: SessionContext,
-    /// File statistics and bloom filters read for pruning, kept for a renewed session.
-    stats: Arc<prune::FileStats>,
-    blooms: Arc<prune::VmBlooms>,
+    /// The runtime and the caches it plans with, kept for a renewed session.
+    runtime: LakeRuntime,
     /// The tables registered over files (the others are empty tables).
     with_files: BTreeSet<&'static str>,
 }
@@ -127,8 +126,7 @@ impl LakeSql {
         // File statistics are read and cached by `PrunedTable`, which prunes with them;
         // `ListingTable`'s own collection would copy and merge them on every scan.
         config.options_mut().execution.collect_statistics = false;
-        let LakeRuntime { env, stats, blooms } = runtime;
-        let ctx = SessionContext::new_with_config_rt(config, env);
+        let ctx = SessionContext::new_with_config_rt(config, runtime.env.clone());
         ctx.catalog("datafusion")
             .expect("the default catalog exists")
             .register_schema(FILES_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
@@ -163,8 +161,8 @@ impl LakeSql {
                         table.schema(),
                         // Per-file statistics are kept between queries (checked against each
                         // object's size and time), so pruning costs no footer reads once warm.
-                        stats.clone(),
-                        blooms.clone(),
+                        runtime.stats.clone(),
+                        runtime.blooms.clone(),
                     ))
                 } else {
                     // An empty table still answers queries (with no rows) rather than failing.
@@ -197,8 +195,7 @@ impl LakeSql {
         }
         Ok(Self {
             ctx,
-            stats,
-            blooms,
+            runtime,
             with_files,
         })
     }
@@ -215,11 +212,7 @@ impl LakeSql {
 
     /// The runtime this session plans in (its caches), to open a renewed session in.
     pub fn runtime(&self) -> LakeRuntime {
-        LakeRuntime {
-            env: self.ctx.runtime_env(),
-            stats: self.stats.clone(),
-            blooms: self.blooms.clone(),
-        }
+        self.runtime.clone()
     }
 
     /// The underlying DataFusion session, for callers that need more.
