@@ -106,6 +106,20 @@ where
     I: IntoIterator<Item = (&'a RollupKey<'a>, &'a Partial)>,
     I::IntoIter: Clone,
 {
+    let batch = rollup_batch(windows)?;
+    write(
+        batch.schema(),
+        batch.columns().to_vec(),
+        &["vm", "metric", "device", "window_start"],
+    )
+}
+
+/// The `rollup_1m` record batch of partials, in the order given: what [`rollup_parquet`] encodes.
+pub fn rollup_batch<'a, I>(windows: I) -> Result<RecordBatch, EncodeError>
+where
+    I: IntoIterator<Item = (&'a RollupKey<'a>, &'a Partial)>,
+    I::IntoIter: Clone,
+{
     let it = windows.into_iter();
     let f64s = |f: fn(&Partial) -> f64| -> ArrayRef {
         Arc::new(Float64Array::from_iter_values(
@@ -126,11 +140,7 @@ where
     columns.push(ts_array(it.clone().map(|(_, p)| p.first_ts)));
     columns.push(f64s(|p| p.last));
     columns.push(ts_array(it.clone().map(|(_, p)| p.last_ts)));
-    write(
-        Table::Rollup1m.schema(),
-        columns,
-        &["vm", "metric", "device", "window_start"],
-    )
+    Ok(RecordBatch::try_new(Table::Rollup1m.schema(), columns)?)
 }
 
 /// The partial-aggregate columns of a `rollup_*` record batch, read back row by row: the reverse
