@@ -1,5 +1,6 @@
 //! The metric API latency benchmark (issue 7): 5-minute and 24-hour queries over a week of 1m rollups, beside DuckDB.
 
+use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -9,15 +10,19 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Schema};
 use damselfly_core::Lake;
 use damselfly_core::compact::{self, CompactConfig, Step};
-use damselfly_core::encode::{RollupKey, rollup_parquet};
+use damselfly_core::encode::{RollupKey, rollup_batch, rollup_parquet};
 use damselfly_core::rates::rate_name;
 use damselfly_core::rollup::{MINUTE_MS, Partial};
 use damselfly_query::api::families::MetricFamily;
 use damselfly_query::api::metric::{partitions_from, quote};
 use damselfly_query::api::{self, Api};
-use damselfly_schemas::paths::{HourPartition, batch_object_key};
+use damselfly_schemas::paths::{
+    HourPartition, batch_object_key, compacted_object_key, rollup_object_key,
+};
 use damselfly_schemas::{Family, Kind, Table, Tags};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -63,6 +68,12 @@ pub struct Args {
     /// Minutes per batch file in the hours compaction has not closed yet.
     #[arg(long, default_value_t = 1)]
     batch_minutes: u32,
+    /// Write each closed hour as compaction leaves it (one compacted `rollup_1m` file and its
+    /// `rollup_1h` file, encoded by compaction's own encoder) instead of batch files that a
+    /// compaction run then merges: the way to reach the issue's scale here, where merging
+    /// 10,000 VMs x 7 days would take hours. `rollup_1d` still comes from a compaction run.
+    #[arg(long)]
+    direct: bool,
     /// Timed requests per query (each for a random VM), after the warm-up.
     #[arg(long, default_value_t = 200)]
     requests: usize,
@@ -207,7 +218,8 @@ fn fleet(vms: usize) -> Vec<Tags> {
         .collect()
 }
 
-/// One batch file to write: a partition's VMs over a span of minutes inside one hour.
+/// One batch file to write: a partition's VMs over a span of minutes inside one hour; or, with
+/// `compacted`, a closed hour's compacted files for the whole fleet (`--direct`).
 #[derive(Debug, Clone, Copy)]
 struct FileJob {
     hour_start: i64,
@@ -215,6 +227,7 @@ struct FileJob {
     minutes: i64,
     partition: usize,
     offset: i64,
+    compacted: bool,
 }
 
 /// The batch files of the lake, as the aggregate function leaves them: one per partition and
@@ -232,6 +245,18 @@ fn file_jobs(args: &Args, start: i64, cfg: &CompactConfig) -> Vec<FileJob> {
         } else {
             args.batch_minutes.max(1) as i64 * MINUTE_MS
         };
+        if closed && args.direct {
+            jobs.push(FileJob {
+                hour_start,
+                first_minute: from,
+                minutes: (to - from) / MINUTE_MS,
+                partition: 0,
+                offset: 0,
+                compacted: true,
+            });
+            hour_start += HOUR_MS;
+            continue;
+        }
         let mut first = from;
         while first < to {
             let minutes = ((to - first).min(span)) / MINUTE_MS;
@@ -242,6 +267,7 @@ fn file_jobs(args: &Args, start: i64, cfg: &CompactConfig) -> Vec<FileJob> {
                     minutes,
                     partition,
                     offset,
+                    compacted: false,
                 });
                 offset += 1;
             }
@@ -284,10 +310,80 @@ fn write_file(
         job.partition as i32,
         job.offset,
     );
-    let path = lake.join(&key);
-    std::fs::create_dir_all(path.parent().context("a key has a directory")?)?;
-    std::fs::write(&path, &bytes)?;
+    put_file(lake, &key, &bytes)?;
     Ok((keys.len() as u64, bytes.len() as u64))
+}
+
+/// VMs per record batch of a compacted hour (bounds the generator's transient memory).
+const DIRECT_CHUNK_VMS: usize = 500;
+
+/// Writes a closed hour as compaction leaves it: the whole fleet's `rollup_1m` rows in one
+/// compacted file (generation 1, replacing nothing) and the hour's `rollup_1h` file, both
+/// through [`compact::encode_compacted`]. String columns go in as dictionaries, the way
+/// compaction reads its sources.
+fn write_compacted_hour(
+    lake: &Path,
+    job: &FileJob,
+    tags: &[Tags],
+    series: &[Series],
+) -> anyhow::Result<u64> {
+    let mut batches = Vec::new();
+    for chunk in (0..tags.len()).collect::<Vec<_>>().chunks(DIRECT_CHUNK_VMS) {
+        let rows = chunk.len() * series.len() * job.minutes as usize;
+        let (mut keys, mut partials) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+        for &vm in chunk {
+            for (s, ser) in series.iter().enumerate() {
+                for m in 0..job.minutes {
+                    let minute = job.first_minute + m * MINUTE_MS;
+                    keys.push(RollupKey::new(&tags[vm], ser.metric, ser.device, minute));
+                    partials.push(minute_partial(vm, s, ser, minute));
+                }
+            }
+        }
+        batches.push(as_dictionaries(rollup_batch(
+            keys.iter().zip(partials.iter()),
+        )?)?);
+    }
+    let hour = HourPartition::of_millis(job.hour_start).context("hour out of range")?;
+    let (bytes, rows) =
+        compact::encode_compacted(Table::Rollup1m, batches.clone(), Some(&BTreeSet::new()))?;
+    put_file(
+        lake,
+        &compacted_object_key(Table::Rollup1m, hour, 1),
+        &bytes,
+    )?;
+    let (bytes, _) = compact::encode_compacted(Table::Rollup1h, batches, None)?;
+    let key = rollup_object_key(Table::Rollup1h, hour).context("rollup_1h has a key")?;
+    put_file(lake, &key, &bytes)?;
+    Ok(rows as u64)
+}
+
+/// The batch with its string columns as dictionaries.
+fn as_dictionaries(batch: RecordBatch) -> anyhow::Result<RecordBatch> {
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        if field.data_type() == &DataType::Utf8 {
+            fields.push(field.as_ref().clone().with_data_type(dict.clone()));
+            columns.push(arrow::compute::cast(col, &dict)?);
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(col.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Writes one object of the lake on local disk.
+fn put_file(lake: &Path, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = lake.join(key);
+    std::fs::create_dir_all(path.parent().context("a key has a directory")?)?;
+    std::fs::write(&path, bytes)?;
+    Ok(())
 }
 
 /// What the cached lake holds and what making it took.
@@ -346,7 +442,11 @@ fn generate(
                         let Some(job) = jobs.get(i) else {
                             return Ok(());
                         };
-                        let (n, _) = write_file(&lake_dir, job, args.partitions, &tags, series)?;
+                        let n = if job.compacted {
+                            write_compacted_hour(&lake_dir, job, &tags, series)?
+                        } else {
+                            write_file(&lake_dir, job, args.partitions, &tags, series)?.0
+                        };
                         rows.fetch_add(n, Relaxed);
                         pb.inc(1);
                     }
@@ -563,12 +663,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .build()?;
     let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
     let dir = args.out.join(format!(
-        "{}vm-{}d-{}-{}p-{}m",
+        "{}vm-{}d-{}-{}p-{}m{}",
         args.vms,
         args.days,
         names.join("+"),
         args.partitions,
-        args.batch_minutes
+        args.batch_minutes,
+        if args.direct { "-direct" } else { "" }
     ));
     let (generated, reused) = generate(args, &dir, &series, &rt)?;
     let lake_dir = std::fs::canonicalize(dir.join("lake"))?;
@@ -722,8 +823,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         spec_rows,
         spec_rows as f64 / (args.vms as u64 * minutes * series.len() as u64) as f64
     );
+    let how = if args.direct {
+        "files written (closed hours: compacted rollup_1m and rollup_1h files from compaction's encoder; \
+         open hours: batch files from the aggregate function's writer)"
+    } else {
+        "batch files written with the aggregate function's writer"
+    };
     println!(
-        "{}: {} batch files written with the aggregate function's writer in {:.0} s, then compacted in {:.0} s \
+        "{}: {} {how} in {:.0} s, then compacted in {:.0} s \
          (hours up to 19:00 one compacted file each; 20:00 and 21:00 still batch files, {} partitions x {} min)",
         if reused { "cached" } else { "generated" },
         generated.batch_files,
