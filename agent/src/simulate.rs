@@ -153,8 +153,13 @@ impl SimVm {
         }
 
         let cpu = self.cpu;
-        let mem_used = self.mem_total * self.mem_frac;
-        let swap_used = self.swap_total * (self.mem_frac - 0.7).max(0.0);
+        // What the real collectors can report: /proc/meminfo counts whole KiB, statvfs whole
+        // blocks (4 KiB on the usual file systems).
+        let kib = |bytes: f64| (bytes / 1024.0).floor() * 1024.0;
+        let blocks = |bytes: f64| (bytes / 4096.0).floor() * 4096.0;
+        let mem_used = kib(self.mem_total * self.mem_frac);
+        let swap_used = kib(self.swap_total * (self.mem_frac - 0.7).max(0.0));
+        let disk_used = blocks(self.disk_used);
         let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
         let mut set = |k: &str, v: f64| {
             metrics.insert(k.to_owned(), (v * 100.0).round() / 100.0);
@@ -172,13 +177,19 @@ impl SimVm {
         set("cpu_idle", 100.0 - cpu);
         set("cpu_num", self.cpu_num);
         set("cpu_speed", 2_400.0 + rng.random_range(-100.0..300.0));
-        set("mem_utilization", self.mem_frac * 100.0);
+        set("mem_utilization", mem_used / self.mem_total * 100.0);
         set("mem_total", self.mem_total);
         set("mem_used", mem_used);
-        set("mem_free", self.mem_total * (1.0 - self.mem_frac) * 0.4);
-        set("mem_shared", self.mem_total * 0.01);
-        set("mem_buffers", self.mem_total * 0.03);
-        set("mem_cached", self.mem_total * (1.0 - self.mem_frac) * 0.57);
+        set(
+            "mem_free",
+            kib(self.mem_total * (1.0 - self.mem_frac) * 0.4),
+        );
+        set("mem_shared", kib(self.mem_total * 0.01));
+        set("mem_buffers", kib(self.mem_total * 0.03));
+        set(
+            "mem_cached",
+            kib(self.mem_total * (1.0 - self.mem_frac) * 0.57),
+        );
         set("swap_total", self.swap_total);
         set("swap_used", swap_used);
         set("swap_free", self.swap_total - swap_used);
@@ -203,14 +214,11 @@ impl SimVm {
         let mut devices: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         let disk = devices.entry(self.devices.mount.to_owned()).or_default();
         disk.insert("disk_total".into(), self.disk_total);
-        disk.insert("disk_used".into(), self.disk_used.floor());
-        disk.insert(
-            "disk_free".into(),
-            (self.disk_total - self.disk_used).floor(),
-        );
+        disk.insert("disk_used".into(), disk_used);
+        disk.insert("disk_free".into(), self.disk_total - disk_used);
         disk.insert(
             "disk_utilization".into(),
-            (self.disk_used / self.disk_total * 10_000.0).round() / 100.0,
+            (disk_used / self.disk_total * 10_000.0).round() / 100.0,
         );
         for m in METRICS
             .iter()
@@ -373,6 +381,38 @@ mod tests {
                 }
             }
             prev = Some(msgs);
+        }
+    }
+
+    #[test]
+    fn byte_gauges_come_in_the_units_the_collectors_read() {
+        let mut f = Fleet::new(14, 3, "ns");
+        for i in 0..20 {
+            for m in f.tick(i * 2_000, Duration::from_secs(2)) {
+                for name in [
+                    "mem_total",
+                    "mem_used",
+                    "mem_free",
+                    "mem_shared",
+                    "mem_buffers",
+                    "mem_cached",
+                    "swap_total",
+                    "swap_used",
+                    "swap_free",
+                ] {
+                    let v = m.metrics[name];
+                    assert_eq!(v % 1024.0, 0.0, "{name} = {v} is not whole KiB");
+                }
+                let disk = m
+                    .devices
+                    .values()
+                    .find(|d| d.contains_key("disk_used"))
+                    .expect("a disk");
+                for name in ["disk_total", "disk_used", "disk_free"] {
+                    assert_eq!(disk[name] % 4096.0, 0.0, "{name} is not whole 4 KiB blocks");
+                }
+                assert_eq!(disk["disk_used"] + disk["disk_free"], disk["disk_total"]);
+            }
         }
     }
 }
