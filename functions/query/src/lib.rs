@@ -11,7 +11,6 @@ pub mod prune;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -94,8 +93,6 @@ pub struct LakeSql {
     runtime: LakeRuntime,
     /// The tables registered over files (the others are empty tables).
     with_files: BTreeSet<&'static str>,
-    /// The lake's store as the session reads it (live files only, listings maybe kept).
-    store: Arc<live::LiveStore>,
 }
 
 impl LakeSql {
@@ -137,11 +134,8 @@ impl LakeSql {
         let location = lake.location();
         let store_url = url::Url::parse(&location.store_url()).expect("store URLs are valid");
         // Listings skip files a compacted file replaces, so a query racing compaction never double counts.
-        let store = Arc::new(match runtime.listing_max_age {
-            Some(max_age) => live::LiveStore::with_listings(location.root_store()?, max_age),
-            None => live::LiveStore::new(location.root_store()?),
-        });
-        ctx.register_object_store(&store_url, store.clone());
+        let store = Arc::new(live::LiveStore::new(location.root_store()?));
+        ctx.register_object_store(&store_url, store);
         // The session's Parquet options (pushdown, bloom filters), read once for every table.
         let format = Arc::new(
             ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone()),
@@ -203,7 +197,6 @@ impl LakeSql {
             ctx,
             runtime,
             with_files,
-            store,
         })
     }
 
@@ -212,17 +205,9 @@ impl LakeSql {
         self.with_files.contains(table)
     }
 
-    /// Runs one SQL statement and collects the result. With kept listings, a query that meets
-    /// a file deleted since its listing (compaction replaced it) runs once more, listing afresh.
+    /// Runs one SQL statement and collects the result.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        match self.ctx.sql(sql).await?.collect().await {
-            Err(e) if self.runtime.listing_max_age.is_some() && is_not_found(&e) => {
-                tracing::debug!(error = %e, "a listed file is gone; listing again");
-                self.store.forget_listings();
-                Ok(self.ctx.sql(sql).await?.collect().await?)
-            }
-            other => Ok(other?),
-        }
+        Ok(self.ctx.sql(sql).await?.collect().await?)
     }
 
     /// The runtime this session plans in (its caches), to open a renewed session in.
@@ -243,42 +228,11 @@ pub struct LakeRuntime {
     env: Arc<RuntimeEnv>,
     stats: Arc<prune::FileStats>,
     blooms: Arc<prune::VmBlooms>,
-    listing_max_age: Option<Duration>,
-}
-
-impl LakeRuntime {
-    /// Lets sessions keep listings up to `max_age` old, renewed in the background (see
-    /// [`live::Listings`]): for a server answering many queries, where listing the lake
-    /// for each one would cost more than the query.
-    pub fn with_kept_listings(mut self, max_age: Duration) -> Self {
-        self.listing_max_age = Some(max_age);
-        self
-    }
-}
-
-/// Whether a query failed because an object it read is gone.
-fn is_not_found(e: &DataFusionError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(object_store::Error::NotFound { .. }) =
-            err.downcast_ref::<object_store::Error>()
-        {
-            return true;
-        }
-        if let Some(DataFusionError::ObjectStore(inner)) = err.downcast_ref::<DataFusionError>()
-            && matches!(inner.as_ref(), object_store::Error::NotFound { .. })
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 /// A runtime for lake sessions: file statistics, Parquet footers and `vm` bloom filters are
-/// cached (each entry checked against the object's size and time), listings are not (see
-/// [`LakeRuntime::with_kept_listings`]), so every query sees the files written, compacted and
-/// deleted since the last one.
+/// cached (each entry checked against the object's size and time), listings are not, so every
+/// query sees the files written, compacted and deleted since the last one.
 pub fn lake_runtime() -> Result<LakeRuntime, QueryError> {
     let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
     Ok(LakeRuntime {
@@ -287,7 +241,6 @@ pub fn lake_runtime() -> Result<LakeRuntime, QueryError> {
             .build_arc()?,
         stats: Arc::default(),
         blooms: Arc::default(),
-        listing_max_age: None,
     })
 }
 
@@ -343,58 +296,6 @@ mod tests {
         format!(
             r#"{{"v":1,"ts":{ts},"tags":{{"ns":"n","mcis":"m","vm":"{vm}","csp":"aws"}},"metrics":{{"cpu_utilization":{cpu}}}}}"#
         )
-    }
-
-    /// One batch file of `raw` with one sample of `vm`, at `offset`.
-    async fn put_batch(lake: &Lake, vm: &str, offset: i64, now: i64) {
-        let mut batch = PartitionBatch::new("metrics", 0);
-        let v = message(vm, now, 1.0);
-        let rec = InputRecord {
-            topic: "metrics",
-            partition: 0,
-            offset,
-            timestamp_ms: now,
-            key: None,
-            value: Some(v.as_bytes()),
-        };
-        batch.push(&rec, now, &Validation::default());
-        lake.put_all(&batch.objects(&mut Default::default()).unwrap())
-            .await
-            .unwrap();
-    }
-
-    async fn raw_count(sql: &LakeSql) -> String {
-        // Summing the values (each 1.0) reads the files' data pages, not only their footers.
-        let out = sql
-            .query("SELECT CAST(sum(value) AS BIGINT) AS n FROM raw")
-            .await
-            .unwrap();
-        format(&out, OutputFormat::Csv).unwrap()
-    }
-
-    #[tokio::test]
-    async fn kept_listings_hold_back_new_files_and_survive_a_file_replaced_under_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-        let now = 1_763_737_200_000; // 2025-11-21T15:00:00Z
-        put_batch(&lake, "vm-1", 0, now).await;
-        let runtime = lake_runtime()
-            .unwrap()
-            .with_kept_listings(Duration::from_secs(600));
-        let sql = LakeSql::for_lake_in(&lake, runtime).await.unwrap();
-        assert_eq!(raw_count(&sql).await, "n\n1\n");
-        // A new batch file: not in the kept listing yet.
-        put_batch(&lake, "vm-2", 1, now).await;
-        assert_eq!(raw_count(&sql).await, "n\n1\n");
-        // The listed file moves (as compaction replaces files): the query meets a missing
-        // file, lists again and counts both files.
-        let raw_dir = dir.path().join("raw/dt=2025-11-21/hour=15");
-        let first = raw_dir.join("metrics+0+0000000000.parquet");
-        std::fs::rename(&first, raw_dir.join("moved.parquet")).unwrap();
-        assert_eq!(raw_count(&sql).await, "n\n2\n");
-        // Without kept listings the same move is an error no more: every query lists.
-        let fresh = LakeSql::for_lake(&lake).await.unwrap();
-        assert_eq!(raw_count(&fresh).await, "n\n2\n");
     }
 
     #[tokio::test]

@@ -39,10 +39,6 @@ pub const ROUTES: [&str; 3] = [HEALTHCHECK, OPENAPI, METRIC_INFO];
 /// How often the lake's table registrations are renewed by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 
-/// How old a lake listing an answer is planned from may be (renewed in the background from a
-/// quarter of it): a file the aggregate function writes shows up in answers within this.
-pub const LISTING_MAX_AGE: Duration = Duration::from_secs(4);
-
 /// Why a request failed; each variant has its HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -132,8 +128,7 @@ fn wall_clock_ms() -> i64 {
 impl Api {
     /// Opens the lake at `url` (failing fast on a bad URL) and renews the session every `refresh`.
     pub async fn open(url: &str, refresh: Duration) -> Result<Self, QueryError> {
-        let runtime = crate::lake_runtime()?.with_kept_listings(LISTING_MAX_AGE);
-        let sql = LakeSql::open_in(url, runtime).await?;
+        let sql = LakeSql::open(url).await?;
         let mut api = Self::with_sql(sql);
         api.lake = Some(url.to_owned());
         api.refresh = refresh;
