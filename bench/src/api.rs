@@ -278,6 +278,27 @@ fn file_jobs(args: &Args, start: i64, cfg: &CompactConfig) -> Vec<FileJob> {
     jobs
 }
 
+/// The `rollup_1m` rows of `vms` over the job's minutes, in the table's sort order.
+fn job_rows<'a>(
+    job: &FileJob,
+    vms: &[usize],
+    tags: &'a [Tags],
+    series: &'a [Series],
+) -> (Vec<RollupKey<'a>>, Vec<Partial>) {
+    let rows = vms.len() * series.len() * job.minutes as usize;
+    let (mut keys, mut partials) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for &vm in vms {
+        for (s, ser) in series.iter().enumerate() {
+            for m in 0..job.minutes {
+                let minute = job.first_minute + m * MINUTE_MS;
+                keys.push(RollupKey::new(&tags[vm], ser.metric, ser.device, minute));
+                partials.push(minute_partial(vm, s, ser, minute));
+            }
+        }
+    }
+    (keys, partials)
+}
+
 /// Encodes one batch file with the aggregate function's writer and writes it under `lake`.
 fn write_file(
     lake: &Path,
@@ -287,17 +308,7 @@ fn write_file(
     series: &[Series],
 ) -> anyhow::Result<(u64, u64)> {
     let vms: Vec<usize> = (job.partition..tags.len()).step_by(partitions).collect();
-    let rows = vms.len() * series.len() * job.minutes as usize;
-    let (mut keys, mut partials) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-    for &vm in &vms {
-        for (s, ser) in series.iter().enumerate() {
-            for m in 0..job.minutes {
-                let minute = job.first_minute + m * MINUTE_MS;
-                keys.push(RollupKey::new(&tags[vm], ser.metric, ser.device, minute));
-                partials.push(minute_partial(vm, s, ser, minute));
-            }
-        }
-    }
+    let (keys, partials) = job_rows(job, &vms, tags, series);
     if keys.is_empty() {
         return Ok((0, 0));
     }
@@ -329,17 +340,7 @@ fn write_compacted_hour(
 ) -> anyhow::Result<u64> {
     let mut batches = Vec::new();
     for chunk in (0..tags.len()).collect::<Vec<_>>().chunks(DIRECT_CHUNK_VMS) {
-        let rows = chunk.len() * series.len() * job.minutes as usize;
-        let (mut keys, mut partials) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-        for &vm in chunk {
-            for (s, ser) in series.iter().enumerate() {
-                for m in 0..job.minutes {
-                    let minute = job.first_minute + m * MINUTE_MS;
-                    keys.push(RollupKey::new(&tags[vm], ser.metric, ser.device, minute));
-                    partials.push(minute_partial(vm, s, ser, minute));
-                }
-            }
-        }
+        let (keys, partials) = job_rows(job, chunk, tags, series);
         batches.push(as_dictionaries(rollup_batch(
             keys.iter().zip(partials.iter()),
         )?)?);
