@@ -492,6 +492,49 @@ mod tests {
         assert_eq!(files_planned(&session, vm0).await, 3);
     }
 
+    #[tokio::test]
+    async fn partition_filters_plan_only_the_files_of_the_partitions_they_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let h15 = 1_763_737_200_000; // 2025-11-21T15:00:00Z
+        // Six samples an hour apart, one batch each: 15:00 .. 20:00 of one day.
+        for i in 0..6 {
+            write_batch(&lake, i, 1, h15 + i * 3_600_000).await;
+        }
+        // One more on the next day (2025-11-22T01:00).
+        write_batch(&lake, 6, 1, h15 + 10 * 3_600_000).await;
+        let session = LakeSql::for_lake(&lake).await.unwrap();
+        let q =
+            |filter: &str| format!("SELECT count(*) AS n, sum(value) AS s FROM raw WHERE {filter}");
+        let answer = |b: &[RecordBatch]| format(b, OutputFormat::Csv).unwrap();
+        for (filter, files, out) in [
+            ("TRUE", 7, "n,s\n7,21.0\n"),
+            // The API's "from 18:00 on" (offsets 3, 4, 5 and the next day's 6).
+            (
+                "(dt > '2025-11-21' OR (dt = '2025-11-21' AND hour >= '18'))",
+                4,
+                "n,s\n4,18.0\n",
+            ),
+            ("dt = '2025-11-22'", 1, "n,s\n1,6.0\n"),
+            ("hour IN ('15', '01')", 2, "n,s\n2,6.0\n"),
+            ("dt = '2025-11-20'", 0, "n,s\n0,\n"),
+            // With a filter on a stored column: both prune.
+            ("hour >= '17' AND value < 4.0", 2, "n,s\n2,5.0\n"),
+            // One filter over a partition and a stored column prunes no file and stays exact.
+            ("(hour = '15' OR value = 5.0)", 7, "n,s\n2,5.0\n"),
+        ] {
+            let sql = q(filter);
+            assert_eq!(files_planned(&session, &sql).await, files, "{filter}");
+            assert_eq!(answer(&session.query(&sql).await.unwrap()), out, "{filter}");
+        }
+        // A limit is applied after the partitions were pruned, never to the listing before.
+        let limited = "SELECT value FROM raw WHERE dt = '2025-11-22' LIMIT 1";
+        assert_eq!(
+            answer(&session.query(limited).await.unwrap()),
+            "value\n6.0\n"
+        );
+    }
+
     /// Writes one batch file per table of `partition` holding one sample of each of `vms`.
     async fn write_vms(lake: &Lake, partition: i32, vms: &[&str], ts: i64) {
         let mut batch = PartitionBatch::new("metrics", partition);
