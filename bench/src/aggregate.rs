@@ -1,19 +1,20 @@
 //! The aggregate benchmark: the aggregate function's CPU path against DuckDB on the same JSON input.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use damselfly_agent::Fleet;
+use damselfly_core::Lake;
 use damselfly_core::batch::{LakeObject, PartitionBatch};
 use damselfly_core::compact::{self, CompactConfig};
 use damselfly_core::decode::{InputRecord, Validation};
 use damselfly_core::rates::Tail;
-use damselfly_core::{Lake, LakeLocation};
 use damselfly_schemas::Table;
+
+use crate::prometheus;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStoreExt as _;
 
@@ -38,6 +39,10 @@ pub struct Args {
     /// Python with the duckdb package (tests/run puts one in ~/.cache/damselfly/tools-venv).
     #[arg(long, env = "DAMSELFLY_PYTHON", default_value = "python3")]
     python: String,
+    /// Prometheus's promtool, to store the same samples as a TSDB block
+    /// [default: where `bench/install-prometheus` puts it, if there]
+    #[arg(long, env = "DAMSELFLY_PROMTOOL")]
+    promtool: Option<PathBuf>,
 }
 
 const DUCKDB_JOB: &str = r#"
@@ -168,7 +173,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // Compaction: the per-batch files in a lake, merged as `damselfly compact` does it.
     eprintln!("compacting {} batch files ...", written.len());
-    let (compacted_raw, compact_secs) = compacted_raw_bytes(&written, now_ms)?;
+    let (compacted_raw, compact_secs) =
+        compacted_raw_bytes(&written, now_ms, &args.out.join("lake"))?;
     drop(written);
 
     // DuckDB: the same job on the same input, one thread.
@@ -202,6 +208,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("DuckDB saw {duck_samples} samples, we saw {samples}: not the same job");
     }
     let duck_raw = std::fs::metadata(args.out.join("duckdb_raw.parquet"))?.len();
+
+    // Prometheus: the same samples as one TSDB block, when promtool is installed.
+    let prom = match args.promtool.clone().or_else(prometheus::default_promtool) {
+        Some(promtool) => {
+            eprintln!(
+                "building a Prometheus block with {} ...",
+                promtool.display()
+            );
+            let block =
+                prometheus::build_block(&promtool, &messages, &args.out.join("prometheus"))?;
+            if block.samples != samples {
+                bail!(
+                    "the Prometheus block holds {} samples, we saw {samples}: not the same input",
+                    block.samples
+                );
+            }
+            Some(block)
+        }
+        None => None,
+    };
 
     latencies.sort();
     let pct =
@@ -267,7 +293,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         duck_raw,
         duck_raw as f64 / samples as f64
     );
-    println!("| Prometheus TSDB (published) | - | 1.3 |");
+    match &prom {
+        Some(b) => {
+            println!(
+                "| Prometheus TSDB ({}), same samples: chunks only | {} | {:.2} |",
+                b.version,
+                b.chunks,
+                b.chunks as f64 / samples as f64
+            );
+            println!(
+                "| Prometheus TSDB, same samples: whole block (chunks + index; {:.1} s) | {} | {:.2} |",
+                b.seconds,
+                b.total,
+                b.total as f64 / samples as f64
+            );
+        }
+        None => println!(
+            "| Prometheus TSDB, same samples | not run: `bench/install-prometheus` installs promtool | - |"
+        ),
+    }
+    println!("| Prometheus TSDB (published, real data) | - | 1.3 |");
+    if let Some(b) = &prom {
+        println!();
+        println!(
+            "raw after compaction / Prometheus block, same samples: {:.2}x the bytes",
+            compacted_raw as f64 / b.total as f64
+        );
+    }
     println!();
     println!(
         "all lake objects written by damselfly: {:.1} MiB",
@@ -276,13 +328,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the batch objects to an in-memory lake, runs a compaction over it (every hour closed),
-/// and returns the bytes of the compacted `raw` files and the seconds the compaction took.
-fn compacted_raw_bytes(objects: &[LakeObject], now_ms: i64) -> anyhow::Result<(u64, f64)> {
-    let lake = Lake::with_store(
-        LakeLocation::Local("/bench".into()),
-        Arc::new(object_store::memory::InMemory::new()),
-    );
+/// Writes the batch objects to a lake in directory `dir` (emptied first), runs a compaction over
+/// it (every hour closed), and returns the bytes of the compacted `raw` files and the seconds the
+/// compaction took. The compacted lake stays behind for inspection with any Parquet reader.
+fn compacted_raw_bytes(
+    objects: &[LakeObject],
+    now_ms: i64,
+    dir: &Path,
+) -> anyhow::Result<(u64, f64)> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let lake = Lake::open(dir.to_str().context("utf-8 path")?)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

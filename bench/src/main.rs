@@ -5,6 +5,7 @@ mod aggregate;
 mod alarm;
 mod api;
 mod fleet;
+mod prometheus;
 mod runner;
 mod simulate;
 mod sys;
