@@ -43,6 +43,19 @@ pub struct Args {
     /// Producer compression.
     #[arg(long, default_value = "lz4")]
     compression: String,
+    /// Extra librdkafka producer setting, KEY=VALUE (repeatable; e.g. linger.ms=200).
+    #[arg(long = "kafka-option", value_parser = key_value)]
+    kafka_options: Vec<(String, String)>,
+    /// Wire formats to measure (repeatable) [default: all three].
+    #[arg(long = "format", value_parser = ["native", "telegraf-json", "influx"])]
+    formats: Vec<String>,
+}
+
+/// Parses `KEY=VALUE`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// What one format's runs measured.
@@ -89,11 +102,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ];
     let mut rows = Vec::new();
     for (name, format) in formats {
+        if !args.formats.is_empty() && !args.formats.iter().any(|f| f == name) {
+            continue;
+        }
         let publisher = Publisher::new(&PublisherConfig {
             brokers: brokers.clone(),
             topic: topic.clone(),
             compression: args.compression.clone(),
-            kafka_options: Vec::new(),
+            kafka_options: args.kafka_options.clone(),
         })?;
         rows.push(measure(args, name, format, &publisher, hz)?);
     }
