@@ -23,7 +23,8 @@ pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,damselfly_runner=info".into()),
+                // Printed only for a failing test: enough to see where a worker was.
+                .unwrap_or_else(|_| "warn,damselfly_runner=debug".into()),
         )
         .with_test_writer()
         .try_init();
@@ -122,6 +123,11 @@ pub fn config(brokers: &str, topic: &str, group: &str) -> RunnerConfig {
             interval: Duration::from_millis(500),
             ..ScalingConfig::fixed(1)
         },
+        // Once in a CI rehearsal a worker fetched nothing for a whole 60 s test bound right
+        // after its assignment. librdkafka gives up on a request that got no answer only after
+        // socket.timeout.ms (60 s by default), so a request the mock broker dropped would stall
+        // exactly that long; 10 s lets the retry happen inside the bound.
+        kafka_options: vec![("socket.timeout.ms".into(), "10000".into())],
         ..RunnerConfig::new(brokers, topic, group)
     }
 }
