@@ -13,10 +13,10 @@ use damselfly_core::compact::{self, CompactConfig};
 use damselfly_core::decode::{InputRecord, Validation};
 use damselfly_core::rates::Tail;
 use damselfly_schemas::Table;
-
-use crate::prometheus;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStoreExt as _;
+
+use crate::{prometheus, sys};
 
 /// Options of the aggregate benchmark.
 #[derive(Debug, clap::Args)]
@@ -151,7 +151,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let ours = started.elapsed();
     run_bar.finish_and_clear();
-    let our_rss = crate::sys::peak_rss_kib();
+    let our_rss = sys::peak_rss_kib();
 
     // The compacted shape: all of the run's samples in one raw file (what an hourly compaction keeps).
     let mut all = PartitionBatch::new("metrics", 0);
@@ -339,10 +339,7 @@ fn compacted_raw_bytes(
     now_ms: i64,
     dir: &Path,
 ) -> anyhow::Result<(u64, f64)> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir)?;
+    sys::empty_dir(dir)?;
     let lake = Lake::open(dir.to_str().context("utf-8 path")?)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -486,24 +486,6 @@ fn generate(
     Ok((generated, false))
 }
 
-/// Files and bytes under `dir`, recursively.
-fn du(dir: &Path) -> anyhow::Result<(u64, u64)> {
-    let (mut files, mut bytes) = (0, 0);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            let (f, b) = du(&entry.path())?;
-            files += f;
-            bytes += b;
-        } else {
-            files += 1;
-            bytes += meta.len();
-        }
-    }
-    Ok((files, bytes))
-}
-
 /// One query of the benchmark: the API's `duration` at `periodType=m`, `statisticsCriteria=avg`.
 #[derive(Debug, Clone, Copy)]
 struct Query {
@@ -678,7 +660,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (generated, reused) = generate(args, &dir, &series, &rt)?;
     let lake_dir = std::fs::canonicalize(dir.join("lake"))?;
     let lake_str = lake_dir.to_str().context("utf-8 path")?.to_owned();
-    let (files, bytes) = du(&lake_dir.join(Table::Rollup1m.name()))?;
+    let (files, bytes) = sys::du(&lake_dir.join(Table::Rollup1m.name()))?;
 
     // The same random VMs for both engines.
     let tags = fleet(args.vms);

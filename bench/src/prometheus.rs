@@ -8,6 +8,8 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use damselfly_schemas::MetricMessage;
 
+use crate::sys;
+
 /// Where `bench/install-prometheus` unpacks Debian's `prometheus` package.
 pub fn default_promtool() -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
@@ -34,10 +36,7 @@ pub struct Block {
 /// table's columns as labels, builds a TSDB block from it with `promtool tsdb
 /// create-blocks-from openmetrics` in `dir` (emptied first), and measures the block.
 pub fn build_block(promtool: &Path, messages: &[Vec<u8>], dir: &Path) -> anyhow::Result<Block> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir)?;
+    sys::empty_dir(dir)?;
     let input = dir.join("input.om");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&input)?);
     for m in messages {
@@ -109,8 +108,8 @@ pub fn build_block(promtool: &Path, messages: &[Vec<u8>], dir: &Path) -> anyhow:
         samples += meta["stats"]["numSamples"]
             .as_u64()
             .context("meta.json without stats.numSamples")?;
-        chunks += dir_bytes(&block.join("chunks"))?;
-        total += dir_bytes(&block)?;
+        chunks += sys::du(&block.join("chunks"))?.1;
+        total += sys::du(&block)?.1;
     }
     Ok(Block {
         version,
@@ -126,21 +125,6 @@ fn escape(s: &str) -> String {
     s.replace('\\', r"\\")
         .replace('"', "\\\"")
         .replace('\n', r"\n")
-}
-
-/// Bytes of the files under `dir`, recursively.
-fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let meta = e.metadata()?;
-        n += if meta.is_dir() {
-            dir_bytes(&e.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

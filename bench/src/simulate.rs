@@ -44,18 +44,11 @@ pub struct Args {
     #[arg(long, default_value = "lz4")]
     compression: String,
     /// Extra librdkafka producer setting, KEY=VALUE (repeatable; e.g. linger.ms=200).
-    #[arg(long = "kafka-option", value_parser = key_value)]
+    #[arg(long = "kafka-option", value_parser = damselfly_runner::config::parse_kafka_option)]
     kafka_options: Vec<(String, String)>,
     /// Wire formats to measure (repeatable) [default: all three].
     #[arg(long = "format", value_parser = ["native", "telegraf-json", "influx"])]
     formats: Vec<String>,
-}
-
-/// Parses `KEY=VALUE`.
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// What one format's runs measured.

@@ -1,4 +1,4 @@
-//! The machine and its helpers as benchmarks see them: /proc readings (CPU time, resident memory, load) and topic creation.
+//! The machine and its helpers as benchmarks see them: /proc readings (CPU time, resident memory, load), topic creation, and the size of a directory.
 
 use std::fs;
 use std::process::Command;
@@ -107,4 +107,30 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Resu
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     Ok(())
+}
+
+/// Files and bytes under `dir`, recursively.
+pub fn du(dir: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            let (f, b) = du(&entry.path())?;
+            files += f;
+            bytes += b;
+        } else {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// Creates `dir`, empty: whatever an earlier run left there is removed first.
+pub fn empty_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
