@@ -6,14 +6,19 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use damselfly_runner::metrics::escape_label_value as escape;
 use damselfly_schemas::MetricMessage;
 
 use crate::sys;
 
-/// Where `bench/install-prometheus` unpacks Debian's `prometheus` package.
+/// Where `bench/install-prometheus` unpacks Debian's `prometheus` package (under
+/// `$DAMSELFLY_CACHE`, default `~/.cache/damselfly`, as the project's scripts cache).
 pub fn default_promtool() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    let p = Path::new(&home).join(".cache/damselfly/prometheus/usr/bin/promtool");
+    let cache = match std::env::var_os("DAMSELFLY_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => Path::new(&std::env::var_os("HOME")?).join(".cache/damselfly"),
+    };
+    let p = cache.join("prometheus/usr/bin/promtool");
     p.exists().then_some(p)
 }
 
@@ -118,22 +123,4 @@ pub fn build_block(promtool: &Path, messages: &[Vec<u8>], dir: &Path) -> anyhow:
         total,
         seconds,
     })
-}
-
-/// A label value as OpenMetrics quotes it.
-fn escape(s: &str) -> String {
-    s.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape("x\ny"), r"x\ny");
-    }
 }

@@ -82,7 +82,11 @@ impl Stats {
 
     /// The Prometheus text exposition (format 0.0.4) of every counter.
     pub fn prometheus(&self, topic: &str, group: &str) -> String {
-        let labels = format!("topic=\"{}\",group=\"{}\"", escape(topic), escape(group));
+        let labels = format!(
+            "topic=\"{}\",group=\"{}\"",
+            escape_label_value(topic),
+            escape_label_value(group)
+        );
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP damselfly_runner_{name} {help}");
@@ -242,7 +246,8 @@ impl Histogram {
     }
 }
 
-fn escape(s: &str) -> String {
+/// A label value quoted as the Prometheus text and OpenMetrics formats require.
+pub fn escape_label_value(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -324,6 +329,12 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("x\ny"), r"x\ny");
+    }
 
     #[test]
     fn exposition_has_every_family() {
