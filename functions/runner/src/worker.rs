@@ -8,8 +8,16 @@
 //! the ownership a worker sees cannot change: an invocation followed by its commit is atomic with
 //! respect to revocations. The worker polls while it gathers, while it backs off between retries and
 //! while it is held for a scaling step, always with its partitions paused in the last two cases.
+//!
+//! A partition is paused only once it has delivered a record in its current assignment. A pause or
+//! resume and librdkafka's start of a newly assigned partition's fetch each take a version barrier
+//! and then queue their operation; when the two interleave, the start is discarded as outdated and
+//! the partition never fetches, with nothing logged (librdkafka issues 2190 and 5591). So the
+//! rebalance callbacks never pause or resume an assigned partition, a revoked partition is resumed
+//! before it goes (its pause flag would outlive the assignment), and a partition that starts
+//! fetching while the worker holds still is paused at its first record.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -81,6 +89,9 @@ struct OwnState {
     assigned: bool,
     /// Whether the worker keeps its partitions paused (holding, backing off).
     paused: bool,
+    /// Owned partitions that delivered a record in their current assignment: their fetch has
+    /// started, so pausing them is safe.
+    fetching: HashSet<Key>,
     /// Offsets of processed records whose commit failed, with the epoch they belong to.
     pending: BTreeMap<Key, (u64, i64)>,
 }
@@ -90,11 +101,14 @@ impl Ownership {
         self.state.lock().expect("ownership lock poisoned")
     }
 
-    fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.lock()
-            .owned
-            .get(&(topic.to_owned(), partition))
-            .copied()
+    /// A record of `topic`/`partition` arrived: the partition's epoch if it is owned, and whether
+    /// the partition must be paused now (its first record while the worker holds still).
+    fn arrived(&self, topic: &str, partition: i32) -> Option<(u64, bool)> {
+        let mut st = self.lock();
+        let key = (topic.to_owned(), partition);
+        let epoch = *st.owned.get(&key)?;
+        let pause = st.fetching.insert(key) && st.paused;
+        Some((epoch, pause))
     }
 
     fn changes(&self) -> u64 {
@@ -132,12 +146,20 @@ impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let revoked: Option<Vec<Key>> = match rebalance {
             Rebalance::Assign(_) => return,
-            Rebalance::Revoke(tpl) => Some(
-                tpl.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect(),
-            ),
+            Rebalance::Revoke(tpl) => {
+                // librdkafka keeps an application pause across an unassignment: resumed now, the
+                // partition starts unpaused when it is assigned again (a resume then could drop its
+                // start of fetch). Resuming a partition that is not paused does nothing.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::debug!(worker = self.id, error = %e, "resume before revocation");
+                }
+                Some(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition()))
+                        .collect(),
+                )
+            }
             Rebalance::Error(e) => {
                 tracing::warn!(worker = self.id, error = %e, "rebalance error: dropping every partition");
                 None
@@ -174,10 +196,14 @@ impl ConsumerContext for WorkerContext {
                 Some(keys) => {
                     for k in keys {
                         st.owned.remove(k);
+                        st.fetching.remove(k);
                     }
                     keys.len()
                 }
-                None => std::mem::take(&mut st.owned).len(),
+                None => {
+                    st.fetching.clear();
+                    std::mem::take(&mut st.owned).len()
+                }
             };
             st.changes += 1;
             st.assigned = false;
@@ -188,33 +214,24 @@ impl ConsumerContext for WorkerContext {
         tracing::debug!(worker = self.id, partitions = count, "partitions revoked");
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        let paused = {
+        // No pause or resume here: it would race the partitions' start of fetch (see the module
+        // documentation). A worker that holds still pauses each one at its first record.
+        {
             let mut st = self.ownership.lock();
             for e in tpl.elements() {
                 let epoch = st.next_epoch;
                 st.next_epoch += 1;
-                st.owned
-                    .insert((e.topic().to_owned(), e.partition()), epoch);
+                let key = (e.topic().to_owned(), e.partition());
+                st.fetching.remove(&key);
+                st.owned.insert(key, epoch);
             }
             st.changes += 1;
             st.assigns += 1;
             st.assigned = true;
-            st.paused
-        };
-        if tpl.count() > 0 {
-            // Pause state does not reliably survive a reassignment: set it explicitly.
-            let r = if paused {
-                consumer.pause(tpl)
-            } else {
-                consumer.resume(tpl)
-            };
-            if let Err(e) = r {
-                tracing::debug!(worker = self.id, error = %e, paused, "pause/resume after assignment");
-            }
         }
         self.stats.rebalances.fetch_add(1, Relaxed);
         self.ownership.changed.notify_one();
@@ -595,7 +612,7 @@ impl Worker {
                     }
                     Ok(m) => {
                         let m = m.detach();
-                        if let Some(epoch) = ownership.epoch(m.topic(), m.partition()) {
+                        if let Some(epoch) = self.arrived(&m) {
                             let size = event_size(&m);
                             if !batch.is_empty() && bytes + size > MAX_PAYLOAD_BYTES {
                                 // Too big for this invocation: it starts the next batch.
@@ -912,9 +929,10 @@ impl Worker {
         held
     }
 
-    /// Polls the consumer with the assignment paused, so that rebalances are served but no record
-    /// is consumed, until the deadline, a rebalance or a control request. A record that still
-    /// arrives goes to the stash.
+    /// Polls the consumer with the assignment paused (a partition whose fetch has not started yet
+    /// from its first record on), so that rebalances are served but hardly any record is consumed,
+    /// until the deadline, a rebalance or a control request. A record that still arrives goes to
+    /// the stash.
     async fn serve(&mut self, deadline: Instant) -> Served {
         self.pause();
         if self.control.stopped() {
@@ -934,7 +952,7 @@ impl Worker {
                 match r {
                     Ok(m) => {
                         let m = m.detach();
-                        if let Some(epoch) = ownership.epoch(m.topic(), m.partition()) {
+                        if let Some(epoch) = self.arrived(&m) {
                             self.stash.push_back(Msg { m, epoch });
                         }
                     }
@@ -986,15 +1004,36 @@ impl Worker {
         }
     }
 
+    /// The partition of a record that arrived, if owned, with its epoch; pauses the partition
+    /// when this is its first record while the worker holds still.
+    fn arrived(&self, m: &OwnedMessage) -> Option<u64> {
+        let Some((epoch, pause)) = self.ownership.arrived(m.topic(), m.partition()) else {
+            unowned(self.id, m);
+            return None;
+        };
+        if pause {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(m.topic(), m.partition());
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::debug!(worker = self.id, error = %e, partition = m.partition(), "pause at first record");
+            }
+        }
+        Some(epoch)
+    }
+
+    /// Pauses the partitions that are fetching; the others are paused at their first record.
     fn pause(&self) {
         let mut st = self.ownership.lock();
         if st.paused {
             return;
         }
         st.paused = true;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &st.fetching {
+            tpl.add_partition(topic, *partition);
+        }
         drop(st);
-        if let Ok(tpl) = self.consumer.assignment()
-            && tpl.count() > 0
+        if tpl.count() > 0
             && let Err(e) = self.consumer.pause(&tpl)
         {
             tracing::debug!(worker = self.id, error = %e, "pause");
@@ -1050,6 +1089,18 @@ fn refused_by_rebalance(e: &RunnerError) -> bool {
                 | RDKafkaErrorCode::UnknownMemberId
         ))
     )
+}
+
+/// Logs a record dropped because its partition is not (or no longer) this worker's: fetched
+/// before a revocation, it is the new owner's to process from the committed offset.
+fn unowned(worker: usize, m: &OwnedMessage) {
+    tracing::debug!(
+        worker,
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        "record of a partition this worker does not own: dropped"
+    );
 }
 
 /// The batch's first record as `topic-partition@offset`.

@@ -456,3 +456,42 @@ async fn a_failed_batch_can_go_to_a_kafka_topic() {
     );
     assert_eq!(committed(&brokers, "g", "source", 1), vec![20]);
 }
+
+/// librdkafka drops a partition's pending start-of-fetch (the offset lookup of a new assignment)
+/// when a pause or resume of that partition is served first (librdkafka issues 2190 and 5591);
+/// the partition then never fetches, silently. A slow broker widens that window: every record of
+/// every partition must still be processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker_still_gets_every_newly_assigned_partition_fetched() {
+    init_logs();
+    let partitions = 6;
+    let (cluster, brokers) = cluster("slow", partitions);
+    publish(
+        &brokers,
+        "slow",
+        (0..120).map(|i| (i % partitions, format!("s{i}"))),
+    );
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(300))
+        .expect("broker rtt");
+    let f = Arc::new(Slow {
+        per_batch: Duration::ZERO,
+        seen: Mutex::new(BTreeMap::new()),
+    });
+    let stats = Arc::new(Stats::default());
+    let config = RunnerConfig {
+        batch_size: 100,
+        ..config(&brokers, "slow", "g")
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        damselfly_runner::run(&config, f.clone(), stats, std::future::pending()),
+    )
+    .await
+    .expect("every partition fetched within the bound")
+    .expect("runs");
+    assert_eq!(summary.records, 120);
+    let seen = f.seen.lock().unwrap();
+    assert_eq!(seen.len(), 120, "every record");
+    assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
+}
