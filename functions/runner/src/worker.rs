@@ -115,6 +115,17 @@ impl Ownership {
         self.lock().changes
     }
 
+    /// The partitions whose fetch has started: the only ones the worker ever pauses, so the only
+    /// ones it resumes (a resume of a partition that librdkafka itself holds paused during a
+    /// rebalance would take a version barrier too).
+    fn fetching(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.lock().fetching {
+            tpl.add_partition(topic, *partition);
+        }
+        tpl
+    }
+
     /// Assignments this worker has received so far.
     pub(crate) fn assigns(&self) -> u64 {
         self.lock().assigns
@@ -974,8 +985,8 @@ impl Worker {
         }
     }
 
-    /// After [`IDLE_RESUME`] of empty windows, resumes the assignment again unless the worker
-    /// keeps it paused on purpose (cheap, and idempotent in librdkafka).
+    /// After [`IDLE_RESUME`] of empty windows, resumes the partitions it could have paused again
+    /// unless the worker keeps them paused on purpose (cheap, and idempotent in librdkafka).
     fn idle(&mut self) {
         let since = *self.idle_since.get_or_insert_with(Instant::now);
         if since.elapsed() < IDLE_RESUME {
@@ -985,9 +996,8 @@ impl Worker {
         if self.ownership.lock().paused {
             return;
         }
-        if let Ok(tpl) = self.consumer.assignment()
-            && tpl.count() > 0
-        {
+        let tpl = self.ownership.fetching();
+        if tpl.count() > 0 {
             if let Err(e) = self.consumer.resume(&tpl) {
                 tracing::debug!(worker = self.id, error = %e, "resume while idle");
             }
@@ -1028,11 +1038,8 @@ impl Worker {
             return;
         }
         st.paused = true;
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in &st.fetching {
-            tpl.add_partition(topic, *partition);
-        }
         drop(st);
+        let tpl = self.ownership.fetching();
         if tpl.count() > 0
             && let Err(e) = self.consumer.pause(&tpl)
         {
@@ -1047,8 +1054,8 @@ impl Worker {
         }
         st.paused = false;
         drop(st);
-        if let Ok(tpl) = self.consumer.assignment()
-            && tpl.count() > 0
+        let tpl = self.ownership.fetching();
+        if tpl.count() > 0
             && let Err(e) = self.consumer.resume(&tpl)
         {
             tracing::debug!(worker = self.id, error = %e, "resume");
