@@ -1018,7 +1018,14 @@ impl Worker {
     /// when this is its first record while the worker holds still.
     fn arrived(&self, m: &OwnedMessage) -> Option<u64> {
         let Some((epoch, pause)) = self.ownership.arrived(m.topic(), m.partition()) else {
-            unowned(self.id, m);
+            // Fetched before a revocation: the new owner processes it from the committed offset.
+            tracing::debug!(
+                worker = self.id,
+                topic = m.topic(),
+                partition = m.partition(),
+                offset = m.offset(),
+                "record of a partition this worker does not own: dropped"
+            );
             return None;
         };
         if pause {
@@ -1096,18 +1103,6 @@ fn refused_by_rebalance(e: &RunnerError) -> bool {
                 | RDKafkaErrorCode::UnknownMemberId
         ))
     )
-}
-
-/// Logs a record dropped because its partition is not (or no longer) this worker's: fetched
-/// before a revocation, it is the new owner's to process from the committed offset.
-fn unowned(worker: usize, m: &OwnedMessage) {
-    tracing::debug!(
-        worker,
-        topic = m.topic(),
-        partition = m.partition(),
-        offset = m.offset(),
-        "record of a partition this worker does not own: dropped"
-    );
 }
 
 /// The batch's first record as `topic-partition@offset`.
