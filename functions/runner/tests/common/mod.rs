@@ -123,10 +123,10 @@ pub fn config(brokers: &str, topic: &str, group: &str) -> RunnerConfig {
             interval: Duration::from_millis(500),
             ..ScalingConfig::fixed(1)
         },
-        // Once in a CI rehearsal a worker fetched nothing for a whole 60 s test bound right
-        // after its assignment. librdkafka gives up on a request that got no answer only after
-        // socket.timeout.ms (60 s by default), so a request the mock broker dropped would stall
-        // exactly that long; 10 s lets the retry happen inside the bound.
+        // librdkafka gives up on a request that got no answer only after socket.timeout.ms
+        // (60 s by default, the whole test bound); 10 s lets a retry happen inside the bound.
+        // (The stalls once seen right after an assignment came from pausing partitions whose
+        // fetch had not started; see worker.rs.)
         kafka_options: vec![("socket.timeout.ms".into(), "10000".into())],
         ..RunnerConfig::new(brokers, topic, group)
     }
