@@ -8,6 +8,7 @@ pub mod batch;
 pub mod compact;
 pub mod conformance;
 pub mod decode;
+pub mod dict_column;
 pub mod encode;
 pub mod env;
 pub mod formats;
