@@ -54,7 +54,7 @@ src, out = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.execute("SET threads = 1")
 con.execute("SET enable_progress_bar = false")
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 con.execute(f"""CREATE TEMP TABLE m AS SELECT * FROM read_json('{src}', format = 'newline_delimited', columns = {{
   'v': 'INTEGER', 'ts': 'BIGINT',
   'tags': 'STRUCT(ns VARCHAR, mcis VARCHAR, vm VARCHAR, csp VARCHAR, region VARCHAR, os VARCHAR, host VARCHAR)',
@@ -72,8 +72,8 @@ con.execute(f"""COPY (SELECT time_bucket(INTERVAL 1 minute, ts) AS window_start,
   count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,
   arg_min(value, ts) AS first, min(ts) AS first_ts, arg_max(value, ts) AS last, max(ts) AS last_ts
   FROM s GROUP BY ALL ORDER BY vm, metric, device, window_start) TO '{out}/duckdb_rollup.parquet' (FORMAT parquet, COMPRESSION zstd)""")
-secs = time.perf_counter() - t
-print(json.dumps({"version": duckdb.__version__, "seconds": secs, "samples": con.execute("SELECT count(*) FROM s").fetchone()[0],
+secs, cpu = time.perf_counter() - t, time.process_time() - cpu
+print(json.dumps({"version": duckdb.__version__, "seconds": secs, "cpu_seconds": cpu, "samples": con.execute("SELECT count(*) FROM s").fetchone()[0],
                   "peak_rss_kib": peak_rss_kib()}))
 "#;
 
@@ -123,6 +123,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut written = Vec::new();
     let mut latencies = Vec::new();
     let started = Instant::now();
+    let cpu_before = sys::sample_self()?.cpu_ticks;
     for (n, chunk) in messages.chunks(args.batch_size).enumerate() {
         let t = Instant::now();
         let mut batch = PartitionBatch::new("metrics", 0);
@@ -150,6 +151,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         run_bar.inc(chunk.len() as u64);
     }
     let ours = started.elapsed();
+    // CPU time as well as wall time: this machine is a VM whose wall clock includes time the
+    // host gave to others (steal), which moves both engines' seconds from run to run.
+    let our_cpu = (sys::sample_self()?.cpu_ticks - cpu_before) as f64 / sys::clock_ticks() as f64;
     run_bar.finish_and_clear();
     let our_rss = sys::peak_rss_kib();
 
@@ -206,6 +210,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let duck: serde_json::Value =
         serde_json::from_str(last).with_context(|| format!("DuckDB printed: {stdout}"))?;
     let duck_secs = duck["seconds"].as_f64().context("seconds")?;
+    let duck_cpu = duck["cpu_seconds"].as_f64().context("cpu_seconds")?;
     let duck_samples = duck["samples"].as_u64().context("samples")?;
     if duck_samples != samples {
         bail!("DuckDB saw {duck_samples} samples, we saw {samples}: not the same job");
@@ -247,29 +252,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| engine (1 core) | seconds | samples/s | batch p50 ms | batch p99 ms | peak RSS MiB |"
+        "| engine (1 core) | seconds | samples/s | CPU seconds | samples/CPU-s | batch p50 ms | batch p99 ms | peak RSS MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| damselfly (batches of {}) | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} |",
+        "| damselfly (batches of {}) | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} |",
         args.batch_size,
         ours.as_secs_f64(),
         ours_rate,
+        our_cpu,
+        samples as f64 / our_cpu,
         pct(0.5),
         pct(0.99),
         our_rss as f64 / 1024.0
     );
     println!(
-        "| DuckDB {} (one job) | {:.2} | {:.0} | - | - | {:.0} |",
+        "| DuckDB {} (one job) | {:.2} | {:.0} | {:.2} | {:.0} | - | - | {:.0} |",
         duck["version"].as_str().unwrap_or("?"),
         duck_secs,
         duck_rate,
+        duck_cpu,
+        samples as f64 / duck_cpu,
         duck["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
     );
     println!();
     println!(
-        "throughput ratio damselfly / DuckDB: {:.2}x (goal: at least 2x)",
-        ours_rate / duck_rate
+        "throughput ratio damselfly / DuckDB: {:.2}x by wall time, {:.2}x by CPU time (goal: at least 2x)",
+        ours_rate / duck_rate,
+        duck_cpu / our_cpu
     );
     println!();
     println!("| raw table storage | bytes | bytes/sample |");
