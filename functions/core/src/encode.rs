@@ -91,6 +91,15 @@ pub fn raw_parquet(rows: &[RawRow<'_>]) -> Result<Bytes, EncodeError> {
         }),
         "raw rows not in table order"
     );
+    write(
+        Table::Raw.schema(),
+        raw_columns(rows),
+        &["vm", "metric", "device", "ts"],
+    )
+}
+
+/// The `raw` table's columns of `rows`, strings as dictionary columns.
+fn raw_columns(rows: &[RawRow<'_>]) -> Vec<Column> {
     let mut columns: Vec<Column> = vec![ts_array(rows.iter().map(|r| r.ts)).into()];
     columns.extend(tag_columns(rows.iter().map(|r| r.tags)));
     columns.push(DictColumn::from_strs(rows.iter().map(|r| r.metric)).into());
@@ -98,11 +107,7 @@ pub fn raw_parquet(rows: &[RawRow<'_>]) -> Result<Bytes, EncodeError> {
     columns.push(Column::Arrow(Arc::new(Float64Array::from_iter_values(
         rows.iter().map(|r| r.value),
     ))));
-    write(
-        Table::Raw.schema(),
-        columns,
-        &["vm", "metric", "device", "ts"],
-    )
+    columns
 }
 
 /// Encodes `rollup_1m` rows from partials already in key order.
@@ -487,16 +492,9 @@ mod tests {
             }
         }
         assert_eq!(rows.len(), 25_000);
-        let mut columns: Vec<Column> = vec![ts_array(rows.iter().map(|r| r.ts)).into()];
-        columns.extend(tag_columns(rows.iter().map(|r| r.tags)));
-        columns.push(DictColumn::from_strs(rows.iter().map(|r| r.metric)).into());
-        columns.push(DictColumn::from_strs(rows.iter().map(|r| r.device)).into());
-        columns.push(Column::Arrow(Arc::new(Float64Array::from_iter_values(
-            rows.iter().map(|r| r.value),
-        ))));
         let bytes = write_groups(
             Table::Raw.schema(),
-            columns,
+            raw_columns(&rows),
             &["vm", "metric", "device", "ts"],
             group_rows,
         )
