@@ -96,16 +96,6 @@ impl DictColumn {
         &self.values
     }
 
-    /// Row `i`'s value.
-    pub fn get(&self, i: usize) -> &str {
-        &self.values[self.keys[i] as usize]
-    }
-
-    /// Distinct values among `rows`.
-    pub fn distinct_in(&self, rows: Range<usize>) -> usize {
-        self.used(rows).iter().filter(|&&u| u).count()
-    }
-
     fn used(&self, rows: Range<usize>) -> Vec<bool> {
         let mut used = vec![false; self.values.len()];
         for &k in &self.keys[rows] {
@@ -387,10 +377,13 @@ mod tests {
         assert_eq!(col.values(), ["a", "b", "c"]);
         assert_eq!(col.keys, [2, 0, 1, 1, 0]);
         assert_eq!(
-            (0..5).map(|i| col.get(i)).collect::<Vec<_>>(),
+            col.keys
+                .iter()
+                .map(|&k| col.values[k as usize].as_str())
+                .collect::<Vec<_>>(),
             ["c", "a", "b", "b", "a"]
         );
-        assert_eq!(col.distinct_in(1..3), 2);
+        assert_eq!(col.used(1..3), [true, true, false]);
     }
 
     #[test]
