@@ -118,12 +118,7 @@ impl MetricMessage {
             check_metric_name(name)?;
         }
         for (device, metrics) in &self.devices {
-            if device.is_empty()
-                || device.len() > MAX_TAG_LEN
-                || device.chars().any(char::is_control)
-            {
-                return Err(WireError::BadDevice(device.clone()));
-            }
+            check_device(device)?;
             for name in metrics.keys() {
                 check_metric_name(name)?;
             }
@@ -180,7 +175,8 @@ impl Tags {
     }
 }
 
-fn check_metric_name(name: &str) -> Result<(), WireError> {
+/// Checks a metric name: `^[a-z][a-z0-9_]*$`, at most [`MAX_METRIC_NAME_LEN`] bytes.
+pub fn check_metric_name(name: &str) -> Result<(), WireError> {
     let mut bytes = name.bytes();
     let ok = name.len() <= MAX_METRIC_NAME_LEN
         && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
@@ -190,6 +186,14 @@ fn check_metric_name(name: &str) -> Result<(), WireError> {
     } else {
         Err(WireError::BadMetricName(name.to_owned()))
     }
+}
+
+/// Checks a device name: not empty, at most [`MAX_TAG_LEN`] bytes, no control characters.
+pub fn check_device(device: &str) -> Result<(), WireError> {
+    if device.is_empty() || device.len() > MAX_TAG_LEN || device.chars().any(char::is_control) {
+        return Err(WireError::BadDevice(device.to_owned()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use damselfly_schemas::paths::{HourPartition, batch_object_key};
-use damselfly_schemas::{MetricMessage, Table, Tags};
+use damselfly_schemas::{MetricMessage, Table};
 
+use crate::accepted::Accepted;
 use crate::decode::{InputRecord, Rejection, Validation, decode};
 use crate::encode::{self, EncodeError, RawRow, RollupKey};
-use crate::rates::{Tail, rate_name};
+use crate::rates::{Tail, advance};
 use crate::rollup::{Partial, minute_of};
 
 /// A record that went to the dead-letter table, with why and where it came from.
@@ -73,10 +74,10 @@ pub struct PartitionBatch {
     pub first_offset: Option<i64>,
     /// Offset of the last record seen.
     pub last_offset: Option<i64>,
-    /// Accepted messages.
-    pub messages: Vec<MetricMessage>,
     /// Rejected records.
     pub dlq: Vec<DlqRow>,
+    /// Accepted messages, by ids.
+    accepted: Accepted,
 }
 
 impl PartitionBatch {
@@ -87,17 +88,29 @@ impl PartitionBatch {
             partition,
             first_offset: None,
             last_offset: None,
-            messages: Vec::new(),
             dlq: Vec::new(),
+            accepted: Accepted::default(),
         }
     }
 
     /// Decodes a record into the batch, or files it in the dead-letter rows with the reason.
     pub fn push(&mut self, rec: &InputRecord<'_>, now_ms: i64, limits: &Validation) {
+        // Most records are plain native messages, decoded straight into ids; the rest (other
+        // formats, and anything to reject) take the general decoder, which has the final word.
+        let fast = rec.value.is_some_and(|v| {
+            v.len() <= limits.max_message_bytes
+                && self.accepted.add_native(v, rec.key, limits.window(now_ms))
+        });
+        if fast {
+            self.track(rec.offset);
+            return;
+        }
         match decode(rec, now_ms, limits) {
             Ok(messages) => {
                 self.track(rec.offset);
-                self.messages.extend(messages);
+                for m in &messages {
+                    self.accepted.add(m);
+                }
             }
             Err(why) => self.reject(rec, &why),
         }
@@ -127,8 +140,8 @@ impl PartitionBatch {
     /// What this batch holds.
     pub fn stats(&self) -> BatchStats {
         BatchStats {
-            records: (self.messages.len() + self.dlq.len()) as u64,
-            samples: self.messages.iter().map(|m| m.sample_count() as u64).sum(),
+            records: (self.accepted.msgs.len() + self.dlq.len()) as u64,
+            samples: self.accepted.samples.len() as u64,
             rejected: self.dlq.len() as u64,
         }
     }
@@ -145,78 +158,78 @@ impl PartitionBatch {
             |table, hour| batch_object_key(table, hour, &self.topic, self.partition, first_offset);
         let mut out = Vec::new();
 
-        // Per sample, only the series is looked up by string (and mostly not even that: a
-        // message usually lists the same series in the same order as the one before it); the
-        // rows and rollup windows are keyed by dense ids and sorted by ranks.
-        // Sized up front: a batch is mostly one hour, and growing these was a few percent.
-        let sample_count = self.stats().samples as usize;
+        // Records were decoded into dense ids (see `accepted`): the rows and rollup windows are
+        // keyed by them and sorted by ranks. Sized up front: a batch is mostly one hour, and
+        // growing these was a few percent.
+        let acc = &self.accepted;
+        let ids = &acc.ids;
+        let sample_count = acc.samples.len();
         let windows_cap = sample_count.min(1 << 16);
-        let mut ids = Ids::default();
-        let mut shape: Vec<(&str, &str, u32)> = Vec::new();
-        let mut sids: Vec<u32> = Vec::with_capacity(sample_count);
-        let mut firsts: Vec<(usize, u32)> = Vec::with_capacity(self.messages.len());
         let mut raw: BTreeMap<HourPartition, Vec<Row>> = BTreeMap::new();
         let mut rollups: BTreeMap<HourPartition, ahash::AHashMap<Window, Partial>> =
             BTreeMap::new();
-        for msg in &self.messages {
-            let vm = ids.vm(&msg.tags);
-            firsts.push((sids.len(), vm));
-            let hour = hour_of(msg.ts)?;
-            let window = minute_of(msg.ts);
+        for msg in &acc.msgs {
+            let (vm, ts) = (msg.vm, msg.ts);
+            let hour = hour_of(ts)?;
+            let window = minute_of(ts);
             let rows = raw
                 .entry(hour)
                 .or_insert_with(|| Vec::with_capacity(sample_count));
             let windows = rollups
                 .entry(hour_of(window)?)
                 .or_insert_with(|| ahash::AHashMap::with_capacity(windows_cap));
-            for (j, (device, metric, value)) in samples(msg).enumerate() {
-                let sid = match shape.get(j) {
-                    Some(&(m, d, sid)) if m == metric && d == device => sid,
-                    _ => {
-                        let sid = ids.series(metric, device);
-                        shape.truncate(j);
-                        shape.push((metric, device, sid));
-                        sid
-                    }
-                };
-                sids.push(sid);
-                rows.push(Row {
-                    vm,
-                    sid,
-                    ts: msg.ts,
-                    value,
-                });
-                let p = Partial::of(msg.ts, value);
+            for &(sid, value) in acc.samples_of(msg) {
+                rows.push(Row { vm, sid, ts, value });
+                let p = Partial::of(ts, value);
                 windows
                     .entry((vm, sid, window))
                     .and_modify(|acc| acc.merge(&p))
                     .or_insert(p);
             }
         }
-        // Rates: every counter series in time order, continuing from the tail.
-        let mut by_time: Vec<usize> = (0..self.messages.len()).collect();
-        by_time.sort_by_key(|&i| self.messages[i].ts);
+        // Rates: every counter series in time order, continuing from the tail, which is read
+        // once per series before and written once after.
+        let mut by_time: Vec<usize> = (0..acc.msgs.len()).collect();
+        by_time.sort_by_key(|&i| acc.msgs[i].ts);
+        // A tail series is named by the `vm` tag, not the whole tag set: keyed by rank, the VMs
+        // whose other tags changed within the batch share one.
+        let ranks = ids.ranks();
+        let mut lasts: ahash::AHashMap<u64, (u32, u32, LastSample)> = Default::default();
+        let name = |vm: u32, sid: u32| {
+            let (metric, device) = &ids.series[sid as usize];
+            (ids.vms[vm as usize].vm.as_str(), &**metric, &**device)
+        };
         for i in by_time {
-            let msg = &self.messages[i];
-            let (first, vm) = firsts[i];
+            let msg = &acc.msgs[i];
             let window = minute_of(msg.ts);
-            for (j, (device, metric, value)) in samples(msg).enumerate() {
-                let Some(rate_sid) = ids.rate_of[sids[first + j] as usize] else {
+            for &(sid, value) in acc.samples_of(msg) {
+                let Some(rate_sid) = ids.rate_of[sid as usize] else {
                     continue;
                 };
-                let Some(r) = tail.observe(&msg.tags.vm, metric, device, msg.ts, value) else {
+                let (_, _, last) = lasts
+                    .entry(ranks.series_of(msg.vm, sid))
+                    .or_insert_with(|| {
+                        let (vm, metric, device) = name(msg.vm, sid);
+                        (msg.vm, sid, tail.last(vm, metric, device))
+                    });
+                let Some(r) = advance(last, msg.ts, value) else {
                     continue;
                 };
                 let p = Partial::of(msg.ts, r);
                 rollups
                     .entry(hour_of(window)?)
                     .or_default()
-                    .entry((vm, rate_sid, window))
+                    .entry((msg.vm, rate_sid, window))
                     .and_modify(|acc| acc.merge(&p))
                     .or_insert(p);
             }
         }
-        let ranks = ids.ranks();
+        for (vm, sid, last) in lasts.into_values() {
+            if let Some(last) = last {
+                let (vm, metric, device) = name(vm, sid);
+                tail.set(vm, metric, device, last);
+            }
+        }
         for (hour, rows) in raw {
             // Table order (vm, metric, device, ts); equal keys keep the batch's order.
             let mut order: Vec<(u64, i64, u32)> = rows
@@ -229,9 +242,9 @@ impl PartitionBatch {
                 .iter()
                 .map(|o| {
                     let r = &rows[o.2 as usize];
-                    let (metric, device) = ids.series[r.sid as usize];
+                    let (metric, device) = &ids.series[r.sid as usize];
                     RawRow {
-                        tags: ids.vms[r.vm as usize],
+                        tags: &ids.vms[r.vm as usize],
                         metric,
                         device,
                         ts: r.ts,
@@ -263,9 +276,9 @@ impl PartitionBatch {
                 .iter()
                 .map(|o| {
                     let ((vm, sid, start), p) = windows[o.3 as usize];
-                    let (metric, device) = ids.series[sid as usize];
+                    let (metric, device) = &ids.series[sid as usize];
                     (
-                        RollupKey::new(ids.vms[vm as usize], metric, device, start),
+                        RollupKey::new(&ids.vms[vm as usize], metric, device, start),
                         p,
                     )
                 })
@@ -303,84 +316,11 @@ struct Row {
     value: f64,
 }
 
+/// A counter series' last sample (ts ms, value), if it has one.
+type LastSample = Option<(i64, f64)>;
+
 /// A `rollup_1m` window of a batch by ids: (VM, series, window start).
 type Window = (u32, u32, i64);
-
-/// A batch's distinct VMs (by tags) and series (metric, device) as dense ids.
-#[derive(Default)]
-struct Ids<'a> {
-    vms: Vec<&'a Tags>,
-    vm_ids: ahash::AHashMap<&'a Tags, u32>,
-    series: Vec<(&'a str, &'a str)>,
-    series_ids: ahash::AHashMap<(&'a str, &'a str), u32>,
-    /// Per series: the id of its derived rate series, for counters.
-    rate_of: Vec<Option<u32>>,
-}
-
-/// Sort ranks of a batch's ids.
-struct Ranks {
-    /// Per VM id: rank of its `vm` tag (equal tags, equal rank).
-    vm: Vec<u32>,
-    /// Per VM id: rank of its whole tag set.
-    tags: Vec<u32>,
-    /// Per series id: rank of (metric, device).
-    series: Vec<u32>,
-}
-
-impl<'a> Ids<'a> {
-    fn vm(&mut self, tags: &'a Tags) -> u32 {
-        let next = self.vms.len() as u32;
-        let id = *self.vm_ids.entry(tags).or_insert(next);
-        if id == next {
-            self.vms.push(tags);
-        }
-        id
-    }
-
-    fn series(&mut self, metric: &'a str, device: &'a str) -> u32 {
-        if let Some(&id) = self.series_ids.get(&(metric, device)) {
-            return id;
-        }
-        let id = self.series.len() as u32;
-        self.series.push((metric, device));
-        self.series_ids.insert((metric, device), id);
-        self.rate_of.push(None);
-        // A rate series is not a counter itself, so this recursion stops at one level.
-        if let Some(rate) = rate_name(metric) {
-            self.rate_of[id as usize] = Some(self.series(rate, device));
-        }
-        id
-    }
-
-    fn ranks(&self) -> Ranks {
-        fn rank<T: Ord>(keys: &[T]) -> Vec<u32> {
-            let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-            order.sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
-            let mut ranks = vec![0; keys.len()];
-            let mut r = 0;
-            for (i, w) in order.iter().enumerate() {
-                if i > 0 && keys[order[i - 1] as usize] != keys[*w as usize] {
-                    r += 1;
-                }
-                ranks[*w as usize] = r;
-            }
-            ranks
-        }
-        let vm_names: Vec<&str> = self.vms.iter().map(|t| t.vm.as_str()).collect();
-        Ranks {
-            vm: rank(&vm_names),
-            tags: rank(&self.vms),
-            series: rank(&self.series),
-        }
-    }
-}
-
-impl Ranks {
-    /// The (vm, metric, device) part of the table order as one integer.
-    fn series_of(&self, vm: u32, sid: u32) -> u64 {
-        (u64::from(self.vm[vm as usize]) << 32) | u64::from(self.series[sid as usize])
-    }
-}
 
 /// Every sample of a message as (device, metric, value); device is "" for device-less metrics.
 pub fn samples(msg: &MetricMessage) -> impl Iterator<Item = (&str, &str, f64)> {
@@ -741,6 +681,13 @@ mod tests {
         assert!(
             got.iter()
                 .any(|r| r.0[..3] == ["vm-3", "bytes_in_rate", "eth0"]),
+            "{got:?}"
+        );
+        // vm-1's csp changed between its two samples: its counter is still one series, with a
+        // rate (filed under the later tag set).
+        assert!(
+            got.iter()
+                .any(|r| r.0 == ["vm-1", "bytes_in_rate", "eth0", "azure"]),
             "{got:?}"
         );
         // vm-1 keeps one window per tag set; vm-2's sample lies in the next minute.

@@ -34,6 +34,16 @@ pub struct Validation {
     pub max_message_bytes: usize,
 }
 
+impl Validation {
+    /// The accepted sample timestamps (ms), oldest and newest inclusive, as of `now_ms`.
+    pub fn window(&self, now_ms: i64) -> (i64, i64) {
+        (
+            now_ms.saturating_sub(self.max_past.as_millis() as i64),
+            now_ms.saturating_add(self.max_future.as_millis() as i64),
+        )
+    }
+}
+
 impl Default for Validation {
     fn default() -> Self {
         Self {
@@ -104,8 +114,7 @@ pub fn decode(
     };
     // JSON has no NaN or infinity, serde_json rejects out-of-range numbers, and the line protocol
     // decoder refuses non-finite values, so every value here is finite.
-    let past = now_ms.saturating_sub(limits.max_past.as_millis() as i64);
-    let future = now_ms.saturating_add(limits.max_future.as_millis() as i64);
+    let (past, future) = limits.window(now_ms);
     if let Some(msg) = messages.iter().find(|m| m.ts < past || m.ts > future) {
         return Err(Rejection::TimeWindow {
             ts: msg.ts,

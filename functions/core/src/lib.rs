@@ -3,6 +3,7 @@
 //! The aggregate function is `decode` -> [`batch::PartitionBatch`] -> [`encode`] -> [`lake::Lake`].
 //! Everything here is plain data and `dyn ObjectStore`, so it is tested with in-memory stores.
 
+mod accepted;
 pub mod alarm;
 pub mod batch;
 pub mod compact;

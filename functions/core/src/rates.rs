@@ -86,32 +86,63 @@ impl Tail {
         ts: i64,
         value: f64,
     ) -> Option<f64> {
-        thread_local! {
-            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        let mut last = self.last(vm, metric, device);
+        let r = advance(&mut last, ts, value);
+        if let Some(last) = last {
+            self.set(vm, metric, device, last);
         }
-        KEY.with_borrow_mut(|key| {
-            key.clear();
-            // What `series_key` gives, without the formatting machinery (once per counter sample).
-            for (i, part) in [vm, metric, device].into_iter().enumerate() {
-                if i > 0 {
-                    key.push('\u{1f}');
-                }
-                key.push_str(part);
-            }
-            match self.0.get_mut(key.as_str()) {
-                Some(last) if ts <= last.0 => None,
-                Some(last) => {
-                    let r = rate(*last, (ts, value));
-                    *last = (ts, value);
-                    r
-                }
-                None => {
-                    self.0.insert(key.clone(), (ts, value));
-                    None
-                }
+        r
+    }
+
+    /// The last sample of a series, if it has one.
+    pub fn last(&self, vm: &str, metric: &str, device: &str) -> Option<(i64, f64)> {
+        with_key(vm, metric, device, |key| self.0.get(key).copied())
+    }
+
+    /// Records the last sample of a series.
+    pub fn set(&mut self, vm: &str, metric: &str, device: &str, last: (i64, f64)) {
+        with_key(vm, metric, device, |key| match self.0.get_mut(key) {
+            Some(slot) => *slot = last,
+            None => {
+                self.0.insert(key.to_owned(), last);
             }
         })
     }
+}
+
+/// Moves a series' last sample on to (`ts`, `value`) and returns the rate between them; a sample
+/// older than or as old as the last one is ignored, and the first sample has no rate.
+pub fn advance(last: &mut Option<(i64, f64)>, ts: i64, value: f64) -> Option<f64> {
+    match last {
+        Some(prev) if ts <= prev.0 => None,
+        Some(prev) => {
+            let r = rate(*prev, (ts, value));
+            *prev = (ts, value);
+            r
+        }
+        None => {
+            *last = Some((ts, value));
+            None
+        }
+    }
+}
+
+/// Calls `f` with the [`series_key`] of a series, built in a reused buffer.
+fn with_key<R>(vm: &str, metric: &str, device: &str, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    KEY.with_borrow_mut(|key| {
+        key.clear();
+        // What `series_key` gives, without the formatting machinery (once per counter series).
+        for (i, part) in [vm, metric, device].into_iter().enumerate() {
+            if i > 0 {
+                key.push('\u{1f}');
+            }
+            key.push_str(part);
+        }
+        f(key)
+    })
 }
 
 #[cfg(test)]
