@@ -144,6 +144,34 @@ impl MetricMessage {
 }
 
 impl Tags {
+    /// Tags from their values in field order: ns, mcis, vm, csp, region, os, host.
+    pub fn from_strs(values: [&str; 7]) -> Self {
+        let [ns, mcis, vm, csp, region, os, host] = values.map(str::to_owned);
+        Self {
+            ns,
+            mcis,
+            vm,
+            csp,
+            region,
+            os,
+            host,
+        }
+    }
+
+    /// The tag values in field order, as [`Tags::from_strs`] takes them.
+    pub fn strs(&self) -> [&str; 7] {
+        [
+            &self.ns,
+            &self.mcis,
+            &self.vm,
+            &self.csp,
+            &self.region,
+            &self.os,
+            &self.host,
+        ]
+        .map(String::as_str)
+    }
+
     /// Checks required tags are present and every tag is a sane value.
     pub fn validate(&self) -> Result<(), WireError> {
         for (name, value, required) in [

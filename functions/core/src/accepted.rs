@@ -44,31 +44,26 @@ pub(crate) struct Ranks {
     series: Vec<u32>,
 }
 
-/// The tags of a VM as strings in field order: what VM ids are hashed and compared by.
-fn tag_strs(t: &Tags) -> [&str; 7] {
-    [&t.ns, &t.mcis, &t.vm, &t.csp, &t.region, &t.os, &t.host].map(String::as_str)
-}
-
 impl Ids {
     /// The id of a VM's tags, if the batch has seen them.
     fn find_vm(&self, tags: [&str; 7]) -> Option<u32> {
         let hash = self.hasher.hash_one(tags);
         self.vm_table
-            .find(hash, |&id| tag_strs(&self.vms[id as usize]) == tags)
+            .find(hash, |&id| self.vms[id as usize].strs() == tags)
             .copied()
     }
 
     /// The id of a VM's tags, added if new.
     fn vm(&mut self, tags: &Tags) -> u32 {
-        if let Some(id) = self.find_vm(tag_strs(tags)) {
+        if let Some(id) = self.find_vm(tags.strs()) {
             return id;
         }
         let id = self.vms.len() as u32;
         self.vms.push(tags.clone());
         let (vms, hasher) = (&self.vms, &self.hasher);
         self.vm_table
-            .insert_unique(hasher.hash_one(tag_strs(tags)), id, |&i| {
-                hasher.hash_one(tag_strs(&vms[i as usize]))
+            .insert_unique(hasher.hash_one(tags.strs()), id, |&i| {
+                hasher.hash_one(vms[i as usize].strs())
             });
         id
     }
@@ -260,16 +255,7 @@ impl Accepted {
         let vm = match head.vm {
             Some(vm) => vm,
             None => {
-                let [ns, mcis, vm, csp, region, os, host] = tags.map(str::to_owned);
-                let owned = Tags {
-                    ns,
-                    mcis,
-                    vm,
-                    csp,
-                    region,
-                    os,
-                    host,
-                };
+                let owned = Tags::from_strs(tags);
                 owned.validate().ok()?;
                 self.ids.vm(&owned)
             }
@@ -331,7 +317,7 @@ struct TagsRef<'a> {
 }
 
 impl TagsRef<'_> {
-    /// The tags as strings in field order, as [`tag_strs`] gives them for [`Tags`].
+    /// The tags as strings in field order, as [`Tags::strs`] gives them.
     fn strs(&self) -> [&str; 7] {
         [
             &self.ns,

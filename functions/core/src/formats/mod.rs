@@ -372,16 +372,7 @@ fn identity_tags(tags: &BTreeMap<&str, &str>, at: Origin) -> Result<Tags, Format
         }
         *slot = value;
     }
-    let [ns, mcis, vm, csp, region, os, host] = values.map(str::to_owned);
-    Ok(Tags {
-        ns,
-        mcis,
-        vm,
-        csp,
-        region,
-        os,
-        host,
-    })
+    Ok(Tags::from_strs(values))
 }
 
 /// The device a point's fields belong to, `None` for device-less fields.
