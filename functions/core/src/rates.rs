@@ -76,24 +76,6 @@ impl Tail {
         self
     }
 
-    /// Feeds one sample of a counter series; returns its rate against the previous sample, if any.
-    /// Samples older than or as old as the last one seen are ignored (out of order or duplicate).
-    pub fn observe(
-        &mut self,
-        vm: &str,
-        metric: &str,
-        device: &str,
-        ts: i64,
-        value: f64,
-    ) -> Option<f64> {
-        let mut last = self.last(vm, metric, device);
-        let r = advance(&mut last, ts, value);
-        if let Some(last) = last {
-            self.set(vm, metric, device, last);
-        }
-        r
-    }
-
     /// The last sample of a series, if it has one.
     pub fn last(&self, vm: &str, metric: &str, device: &str) -> Option<(i64, f64)> {
         with_key(vm, metric, device, |key| self.0.get(key).copied())
@@ -149,6 +131,24 @@ fn with_key<R>(vm: &str, metric: &str, device: &str, f: impl FnOnce(&str) -> R) 
 mod tests {
     use super::*;
 
+    /// Feeds one sample of a counter series; returns its rate against the previous sample, if any
+    /// (what the aggregate's batch does with `last`, `advance` and `set`).
+    fn observe(
+        t: &mut Tail,
+        vm: &str,
+        metric: &str,
+        device: &str,
+        ts: i64,
+        value: f64,
+    ) -> Option<f64> {
+        let mut last = t.last(vm, metric, device);
+        let r = advance(&mut last, ts, value);
+        if let Some(last) = last {
+            t.set(vm, metric, device, last);
+        }
+        r
+    }
+
     #[test]
     fn rates_are_per_second_and_never_negative() {
         assert_eq!(rate((0, 100.0), (2_000, 300.0)), Some(100.0));
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn tail_carries_the_last_sample_across_calls() {
         let mut t = Tail::default();
-        let mut k = |ts, v| t.observe("vm-1", "bytes_in", "eth0", ts, v);
+        let mut k = |ts, v| observe(&mut t, "vm-1", "bytes_in", "eth0", ts, v);
         assert_eq!(k(1_000, 10.0), None);
         assert_eq!(k(3_000, 30.0), Some(10.0));
         assert_eq!(k(2_000, 99.0), None, "out of order is ignored");
@@ -181,11 +181,11 @@ mod tests {
     #[test]
     fn undo_restores_the_tail_before_a_batch() {
         let mut before = Tail::default();
-        before.observe("a", "bytes_in", "eth0", 1, 1.0);
-        before.observe("b", "bytes_in", "eth0", 1, 1.0);
+        observe(&mut before, "a", "bytes_in", "eth0", 1, 1.0);
+        observe(&mut before, "b", "bytes_in", "eth0", 1, 1.0);
         let mut after = before.clone();
-        after.observe("a", "bytes_in", "eth0", 2, 5.0);
-        after.observe("c", "bytes_in", "eth0", 2, 7.0);
+        observe(&mut after, "a", "bytes_in", "eth0", 2, 5.0);
+        observe(&mut after, "c", "bytes_in", "eth0", 2, 7.0);
         let undo = before.undo_of(&after);
         assert_eq!(undo.len(), 2, "only touched series are recorded");
         assert_eq!(after.undo(&undo), before);

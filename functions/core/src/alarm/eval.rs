@@ -548,16 +548,13 @@ impl SeriesState {
             return;
         }
         let value = if is_rate {
-            match self.prev {
-                Some(prev) if ts <= prev.0 => return,
-                prev => {
-                    self.prev = Some((ts, raw));
-                    self.last_seen_ms = self.last_seen_ms.max(ts);
-                    match prev.and_then(|p| rates::rate(p, (ts, raw))) {
-                        Some(r) => r,
-                        None => return,
-                    }
-                }
+            // A sample no newer than the last one is ignored; any other moves the series on.
+            if self.prev.is_none_or(|p| ts > p.0) {
+                self.last_seen_ms = self.last_seen_ms.max(ts);
+            }
+            match rates::advance(&mut self.prev, ts, raw) {
+                Some(r) => r,
+                None => return,
             }
         } else {
             raw
