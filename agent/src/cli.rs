@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use damselfly_kafka::parse_kafka_option;
+
 use crate::config::{AgentConfig, ConfigError};
 use crate::run::{AgentError, RunStats, collect_once, run_agent};
 
@@ -14,8 +16,9 @@ pub struct AgentArgs {
     /// Collect once (cpu over one second), print the message as pretty JSON on stdout and exit.
     #[arg(long)]
     pub once: bool,
-    /// Extra librdkafka setting, key=value (TLS, SASL, timeouts), applied after `[kafka.options]`
-    /// of the file; repeatable.
+    /// Extra librdkafka setting, key=value (timeouts, client.id, ...), applied after
+    /// `[kafka.options]` of the file; repeatable. Secrets are refused here (a command line is
+    /// readable by every user): put the password in kafka.sasl_password_file or KAFKA_SASL_PASSWORD.
     #[arg(long = "kafka-option", value_parser = parse_kafka_option)]
     pub kafka_options: Vec<(String, String)>,
 }
@@ -39,19 +42,14 @@ pub enum CommandError {
     Print(#[from] serde_json::Error),
 }
 
-/// Parses a `key=value` librdkafka option as given to `--kafka-option`.
-pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!(
-            "`{s}` is not key=value (e.g. security.protocol=SASL_SSL)"
-        )),
-    }
-}
-
 impl AgentArgs {
     /// The configuration file with the command line's Kafka options applied on top.
     pub fn load_config(&self) -> Result<AgentConfig, ConfigError> {
+        damselfly_kafka::refuse_secrets(&self.kafka_options, damselfly_kafka::Naming::CommandLine)
+            .map_err(|source| ConfigError::Kafka {
+                path: self.config.display().to_string(),
+                source,
+            })?;
         let mut config = AgentConfig::load(&self.config)?;
         config
             .kafka
@@ -75,15 +73,18 @@ pub async fn run(
         println!("{}", serde_json::to_string_pretty(&collection.message)?);
         return Ok(None);
     }
+    let path = args.config.display().to_string();
+    let publisher = config.publisher_config(&path)?;
     tracing::info!(
-        config = %args.config.display(),
-        brokers = %config.kafka.brokers,
-        topic = %config.kafka.topic,
+        config = %path,
+        brokers = %publisher.kafka.brokers,
+        security = %publisher.kafka.security.describe(),
+        topic = %publisher.topic,
         spool = %config.spool.dir.display(),
         "starting the agent"
     );
     // The loop logs its own closing totals ("agent stopped").
-    let stats = run_agent(&config, shutdown)
+    let stats = run_agent(&config, publisher, shutdown)
         .await
         .map_err(|source| CommandError::Start {
             path: args.config.display().to_string(),
@@ -174,7 +175,13 @@ mod tests {
             parse_kafka_option("security.protocol=SASL_SSL").unwrap(),
             parse_kafka_option("sasl.mechanisms=SCRAM-SHA-512").unwrap(),
         ];
-        let options = a.load_config().unwrap().publisher_config().kafka_options;
+        let options = a
+            .load_config()
+            .unwrap()
+            .publisher_config("agent.toml")
+            .unwrap()
+            .kafka
+            .options;
         let get = |k: &str| {
             options
                 .iter()
@@ -185,16 +192,5 @@ mod tests {
         assert_eq!(get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
         assert_eq!(get("client.id"), Some("a"));
-    }
-
-    #[test]
-    fn kafka_options_must_be_key_value() {
-        assert_eq!(
-            parse_kafka_option("a.b=c=d").unwrap(),
-            ("a.b".to_owned(), "c=d".to_owned())
-        );
-        let e = parse_kafka_option("novalue").unwrap_err();
-        assert!(e.contains("not key=value"), "{e}");
-        assert!(parse_kafka_option("=x").is_err());
     }
 }

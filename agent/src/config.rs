@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use damselfly_kafka::secret::read_secret_file;
+use damselfly_kafka::{
+    Connection, Field, Naming, SaslMechanism, Secret, Security, SecurityProtocol, SettingsError,
+};
 use serde::{Deserialize, Deserializer};
 
 use crate::collect::SkipLists;
@@ -73,7 +77,27 @@ pub struct KafkaConfig {
     /// (so this much of collections is all a crash during an outage can lose).
     #[serde(deserialize_with = "duration")]
     pub slow_after: Duration,
-    /// Extra librdkafka settings (TLS, SASL, ...), applied last, e.g. `"security.protocol" = "SSL"`.
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl; unset: sasl_ssl with a SASL mechanism, ssl
+    /// with only a CA or client certificate, else plaintext.
+    pub security_protocol: Option<SecurityProtocol>,
+    /// PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, or AWS_MSK_IAM (the instance's AWS credentials).
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// SASL user name (PLAIN, SCRAM).
+    pub sasl_username: Option<String>,
+    /// File whose first line is the SASL password (the password may also come from the
+    /// `KAFKA_SASL_PASSWORD` environment variable).
+    pub sasl_password_file: Option<PathBuf>,
+    /// The SASL password itself: accepted only when this file is readable by its owner alone.
+    pub sasl_password: Option<String>,
+    /// PEM file of the CA certificates that verify the brokers; unset: the system's CA store.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate clients by certificate.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// PEM private key (unencrypted) of the client certificate.
+    pub ssl_key_location: Option<PathBuf>,
+    /// AWS region of the MSK cluster, with AWS_MSK_IAM; unset: AWS_REGION, else the instance's.
+    pub msk_region: Option<String>,
+    /// Extra librdkafka settings, applied last, e.g. `"linger.ms" = "50"`.
     pub options: BTreeMap<String, String>,
 }
 
@@ -150,6 +174,15 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             delivery_timeout: Duration::from_secs(30),
             slow_after: Duration::from_secs(5),
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_file: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            msk_region: None,
             options: BTreeMap::new(),
         }
     }
@@ -245,6 +278,26 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// The Kafka connection settings cannot work together (or a file they name is unreadable).
+    #[error("{path}: {source}")]
+    Kafka {
+        /// The file.
+        path: String,
+        /// The setting and what to do.
+        source: SettingsError,
+    },
+    /// The file holds a secret but other users may read it.
+    #[error(
+        "{path} holds {what} but {problem}; or move the password to kafka.sasl_password_file or KAFKA_SASL_PASSWORD"
+    )]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Which secret it holds.
+        what: String,
+        /// Who can read it and the chmod that fixes it.
+        problem: String,
+    },
 }
 
 impl AgentConfig {
@@ -255,7 +308,15 @@ impl AgentConfig {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &shown)
+        let config = Self::parse(&text, &shown)?;
+        if let Some(what) = config.kafka.secret_in_file() {
+            damselfly_kafka::secret::private(path).map_err(|problem| ConfigError::Exposed {
+                path: shown.clone(),
+                what,
+                problem,
+            })?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text; `path` names the source in error messages.
@@ -406,24 +467,87 @@ impl AgentConfig {
         }
     }
 
-    /// The publisher settings: ours first (delivery timeout), then the user's options.
-    pub fn publisher_config(&self) -> crate::PublisherConfig {
-        let mut kafka_options = vec![(
-            "message.timeout.ms".to_owned(),
-            self.kafka.delivery_timeout.as_millis().to_string(),
-        )];
-        kafka_options.extend(
-            self.kafka
-                .options
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        crate::PublisherConfig {
-            brokers: self.kafka.brokers.clone(),
-            topic: self.kafka.topic.clone(),
+    /// The publisher settings: the connection (password from the file, the configuration or
+    /// `KAFKA_SASL_PASSWORD`), the delivery timeout, then the user's options; `path` names the
+    /// configuration in errors.
+    pub fn publisher_config(&self, path: &str) -> Result<crate::PublisherConfig, ConfigError> {
+        let kafka = self
+            .kafka
+            .connection(std::env::var(PASSWORD_ENV).ok())
+            .map_err(|source| ConfigError::Kafka {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(crate::PublisherConfig {
             compression: self.kafka.compression.clone(),
-            kafka_options,
+            ..crate::PublisherConfig::on(kafka, &self.kafka.topic)
+        })
+    }
+}
+
+/// The environment variable that may hold the SASL password.
+pub const PASSWORD_ENV: &str = "KAFKA_SASL_PASSWORD";
+
+impl KafkaConfig {
+    /// The secret this table holds in the file itself, if any (a password, a secret option).
+    pub fn secret_in_file(&self) -> Option<String> {
+        if self.sasl_password.is_some() {
+            return Some("kafka.sasl_password".into());
         }
+        self.options
+            .keys()
+            .find(|k| damselfly_kafka::secret::is_secret_option(k))
+            .map(|k| format!("[kafka.options] \"{k}\""))
+    }
+
+    /// The connection these settings describe, validated; `password_env` is the value of
+    /// [`PASSWORD_ENV`], used when neither the file nor a password file gives one.
+    pub fn connection(&self, password_env: Option<String>) -> Result<Connection, SettingsError> {
+        let n = Naming::AgentToml;
+        let given = [
+            self.sasl_password_file.is_some(),
+            self.sasl_password.is_some(),
+        ];
+        if given.iter().all(|g| *g) {
+            return Err(SettingsError::new(
+                n,
+                Field::SaslPassword,
+                "both kafka.sasl_password_file and kafka.sasl_password are set: keep one",
+            ));
+        }
+        let password = match (&self.sasl_password_file, &self.sasl_password) {
+            (Some(file), _) => Some(
+                read_secret_file(file)
+                    .map_err(|why| SettingsError::new(n, Field::SaslPassword, why))?,
+            ),
+            (None, Some(p)) => Some(Secret::new(p.clone())),
+            (None, None) => password_env.filter(|p| !p.is_empty()).map(Secret::new),
+        };
+        let mut options = vec![(
+            "message.timeout.ms".to_owned(),
+            self.delivery_timeout.as_millis().to_string(),
+        )];
+        options.extend(self.options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let conn = Connection {
+            brokers: self.brokers.clone(),
+            security: Security {
+                protocol: self.security_protocol,
+                mechanism: self.sasl_mechanism,
+                username: self.sasl_username.clone(),
+                password: password.filter(|_| {
+                    self.sasl_mechanism
+                        .is_some_and(SaslMechanism::takes_password)
+                }),
+                ca_location: self.ssl_ca_location.clone(),
+                certificate_location: self.ssl_certificate_location.clone(),
+                key_location: self.ssl_key_location.clone(),
+                aws_region: self.msk_region.clone(),
+            },
+            options,
+            naming: n,
+        };
+        conn.validate()?;
+        Ok(conn)
     }
 }
 
@@ -528,6 +652,15 @@ mod tests {
             "compression",
             "delivery_timeout",
             "slow_after",
+            "security_protocol",
+            "sasl_mechanism",
+            "sasl_username",
+            "sasl_password_file",
+            "sasl_password",
+            "ssl_ca_location",
+            "ssl_certificate_location",
+            "ssl_key_location",
+            "msk_region",
             "[kafka.options]",
             "dir",
             "max_bytes",
@@ -556,10 +689,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.spool.max_bytes, 64 << 20);
-        let p = c.publisher_config();
-        assert_eq!(p.brokers, "b:1");
+        let p = c.publisher_config("agent.toml").unwrap();
+        assert_eq!(p.kafka.brokers, "b:1");
         assert_eq!(
-            p.kafka_options,
+            p.kafka.options,
             vec![
                 ("message.timeout.ms".to_owned(), "30000".to_owned()),
                 ("security.protocol".to_owned(), "SSL".to_owned())
@@ -600,6 +733,71 @@ mod tests {
         );
         let e = err(&format!("{MINIMAL}[kafka]\nslow_after = \"1m\"\n"));
         assert!(e.contains("`kafka.slow_after` = \"1m\""), "{e}");
+    }
+
+    #[test]
+    fn kafka_security_settings_make_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let text = format!(
+            "{MINIMAL}[kafka]\nbrokers = \"b:9096\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+             sasl_username = \"agent\"\nsasl_password_file = {pw:?}\n"
+        );
+        let c = AgentConfig::parse(&text, "agent.toml").unwrap();
+        let conn = c.kafka.connection(Some("from-env".into())).unwrap();
+        assert_eq!(conn.security.protocol(), SecurityProtocol::SaslSsl);
+        assert_eq!(conn.security.password.unwrap().expose(), "from-file");
+        assert_eq!(conn.naming, Naming::AgentToml);
+
+        // Without a password file the environment gives the password; without either, an error
+        // names every way to give one.
+        let text = format!(
+            "{MINIMAL}[kafka]\nsasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"agent\"\n"
+        );
+        let c = AgentConfig::parse(&text, "agent.toml").unwrap();
+        let conn = c.kafka.connection(Some("from-env".into())).unwrap();
+        assert_eq!(conn.security.password.unwrap().expose(), "from-env");
+        let e = c.publisher_config("agent.toml");
+        if std::env::var(PASSWORD_ENV).is_err() {
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.starts_with("agent.toml: the SASL password (kafka.sasl_password_file"),
+                "{e}"
+            );
+        }
+        let e = err(&format!("{MINIMAL}[kafka]\nsasl_mechanism = \"GSSAPI\"\n"));
+        assert!(e.contains("not a SASL mechanism"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_password_in_the_file_needs_a_private_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        for (secret, what) in [
+            ("sasl_password = \"hunter2\"\n", "kafka.sasl_password"),
+            (
+                "[kafka.options]\n\"sasl.password\" = \"hunter2\"\n",
+                "[kafka.options] \"sasl.password\"",
+            ),
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "{MINIMAL}[kafka]\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n{secret}"
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = AgentConfig::load(&path).unwrap_err().to_string();
+            assert!(e.contains(&format!("holds {what}")), "{e}");
+            assert!(e.contains("chmod 600"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            AgentConfig::load(&path).unwrap();
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use damselfly_kafka::{Connection, Hooks, Problem, SettingsError};
 use rdkafka::ClientContext;
+use rdkafka::client::OAuthToken;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
@@ -16,27 +18,32 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 /// an idle agent; 500 ms polls cost a fifth of that and still deliver each report as it arrives.
 const POLL_WAIT: Duration = Duration::from_millis(500);
 
+/// How long one wait of [`Publisher::flush`] lasts before it looks for a connection problem.
+const FLUSH_SLICE: Duration = Duration::from_millis(500);
+
 /// How to reach and write the topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublisherConfig {
-    /// Bootstrap brokers.
-    pub brokers: String,
+    /// Brokers, TLS, SASL and extra librdkafka settings (applied after the producer's own).
+    pub kafka: Connection,
     /// Topic to publish to.
     pub topic: String,
     /// librdkafka `compression.type` (none, gzip, snappy, lz4, zstd).
     pub compression: String,
-    /// Extra librdkafka settings (TLS, SASL, ...), applied last.
-    pub kafka_options: Vec<(String, String)>,
 }
 
 impl PublisherConfig {
-    /// Defaults for a topic: lz4 compression, no extra options.
+    /// Defaults for a topic on a plaintext connection: lz4 compression, no extra options.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self::on(Connection::plaintext(brokers), topic)
+    }
+
+    /// Defaults for a topic over `kafka`: lz4 compression.
+    pub fn on(kafka: Connection, topic: impl Into<String>) -> Self {
         Self {
-            brokers: brokers.into(),
+            kafka,
             topic: topic.into(),
             compression: "lz4".into(),
-            kafka_options: Vec::new(),
         }
     }
 }
@@ -47,6 +54,12 @@ pub enum PublishError {
     /// The producer could not be created or a send was refused.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The connection settings cannot work (a missing password, an unreadable CA file, ...).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The brokers refuse this client until a setting changes (see the message).
+    #[error(transparent)]
+    Connection(Problem),
     /// The thread that collects delivery reports could not start.
     #[error("starting the delivery-report thread: {0}")]
     Thread(std::io::Error),
@@ -68,26 +81,42 @@ pub enum PublishError {
     },
 }
 
-/// Counts delivery reports as librdkafka hands them back.
-#[derive(Debug, Default)]
+/// Counts delivery reports as librdkafka hands them back; explains connection problems.
+#[derive(Debug)]
 pub struct Deliveries {
     /// Messages the broker acknowledged.
     pub delivered: AtomicU64,
     /// Messages that failed for good.
     pub failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    hooks: Hooks,
+}
+
+impl Deliveries {
+    fn new(hooks: Hooks) -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            hooks,
+        }
+    }
 }
 
 impl ClientContext for Deliveries {
-    /// librdkafka reports a broker it cannot reach several times a second while it retries; the
-    /// agent logs the outage itself, so those go to debug and the rest stay warnings.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    /// A refused password or an untrusted certificate is logged once a minute naming the
+    /// setting to fix; an unreachable broker at warn (the agent spools meanwhile).
     fn error(&self, error: KafkaError, reason: &str) {
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
-                tracing::debug!(error = %error, reason, "kafka client")
-            }
-            _ => tracing::warn!(error = %error, reason, "kafka client"),
-        }
+        self.hooks.error(error, reason);
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.hooks.oauth_token()
     }
 }
 
@@ -120,18 +149,17 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer (it connects lazily).
     pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
+        config.kafka.validate()?;
+        let hooks = Hooks::new(&config.kafka)?;
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.brokers)
-            .set("partitioner", "fnv1a_random")
+        cc.set("partitioner", "fnv1a_random")
             .set("enable.idempotence", "true")
             .set("compression.type", &config.compression)
             .set("linger.ms", "20")
             .set("queue.buffering.max.messages", "200000");
-        for (k, v) in &config.kafka_options {
-            cc.set(k, v);
-        }
+        config.kafka.apply(&mut cc);
         let producer: Arc<BaseProducer<Deliveries>> =
-            Arc::new(cc.create_with_context(Deliveries::default())?);
+            Arc::new(cc.create_with_context(Deliveries::new(hooks))?);
         let stop_polling = Arc::new(AtomicBool::new(false));
         let poller = {
             let (producer, stop) = (Arc::clone(&producer), Arc::clone(&stop_polling));
@@ -167,13 +195,24 @@ impl Publisher {
         }
     }
 
-    /// Waits until every queued message is delivered or failed; errors if any failed.
+    /// Waits until every queued message is delivered or failed; errors if any failed, or at once
+    /// when the client met a problem waiting cannot fix (refused credentials, untrusted certificate).
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        if self.producer.flush(timeout).is_err() {
-            return Err(PublishError::FlushTimeout {
-                pending: self.producer.in_flight_count(),
-                waited: timeout,
-            });
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.producer.flush(left.min(FLUSH_SLICE)).is_ok() {
+                break;
+            }
+            if let Some(problem) = self.problem() {
+                return Err(PublishError::Connection(problem));
+            }
+            if left <= FLUSH_SLICE {
+                return Err(PublishError::FlushTimeout {
+                    pending: self.producer.in_flight_count(),
+                    waited: timeout,
+                });
+            }
         }
         let ctx = self.producer.context();
         match ctx.failed.load(Relaxed) {
@@ -200,6 +239,12 @@ impl Publisher {
     /// Delivery counters.
     pub fn deliveries(&self) -> &Deliveries {
         self.producer.context()
+    }
+
+    /// The latest connection problem that waiting cannot fix (refused credentials, an untrusted
+    /// certificate, the wrong protocol), for callers that stop rather than wait.
+    pub fn problem(&self) -> Option<Problem> {
+        self.producer.context().hooks.blocking()
     }
 }
 

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::collect::{Collection, Collector, hostname};
 use crate::config::AgentConfig;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
-use crate::{PublishError, Publisher, imds};
+use crate::{PublishError, Publisher, PublisherConfig, imds};
 
 /// First wait after a failed resend; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -701,17 +701,17 @@ pub async fn collect_once(config: &AgentConfig) -> Collection {
 /// Runs the agent as configured until `shutdown` resolves: tags, producer, spool, loop.
 pub async fn run_agent(
     config: &AgentConfig,
+    producer_config: PublisherConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStats, AgentError> {
     let tags = resolve_tags(config).await;
-    let publisher = Publisher::new(&config.publisher_config())?;
+    let publisher = Publisher::new(&producer_config)?;
     let spool = Spool::open(
         &config.spool.dir,
         SpoolOptions::with_max_bytes(config.spool.max_bytes),
     )?;
     let options = RunOptions::from_config(config);
     let collector = Collector::new(tags, config.skip_lists());
-    let producer_config = config.publisher_config();
     let outbox = Outbox::new(publisher, spool, options.slow_after, options.drain_batch)
         .with_rebuild(REBUILD_AFTER, move || Publisher::new(&producer_config));
     Ok(run(collector, outbox, options, shutdown).await)
@@ -1059,14 +1059,14 @@ mod tests {
 
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("metrics", 1, 1).unwrap();
+        let mut kafka = damselfly_kafka::Connection::plaintext(cluster.bootstrap_servers());
+        kafka.options = vec![
+            ("message.timeout.ms".into(), "1500".into()),
+            ("reconnect.backoff.max.ms".into(), "200".into()),
+        ];
         let publisher = Publisher::new(&crate::PublisherConfig {
-            brokers: cluster.bootstrap_servers(),
-            topic: "metrics".into(),
             compression: "none".into(),
-            kafka_options: vec![
-                ("message.timeout.ms".into(), "1500".into()),
-                ("reconnect.backoff.max.ms".into(), "200".into()),
-            ],
+            ..crate::PublisherConfig::on(kafka, "metrics")
         })
         .unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -314,6 +314,9 @@ pub fn run_simulation(
                 std::thread::sleep(wait);
             }
         }
+        if let Some(problem) = publisher.problem() {
+            return Err(PublishError::Connection(problem));
+        }
         let ts = config.start_ms + i as i64 * interval_ms;
         for msg in fleet.tick(ts, config.interval) {
             publisher.send(&msg.tags.vm, &crate::wire::encode(&msg, config.format))?;

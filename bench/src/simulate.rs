@@ -43,9 +43,9 @@ pub struct Args {
     /// Producer compression.
     #[arg(long, default_value = "lz4")]
     compression: String,
-    /// Extra librdkafka producer setting, KEY=VALUE (repeatable; e.g. linger.ms=200).
-    #[arg(long = "kafka-option", value_parser = damselfly_runner::config::parse_kafka_option)]
-    kafka_options: Vec<(String, String)>,
+    /// TLS, SASL and extra librdkafka producer settings (e.g. --kafka-option linger.ms=200).
+    #[command(flatten)]
+    security: damselfly_kafka::SecurityArgs,
     /// Wire formats to measure (repeatable) [default: all three].
     #[arg(long = "format", value_parser = ["native", "telegraf-json", "influx"])]
     formats: Vec<String>,
@@ -99,10 +99,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             continue;
         }
         let publisher = Publisher::new(&PublisherConfig {
-            brokers: brokers.clone(),
-            topic: topic.clone(),
             compression: args.compression.clone(),
-            kafka_options: args.kafka_options.clone(),
+            ..PublisherConfig::on(args.security.connection(&brokers)?, &topic)
         })?;
         rows.push(measure(args, name, format, &publisher, hz)?);
     }

@@ -138,7 +138,7 @@ pub struct AlarmImportArgs {
     pub at: RulesLocation,
 }
 
-/// Where the metrics topic is.
+/// Where the metrics topic is, and how to reach it.
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
     /// Bootstrap brokers, host:port[,host:port].
@@ -147,9 +147,18 @@ pub struct KafkaArgs {
     /// Topic carrying the metric messages.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "metrics")]
     pub topic: String,
-    /// Extra librdkafka setting, key=value (TLS, SASL, timeouts); repeatable.
-    #[arg(long = "kafka-option", value_parser = damselfly_runner::config::parse_kafka_option)]
-    pub kafka_options: Vec<(String, String)>,
+    /// TLS, SASL and extra librdkafka settings.
+    #[command(flatten)]
+    pub security: damselfly_kafka::SecurityArgs,
+}
+
+impl KafkaArgs {
+    /// The connection these arguments (and the environment) describe, validated.
+    pub fn connection(
+        &self,
+    ) -> Result<damselfly_kafka::Connection, damselfly_kafka::SettingsError> {
+        self.security.connection(&self.brokers)
+    }
 }
 
 /// The fleet to simulate.
@@ -286,6 +295,10 @@ pub struct RunArgs {
     /// damselfly-alarm]. The alarm function also keeps its states under this name.
     #[arg(long)]
     pub group: Option<String>,
+    /// Consumer-group protocol: classic (what Lambda's event source mapping uses) or consumer
+    /// (KIP-848, Kafka 4.0+; the broker sets the session timeout).
+    #[arg(long, env = "KAFKA_GROUP_PROTOCOL", default_value_t = damselfly_runner::GroupProtocol::Classic)]
+    pub group_protocol: damselfly_runner::GroupProtocol,
     /// Lake URL: a directory, file:///abs/path or s3://bucket/prefix (S3 settings from AWS_* variables).
     /// Not needed with --invoke-url: the invoked function has its own LAKE.
     #[arg(long, env = "LAKE", required_unless_present = "invoke_url")]

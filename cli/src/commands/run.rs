@@ -23,13 +23,14 @@ struct RunAggregateSummary {
     objects: u64,
 }
 
-/// The runner's configuration from the command line.
-fn runner_config(args: &RunArgs) -> RunnerConfig {
-    RunnerConfig {
+/// The runner's configuration from the command line (and the environment).
+fn runner_config(args: &RunArgs) -> anyhow::Result<RunnerConfig> {
+    Ok(RunnerConfig {
+        kafka: args.kafka.connection()?,
+        group_protocol: args.group_protocol,
         batch_size: args.batch_size,
         batching_window: args.batching_window,
         until_caught_up: args.until_caught_up,
-        kafka_options: args.kafka.kafka_options.clone(),
         max_retry_attempts: args.max_retry_attempts.0,
         max_record_age: args.max_record_age.0,
         bisect_on_error: args.bisect_on_error,
@@ -45,7 +46,7 @@ fn runner_config(args: &RunArgs) -> RunnerConfig {
         },
         metrics_listen: args.metrics_listen,
         ..RunnerConfig::new(&args.kafka.brokers, &args.kafka.topic, group(args))
-    }
+    })
 }
 
 /// The consumer group: as given, or the function's default.
@@ -91,7 +92,7 @@ struct RunAlarmSummary {
 }
 
 async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
-    let config = runner_config(&args);
+    let config = runner_config(&args)?;
     config.validate()?;
     let group = group(&args);
     let handler = async || super::alarm::handler(lake(&args), &group, &args.alarm).await;
@@ -148,7 +149,7 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
 }
 
 async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
-    let config = runner_config(&args);
+    let config = runner_config(&args)?;
     config.validate()?;
     let limits = Validation {
         max_past: args.max_past,
@@ -249,7 +250,7 @@ mod tests {
 
     #[test]
     fn defaults_are_lambdas_and_kedas() {
-        let c = runner_config(&parse(&[]));
+        let c = runner_config(&parse(&[])).unwrap();
         assert_eq!(
             (c.batch_size, c.max_retry_attempts, c.max_record_age),
             (100, None, None)
@@ -291,7 +292,12 @@ mod tests {
             "30s",
             "--metrics-listen",
             "127.0.0.1:9464",
-        ]));
+            "--group-protocol",
+            "consumer",
+            "--kafka-option",
+            "fetch.wait.max.ms=50",
+        ]))
+        .unwrap();
         assert_eq!(c.max_retry_attempts, Some(3));
         assert!(c.bisect_on_error);
         assert_eq!(c.on_failure.unwrap().to_string(), "file:///tmp/failed");
@@ -309,12 +315,18 @@ mod tests {
             (2, 8, 50, 10)
         );
         assert_eq!(c.metrics_listen.unwrap().port(), 9464);
+        assert_eq!(c.group_protocol, damselfly_runner::GroupProtocol::Consumer);
+        assert_eq!(
+            c.kafka.options,
+            vec![("fetch.wait.max.ms".to_owned(), "50".to_owned())]
+        );
         let c = runner_config(&parse(&[
             "--max-retry-attempts",
             "-1",
             "--max-record-age",
             "2h",
-        ]));
+        ]))
+        .unwrap();
         assert_eq!(c.max_retry_attempts, None);
         assert_eq!(c.max_record_age, Some(std::time::Duration::from_secs(7200)));
     }
@@ -334,11 +346,29 @@ mod tests {
             &["--on-failure", "ftp://x"][..],
             &["--starting-position", "tomorrow"],
             &["--max-retry-attempts", "-5"],
+            &["--group-protocol", "eager"],
+            &["--sasl-mechanism", "GSSAPI"],
         ] {
             let err = Cli::try_parse_from(argv.iter().chain(bad))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(bad[0]), "{err}");
         }
+        // Settings that parse but cannot work together are refused by name, too.
+        let e = runner_config(&parse(&["--security-protocol", "sasl_ssl"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--sasl-mechanism (KAFKA_SASL_MECHANISM): sasl_ssl needs"),
+            "{e}"
+        );
+        let e = runner_config(&parse(&["--kafka-option", "sasl.password=hunter2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--kafka-option: sasl.password is a secret"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

@@ -47,10 +47,8 @@ pub async fn simulate(args: SimulateArgs, progress: &MultiProgress) -> anyhow::R
         },
     };
     let publisher = Publisher::new(&PublisherConfig {
-        brokers: args.kafka.brokers,
-        topic: args.kafka.topic.clone(),
         compression: args.compression,
-        kafka_options: args.kafka.kafka_options,
+        ..PublisherConfig::on(args.kafka.connection()?, &args.kafka.topic)
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = stop.clone();

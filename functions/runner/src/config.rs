@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use damselfly_kafka::Connection;
 
 /// Lambda's default BatchSize for Kafka sources.
 pub const DEFAULT_BATCH_SIZE: usize = 100;
@@ -32,8 +33,8 @@ pub const DEFAULT_MAX_WORKERS: usize = 100;
 /// How the runner consumes and invokes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerConfig {
-    /// Bootstrap brokers, `host:port[,host:port...]`.
-    pub brokers: String,
+    /// Brokers, TLS, SASL and extra librdkafka settings (applied after the runner's own).
+    pub kafka: Connection,
     /// Topic to consume.
     pub topic: String,
     /// Consumer group id; offsets are committed under it.
@@ -44,8 +45,8 @@ pub struct RunnerConfig {
     pub batching_window: Duration,
     /// Stop once the group has no lag left and everything is committed.
     pub until_caught_up: bool,
-    /// Extra librdkafka settings (`key=value`), applied last.
-    pub kafka_options: Vec<(String, String)>,
+    /// The consumer-group protocol the workers join with.
+    pub group_protocol: GroupProtocol,
     /// Bound on every broker round trip the runner waits for (commit, metadata, watermarks).
     pub broker_timeout: Duration,
     /// Retries of a failed batch before it counts as failed; `None` retries until the records
@@ -73,13 +74,13 @@ impl RunnerConfig {
         group: impl Into<String>,
     ) -> Self {
         Self {
-            brokers: brokers.into(),
+            kafka: Connection::plaintext(brokers),
             topic: topic.into(),
             group: group.into(),
             batch_size: DEFAULT_BATCH_SIZE,
             batching_window: DEFAULT_BATCHING_WINDOW,
             until_caught_up: false,
-            kafka_options: Vec::new(),
+            group_protocol: GroupProtocol::Classic,
             broker_timeout: Duration::from_secs(10),
             max_retry_attempts: None,
             max_record_age: None,
@@ -106,7 +107,7 @@ impl RunnerConfig {
             ));
         }
         for (name, value) in [
-            ("brokers", &self.brokers),
+            ("brokers", &self.kafka.brokers),
             ("topic", &self.topic),
             ("group", &self.group),
         ] {
@@ -210,6 +211,48 @@ impl ScalingConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// How the workers join their consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup, client-side assignment, eager rebalances): what
+    /// Lambda's event source mapping and every Kafka version speak.
+    #[default]
+    Classic,
+    /// KIP-848's consumer protocol (Kafka 4.0+): the broker assigns partitions incrementally and
+    /// owns the session timeout (`group.consumer.session.timeout.ms`, 45 s by default).
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// librdkafka's `group.protocol` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
+impl FromStr for GroupProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(Self::Classic),
+            "consumer" => Ok(Self::Consumer),
+            _ => Err(format!(
+                "`{s}` is not a group protocol: use classic or consumer"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for GroupProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -336,16 +379,6 @@ impl ConfigError {
     }
 }
 
-/// Parses a `key=value` librdkafka option as given to `--kafka-option`.
-pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!(
-            "`{s}` is not key=value (e.g. security.protocol=SASL_SSL)"
-        )),
-    }
-}
-
 /// A limit that `-1` lifts, as Lambda's MaximumRetryAttempts and MaximumRecordAgeInSeconds take it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit<T>(pub Option<T>);
@@ -403,16 +436,16 @@ mod tests {
     }
 
     #[test]
-    fn kafka_options_parse() {
-        assert_eq!(
-            parse_kafka_option("a.b=c=d").unwrap(),
-            ("a.b".into(), "c=d".into())
-        );
+    fn group_protocols_parse() {
+        assert_eq!("consumer".parse(), Ok(GroupProtocol::Consumer));
+        assert_eq!(" Classic".parse(), Ok(GroupProtocol::Classic));
         assert!(
-            parse_kafka_option("novalue")
+            "cooperative"
+                .parse::<GroupProtocol>()
                 .unwrap_err()
-                .contains("key=value")
+                .contains("classic or consumer")
         );
+        assert_eq!(GroupProtocol::default(), GroupProtocol::Classic);
     }
 
     #[test]

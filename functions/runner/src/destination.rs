@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::kafka::KafkaEvent;
 use chrono::{DateTime, Utc};
+use damselfly_kafka::{Connection, KafkaContext, SettingsError};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -188,6 +189,9 @@ pub enum DestinationError {
     /// Producing to the Kafka topic failed.
     #[error("on-failure kafka topic: {0}")]
     Kafka(#[from] KafkaError),
+    /// The connection settings of the Kafka topic cannot work.
+    #[error("on-failure kafka topic: {0}")]
+    Settings(#[from] SettingsError),
     /// Writing the object failed.
     #[error("on-failure object store: {0}")]
     Store(#[from] object_store::Error),
@@ -207,7 +211,7 @@ pub enum Destination {
     /// A Kafka topic.
     Kafka {
         /// The producer.
-        producer: FutureProducer,
+        producer: FutureProducer<KafkaContext>,
         /// The topic.
         topic: String,
     },
@@ -232,26 +236,23 @@ impl std::fmt::Debug for Destination {
 }
 
 impl Destination {
-    /// Opens `target`; a Kafka topic is on `brokers` with the runner's extra librdkafka options.
+    /// Opens `target`; a Kafka topic is reached over the runner's own connection.
     pub fn open(
         target: &OnFailure,
-        brokers: &str,
-        kafka_options: &[(String, String)],
+        kafka: &Connection,
         group: &str,
     ) -> Result<Self, DestinationError> {
         Ok(match target {
             OnFailure::Kafka { topic } => {
                 let mut cc = ClientConfig::new();
-                cc.set("bootstrap.servers", brokers)
-                    .set("enable.idempotence", "true")
+                cc.set("enable.idempotence", "true")
                     .set("compression.type", "zstd")
                     .set("message.max.bytes", "10000000")
                     .set("message.timeout.ms", "30000");
-                for (k, v) in kafka_options {
-                    cc.set(k, v);
-                }
+                kafka.apply(&mut cc);
+                let context = KafkaContext::new(kafka)?;
                 Self::Kafka {
-                    producer: cc.create()?,
+                    producer: cc.create_with_context(context)?,
                     topic: topic.clone(),
                 }
             }
@@ -341,7 +342,12 @@ mod tests {
     async fn a_failed_batch_lands_in_a_directory_with_its_error() {
         let dir = tempfile::tempdir().unwrap();
         let target: OnFailure = format!("file://{}", dir.path().display()).parse().unwrap();
-        let dest = Destination::open(&target, "b:9092", &[], "g").unwrap();
+        let dest = Destination::open(
+            &target,
+            &damselfly_kafka::Connection::plaintext("b:9092"),
+            "g",
+        )
+        .unwrap();
         let msgs = [msg(2, 7), msg(2, 8), msg(1, 3)];
         let now = Utc::now();
         let batch = FailedBatch::new(

@@ -15,7 +15,9 @@ pub mod runner;
 pub mod scale;
 mod worker;
 
-pub use config::{ConfigError, OnFailure, RunnerConfig, ScalingConfig, StartingPosition};
+pub use config::{
+    ConfigError, GroupProtocol, OnFailure, RunnerConfig, ScalingConfig, StartingPosition,
+};
 pub use destination::{Condition, FailedBatch};
 pub use function::{Function, FunctionError};
 pub use metrics::Stats;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use damselfly_kafka::{KafkaContext, Problem, SettingsError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -63,9 +64,15 @@ pub enum RunnerError {
     /// The Kafka client failed in a way the runner cannot ride out.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The connection settings cannot work (a missing password, an unreadable CA file, ...).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The brokers refuse the runner until a setting changes, or none could be reached.
+    #[error(transparent)]
+    Connection(Problem),
     /// The topic does not exist on the brokers.
     #[error(
-        "topic `{topic}` not found on {brokers}: create it first (e.g. `tansu topic create {topic} --partitions 12`)"
+        "topic `{topic}` not found on {brokers}: create it first (e.g. `kafka-topics.sh --create --topic {topic} --partitions 12`)"
     )]
     NoTopic {
         /// The topic.
@@ -131,8 +138,7 @@ pub async fn run(
     let destination = match &config.on_failure {
         Some(target) => Some(Arc::new(Destination::open(
             target,
-            &config.brokers,
-            &config.kafka_options,
+            &config.kafka,
             &config.group,
         )?)),
         None => None,
@@ -160,6 +166,8 @@ pub async fn run(
     tracing::info!(
         topic = %config.topic,
         group = %config.group,
+        group_protocol = %config.group_protocol,
+        security = %config.kafka.security.describe(),
         partitions,
         batch_size = config.batch_size,
         min_workers = config.scaling.min_workers,
@@ -421,36 +429,60 @@ impl Fleet {
 /// A consumer that never joins the group: reads metadata, watermarks and the group's committed
 /// offsets, and sets a new group's starting position.
 struct Monitor {
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<KafkaContext>>,
     topic: String,
     brokers: String,
     position: StartingPosition,
     timeout: Duration,
 }
 
+/// Each metadata request of [`Monitor::partitions`] waits this long, so that a connection problem
+/// found meanwhile (a refused password, an untrusted certificate) ends the wait early.
+const METADATA_SLICE: Duration = Duration::from_secs(1);
+
 impl Monitor {
     fn new(config: &RunnerConfig) -> Result<Self, RunnerError> {
+        let context = KafkaContext::new(&config.kafka)?;
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group)
+        cc.set("group.id", &config.group)
             .set("client.id", "damselfly-runner-monitor")
             .set("enable.auto.commit", "false");
-        for (k, v) in &config.kafka_options {
-            cc.set(k, v);
-        }
+        config.kafka.apply(&mut cc);
         Ok(Self {
-            consumer: Arc::new(cc.create()?),
+            consumer: Arc::new(cc.create_with_context(context)?),
             topic: config.topic.clone(),
-            brokers: config.brokers.clone(),
+            brokers: config.kafka.brokers.clone(),
             position: config.starting_position,
             timeout: config.broker_timeout,
         })
     }
 
-    /// The topic's partition count.
+    /// The topic's partition count. Stops at once with the problem when the brokers refuse the
+    /// runner's credentials or certificate, and names the brokers when none answers in time.
     async fn partitions(&self) -> Result<i32, RunnerError> {
-        let (c, topic, t) = (self.consumer.clone(), self.topic.clone(), self.timeout);
-        let md = blocking("metadata", t, move || c.fetch_metadata(Some(&topic), t)).await?;
+        let deadline = Instant::now() + self.timeout;
+        let md = loop {
+            let (c, topic) = (self.consumer.clone(), self.topic.clone());
+            let slice = METADATA_SLICE.min(self.timeout);
+            // A poll serves the client's errors to its context (and makes an OAUTHBEARER token).
+            let got = blocking("metadata", slice, move || {
+                let _ = c.poll(Duration::ZERO);
+                c.fetch_metadata(Some(&topic), slice)
+            })
+            .await;
+            let hooks = self.consumer.context().hooks();
+            match got {
+                Ok(md) => break md,
+                Err(e) => {
+                    if let Some(problem) = hooks.blocking() {
+                        return Err(RunnerError::Connection(problem));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(hooks.watch().latest().map_or(e, RunnerError::Connection));
+                    }
+                }
+            }
+        };
         let n = md
             .topics()
             .iter()

@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use damselfly_kafka::Hooks;
+use rdkafka::client::OAuthToken;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -33,7 +35,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{MAX_PAYLOAD_BYTES, RunnerConfig, StartingPosition};
+use crate::config::{GroupProtocol, MAX_PAYLOAD_BYTES, RunnerConfig, StartingPosition};
 use crate::destination::{Condition, Destination, FailedBatch};
 use crate::event::{event_size, kafka_event};
 use crate::function::Function;
@@ -144,14 +146,29 @@ impl Ownership {
     }
 }
 
-/// A worker's consumer context: keeps [`Ownership`] up to date from rebalance callbacks.
+/// A worker's consumer context: keeps [`Ownership`] up to date from rebalance callbacks, and
+/// explains connection problems (and makes OAUTHBEARER tokens) through [`Hooks`].
 pub(crate) struct WorkerContext {
     id: usize,
     ownership: Arc<Ownership>,
     stats: Arc<Stats>,
+    hooks: Hooks,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.hooks.error(error, reason);
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.hooks.oauth_token()
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -498,7 +515,7 @@ impl Worker {
         function: Arc<dyn Function>,
         stats: Arc<Stats>,
         destination: Option<Arc<Destination>>,
-    ) -> Result<(Self, WorkerHandle), KafkaError> {
+    ) -> Result<(Self, WorkerHandle), RunnerError> {
         let ownership = Arc::new(Ownership::default());
         let control = Arc::new(Control::default());
         control.hold(step);
@@ -506,6 +523,7 @@ impl Worker {
             id,
             ownership: ownership.clone(),
             stats: stats.clone(),
+            hooks: Hooks::new(&config.kafka)?,
         };
         let consumer: Kafka = Arc::new(consumer_config(&config, id).create_with_context(context)?);
         consumer.subscribe(&[&config.topic])?;
@@ -733,7 +751,7 @@ impl Worker {
                 self.stats.retries.fetch_add(1, Relaxed);
             }
             first_at.get_or_insert_with(Utc::now);
-            let event = kafka_event(part.iter().map(|m| &m.m), &self.config.brokers);
+            let event = kafka_event(part.iter().map(|m| &m.m), &self.config.kafka.brokers);
             let (function, control) = (self.function.clone(), self.control.clone());
             let started = Instant::now();
             let result = tokio::select! {
@@ -825,8 +843,8 @@ impl Worker {
         };
         let record = FailedBatch::new(
             part.iter().map(|m| &m.m),
-            kafka_event(part.iter().map(|m| &m.m), &self.config.brokers),
-            &self.config.brokers,
+            kafka_event(part.iter().map(|m| &m.m), &self.config.kafka.brokers),
+            &self.config.kafka.brokers,
             &self.config.group,
             f.condition,
             f.attempts,
@@ -1070,7 +1088,7 @@ impl Worker {
     }
 }
 
-/// The librdkafka settings of a worker's consumer.
+/// The librdkafka settings of a worker's consumer: the runner's, then the connection's.
 fn consumer_config(config: &RunnerConfig, id: usize) -> ClientConfig {
     let reset = match config.starting_position {
         StartingPosition::Latest => "latest",
@@ -1078,18 +1096,25 @@ fn consumer_config(config: &RunnerConfig, id: usize) -> ClientConfig {
         StartingPosition::Earliest | StartingPosition::Timestamp(_) => "earliest",
     };
     let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group)
+    cc.set("group.id", &config.group)
         .set("client.id", format!("damselfly-runner-{id}"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", reset)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("partition.assignment.strategy", "range,roundrobin");
-    for (k, v) in &config.kafka_options {
-        cc.set(k, v);
+        .set("group.protocol", config.group_protocol.as_str());
+    match config.group_protocol {
+        GroupProtocol::Classic => {
+            // A dead member's partitions move after 6 s (the broker's minimum by default); an
+            // eager protocol: every rebalance revokes all and assigns anew.
+            cc.set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "500")
+                .set("partition.assignment.strategy", "range,roundrobin");
+        }
+        // The broker owns session timeout, heartbeat and assignment under KIP-848: librdkafka
+        // refuses the classic settings, and assignments change incrementally.
+        GroupProtocol::Consumer => {}
     }
+    config.kafka.apply(&mut cc);
     cc
 }
 

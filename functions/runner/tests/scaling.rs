@@ -37,11 +37,12 @@ async fn workers_follow_lag_out_and_back_in_and_every_record_is_processed_once()
             interval,
             cooldown,
         },
-        kafka_options: std::env::var("TEST_KAFKA_DEBUG")
-            .map(|d| vec![("debug".to_owned(), d)])
-            .unwrap_or_default(),
         ..RunnerConfig::new(&brokers, "scale", "g")
     };
+    let mut config = config;
+    if let Ok(d) = std::env::var("TEST_KAFKA_DEBUG") {
+        config.kafka.options.push(("debug".to_owned(), d));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = tokio::spawn({
         let (f, stats) = (f.clone(), stats.clone());

@@ -115,7 +115,7 @@ pub fn values(event: &KafkaEvent) -> Vec<String> {
 
 /// One worker, small batches, a short window, until caught up.
 pub fn config(brokers: &str, topic: &str, group: &str) -> RunnerConfig {
-    RunnerConfig {
+    let mut config = RunnerConfig {
         batch_size: 10,
         batching_window: Duration::from_millis(100),
         until_caught_up: true,
@@ -127,9 +127,13 @@ pub fn config(brokers: &str, topic: &str, group: &str) -> RunnerConfig {
         // (60 s by default, the whole test bound); 10 s lets a retry happen inside the bound.
         // (The stalls once seen right after an assignment came from pausing partitions whose
         // fetch had not started; see worker.rs.)
-        kafka_options: vec![("socket.timeout.ms".into(), "10000".into())],
         ..RunnerConfig::new(brokers, topic, group)
-    }
+    };
+    config
+        .kafka
+        .options
+        .push(("socket.timeout.ms".into(), "10000".into()));
+    config
 }
 
 /// Takes a while per batch and counts how often it saw each record.
