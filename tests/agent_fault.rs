@@ -1,28 +1,24 @@
 //! The agent when the broker goes away: a 30 s outage, and an agent SIGKILLed and restarted while the broker is down; every collected interval is looked for on the topic.
 //!
-//! Each test starts its own Tansu (`DAMSELFLY_TANSU`, default `~/.cache/damselfly/tansu/bin/tansu`)
-//! on a free port of 127.0.0.1 with its own sqlite file, stops and restarts it, and stops it at the
-//! end: the shared broker of `localstack/up` is never touched. The agent is the real
+//! Each test starts its own Apache Kafka (`localstack/kafka-broker run`, installed by
+//! `localstack/up` or `tests/run`) on free ports of 127.0.0.1 with its own log directory, stops or
+//! crashes and restarts it, and stops it at the end: the shared broker of `localstack/up` is never
+//! touched. The agent is the real
 //! `damselfly agent` binary, collecting every second. Its `ts` is unique per collection and the
 //! collections are aligned to whole seconds, so duplicates, order and gaps are read off the topic.
 //! The tests print a timeline and their counts on stderr (shown even without `--nocapture`).
 
 mod common;
-use common::{free_port, now_ms};
+use common::agent::{Agent, Read, read_topic};
+use common::broker::LocalBroker;
+use common::{create_topic, now_ms};
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::{self, File};
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
 use std::io::Write as _;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use damselfly_schemas::MetricMessage;
-use rdkafka::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 /// How long the broker stays away.
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -50,40 +46,6 @@ fn sleep_to_half_second() {
     std::thread::sleep(Duration::from_millis((target - now) as u64));
 }
 
-fn tansu_bin() -> PathBuf {
-    let path = std::env::var_os("DAMSELFLY_TANSU").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/damselfly/tansu/bin/tansu")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no Tansu at {} (set DAMSELFLY_TANSU, or run localstack/up once to install it)",
-        path.display()
-    );
-    path
-}
-
-fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {sig} {pid} failed");
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// What happened when, relative to the start of the test.
 struct Timeline {
     start: Instant,
@@ -107,244 +69,6 @@ impl Timeline {
     }
 }
 
-/// A Tansu broker of this test: its own port and sqlite file, run from `/`.
-struct Broker {
-    bin: PathBuf,
-    port: u16,
-    db: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn new(dir: &Path) -> Self {
-        Self {
-            bin: tansu_bin(),
-            port: free_port(),
-            db: dir.join("tansu.db"),
-            log: dir.join("tansu.log"),
-            child: None,
-        }
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        assert!(
-            !port_open(self.port),
-            "port {} is taken by another process",
-            self.port
-        );
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        // Tansu reads `.env` from its working directory and resolves relative sqlite paths
-        // against it: run it from / with an absolute path, and without the variables it reads.
-        let child = Command::new(&self.bin)
-            .current_dir("/")
-            .args(["broker", "--cluster-id", "agent-fault"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .arg("--storage-engine")
-            .arg(format!("sqlite://{}", self.db.display()))
-            .env_remove("CLUSTER_ID")
-            .env_remove("LISTENER_URL")
-            .env_remove("ADVERTISED_LISTENER_URL")
-            .env_remove("STORAGE_ENGINE")
-            .env_remove("SCHEMA_REGISTRY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !port_open(self.port) {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "tansu exited during startup ({status}):\n{}",
-                    tail(&self.log, 30)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {} within 30s:\n{}",
-                self.port,
-                tail(&self.log, 30)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// TERM, KILL after 10 s, then waits until the port is free (restarting earlier on the same
-    /// sqlite file can corrupt it).
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(child.id(), "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if child.try_wait().unwrap().is_none() {
-            let _ = child.kill();
-        }
-        child.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while port_open(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "port {} still open after tansu exited",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGKILL, as when the broker's host dies: connections drop without a goodbye.
-    fn crash(&mut self) {
-        let mut child = self.child.take().expect("broker running");
-        signal(child.id(), "-KILL");
-        child.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while port_open(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "port {} still open after tansu was killed",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn create_topic(&self, topic: &str) {
-        let broker = format!("tcp://127.0.0.1:{}", self.port);
-        let out = Command::new(&self.bin)
-            .current_dir("/")
-            .args(["topic", "create", topic, "--partitions"])
-            .arg(PARTITIONS.to_string())
-            .args(["--broker", &broker])
-            .output()
-            .expect("run tansu topic create");
-        assert!(
-            out.status.success(),
-            "tansu topic create {topic}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "-TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One run of `damselfly agent`, logging to its own file.
-struct Agent {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(config: &Path, log: PathBuf) -> Self {
-        let file = File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-            .args(["agent", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn,damselfly=info,damselfly_agent=info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start damselfly agent");
-        let agent = Self {
-            child: Some(child),
-            log,
-        };
-        agent.wait_for_log("agent started", 1, Duration::from_secs(20));
-        agent
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches(needle)
-            .count()
-    }
-
-    fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.log_count(needle) < count {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not log {needle:?} within {within:?}:\n{}",
-                tail(&self.log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL: no shutdown, no final spool sync.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("agent running");
-        signal(child.id(), "-KILL");
-        child.wait().unwrap();
-    }
-
-    /// SIGTERM, then the totals of its closing "agent stopped" line.
-    fn stop(&mut self) -> BTreeMap<String, u64> {
-        let mut child = self.child.take().expect("agent running");
-        signal(child.id(), "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "agent did not stop within 30s of SIGTERM:\n{}",
-                    tail(&self.log, 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let text = fs::read_to_string(&self.log).unwrap();
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.contains("agent stopped"))
-            .unwrap_or_else(|| panic!("no \"agent stopped\" line:\n{}", tail(&self.log, 40)));
-        line.split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn write_config(dir: &Path, brokers: &str, topic: &str, vm: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     let spool = dir.join("spool");
@@ -362,76 +86,6 @@ fn write_config(dir: &Path, brokers: &str, topic: &str, vm: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-/// One message read back from the topic.
-#[derive(Debug, Clone)]
-struct Read {
-    partition: i32,
-    vm: String,
-    ts: i64,
-}
-
-/// Every message on the topic, in offset order per partition (partitions one after another).
-fn read_topic(brokers: &str, topic: &str) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-verify"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut end = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
-        if high > 0 {
-            end.insert(p, high);
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-                .unwrap();
-        }
-    }
-    let mut got: BTreeMap<i32, Vec<(i64, Read)>> = BTreeMap::new();
-    if end.is_empty() {
-        return Vec::new();
-    }
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = |got: &BTreeMap<i32, Vec<(i64, Read)>>| {
-        end.iter().all(|(p, high)| {
-            got.get(p)
-                .and_then(|v| v.last())
-                .is_some_and(|(o, _)| o + 1 >= *high)
-        })
-    };
-    while !done(&got) {
-        assert!(Instant::now() < deadline, "reading {topic} back timed out");
-        let Some(m) = consumer.poll(Duration::from_millis(300)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        let msg = MetricMessage::from_json(m.payload().unwrap()).unwrap();
-        assert_eq!(
-            m.key(),
-            Some(msg.tags.vm.as_bytes()),
-            "the key is the VM id"
-        );
-        got.entry(m.partition()).or_default().push((
-            m.offset(),
-            Read {
-                partition: m.partition(),
-                vm: msg.tags.vm,
-                ts: msg.ts,
-            },
-        ));
-    }
-    got.into_values()
-        .flat_map(|mut v| {
-            v.sort_by_key(|(o, _)| *o);
-            v.into_iter().map(|(_, r)| r)
-        })
-        .collect()
 }
 
 /// Duplicates and order of one VM's messages in offset order.
@@ -485,15 +139,15 @@ fn unique_topic(what: &str) -> String {
 /// (a) The broker is stopped for 30 s and restarted while the agent keeps running: afterwards
 /// every collection is on the topic once, in collection order, delivered before the agent stops.
 #[test]
-#[ignore = "needs Tansu: run tests/run"]
+#[ignore = "needs Apache Kafka installed by localstack/kafka-broker: run tests/run"]
 fn a_broker_outage_loses_nothing_and_keeps_order() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let t = Timeline::new("outage");
-    let mut broker = Broker::new(dir.path());
+    let mut broker = LocalBroker::new(dir.path());
     broker.start();
     let topic = unique_topic("a");
-    broker.create_topic(&topic);
+    create_topic(&broker.brokers(), &topic, PARTITIONS);
     t.note(format!("broker up on {}, topic {topic}", broker.brokers()));
     let vm = "vm-fault-a";
     let config = write_config(dir.path(), &broker.brokers(), &topic, vm);
@@ -501,7 +155,7 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
     t.note("agent started (interval 1s, delivery_timeout 30s, slow_after 5s)");
 
     std::thread::sleep(Duration::from_secs(8));
-    let before = check(&read_topic(&broker.brokers(), &topic), vm);
+    let before = check(&read_topic(&broker.brokers(), &topic, PARTITIONS), vm);
     assert!(
         before.messages >= 5,
         "the agent publishes while the broker is up: {before:?}"
@@ -531,7 +185,7 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
     t.note("agent: spool drained");
     std::thread::sleep(Duration::from_secs(5));
     let running_ms = now_ms();
-    let running = read_topic(&broker.brokers(), &topic);
+    let running = read_topic(&broker.brokers(), &topic, PARTITIONS);
     t.note(format!(
         "read back {} messages while the agent still runs",
         running.len()
@@ -540,7 +194,7 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
     sleep_to_half_second();
     let stats = agent.stop();
     t.note(format!("agent stopped (SIGTERM): {stats:?}"));
-    let reads = read_topic(&broker.brokers(), &topic);
+    let reads = read_topic(&broker.brokers(), &topic, PARTITIONS);
     let c = check(&reads, vm);
     let (first, last) = (*c.seconds.first().unwrap(), *c.seconds.last().unwrap());
     let gaps = missing(&c.seconds, first, last);
@@ -604,15 +258,15 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
 /// broker is still away; then the broker comes back. Losses are asserted to be zero; duplicates
 /// are counted and printed (see the comment at the assertions).
 #[test]
-#[ignore = "needs Tansu: run tests/run"]
+#[ignore = "needs Apache Kafka installed by localstack/kafka-broker: run tests/run"]
 fn b_agent_killed_during_outage_loses_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let t = Timeline::new("kill");
-    let mut broker = Broker::new(dir.path());
+    let mut broker = LocalBroker::new(dir.path());
     broker.start();
     let topic = unique_topic("b");
-    broker.create_topic(&topic);
+    create_topic(&broker.brokers(), &topic, PARTITIONS);
     t.note(format!("broker up on {}, topic {topic}", broker.brokers()));
     let vm = "vm-fault-b";
     let config = write_config(dir.path(), &broker.brokers(), &topic, vm);
@@ -651,7 +305,7 @@ fn b_agent_killed_during_outage_loses_nothing() {
     let stop_ms = now_ms();
     t.note(format!("agent 2 stopped (SIGTERM): {stats:?}"));
 
-    let reads = read_topic(&broker.brokers(), &topic);
+    let reads = read_topic(&broker.brokers(), &topic, PARTITIONS);
     let c = check(&reads, vm);
     // Collections are aligned to whole seconds and the signals were sent mid-second, so agent 1
     // collected every second from its first message (sent while the broker was up) to the one

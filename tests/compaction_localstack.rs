@@ -1,4 +1,4 @@
-//! Compaction on the local stack: simulate -> Tansu -> run aggregate -> LocalStack S3, then
+//! Compaction on the local stack: simulate -> Kafka -> run aggregate -> LocalStack S3, then
 //! `damselfly compact`: a crash between writing and deleting changes no answer, raw keeps every
 //! sample (DuckDB checksum), rollup_1h/1d agree with DuckDB's recomputation from raw, a second run
 //! does nothing, and retention drops old partitions.
@@ -72,8 +72,8 @@ fn rfc3339(ms: i64) -> String {
 }
 
 #[test]
-#[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
-fn compaction_on_tansu_and_localstack_s3() {
+#[ignore = "needs the local stack (Apache Kafka + LocalStack): run tests/run"]
+fn compaction_on_kafka_and_localstack_s3() {
     let brokers = env("KAFKA_BROKERS");
     let id = run_id();
     let topic = format!("compact-{id}");

@@ -207,7 +207,7 @@ print(json.dumps({"problems": problems, "checked": checked, "views": views}))
 "#;
 
 #[test]
-#[ignore = "needs the local stack (LocalStack with CloudFormation + Tansu): run tests/run"]
+#[ignore = "needs the local stack (LocalStack with CloudFormation + Apache Kafka): run tests/run"]
 fn the_template_deploys_to_localstack_and_the_pipeline_runs_on_what_it_created() {
     let brokers = env("KAFKA_BROKERS");
     let endpoint = env("AWS_ENDPOINT_URL");

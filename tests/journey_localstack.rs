@@ -1,4 +1,4 @@
-//! One sample's whole journey on the local stack: simulate -> Tansu -> run aggregate -> LocalStack S3 ->
+//! One sample's whole journey on the local stack: simulate -> Kafka -> run aggregate -> LocalStack S3 ->
 //! `damselfly sql`, and DuckDB over a local copy of the same lake.
 //!
 //! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
@@ -30,8 +30,8 @@ fn produce_garbage(brokers: &str, topic: &str) {
 }
 
 #[test]
-#[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
-fn journey_on_tansu_and_localstack_s3() {
+#[ignore = "needs the local stack (Apache Kafka + LocalStack): run tests/run"]
+fn journey_on_kafka_and_localstack_s3() {
     let brokers = env("KAFKA_BROKERS");
     let bucket = env("LAKE_BUCKET");
     env("AWS_ENDPOINT_URL");
@@ -148,7 +148,7 @@ fn journey_on_tansu_and_localstack_s3() {
 }
 
 #[test]
-#[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
+#[ignore = "needs the local stack (Apache Kafka + LocalStack): run tests/run"]
 fn telegraf_json_and_influx_take_the_same_journey() {
     let brokers = env("KAFKA_BROKERS");
     let bucket = env("LAKE_BUCKET");

@@ -78,7 +78,7 @@ fn spawn(args: &[&str]) -> Child {
 }
 
 #[test]
-#[ignore = "needs the local stack (Tansu + LocalStack): run tests/run"]
+#[ignore = "needs the local stack (Apache Kafka + LocalStack): run tests/run"]
 fn sigkilled_aggregate_stores_every_sample_exactly_once() {
     let brokers = env("KAFKA_BROKERS");
     let id = run_id();

@@ -642,6 +642,7 @@ pub async fn run<T: Transport>(
     tracing::info!(
         collections = stats.collections,
         sent = stats.sent,
+        samples = stats.samples,
         spooled = stats.spooled,
         resent = stats.resent,
         evicted = stats.evicted,

@@ -112,6 +112,18 @@ pub fn diagnose(
             ),
         );
     }
+    if lower.contains("plaintext broker listener") {
+        return problem(
+            ProblemKind::Protocol,
+            Field::SecurityProtocol,
+            format!(
+                "the listener at {} does not speak TLS ({reason}): check {} and {}",
+                s.brokers,
+                s.name(Field::Brokers),
+                s.name(Field::SecurityProtocol)
+            ),
+        );
+    }
     if lower.contains("ssl handshake failed") || code == Some(C::SSL) {
         let check =
             if lower.contains("wrong version number") || lower.contains("packet length too long") {
@@ -225,6 +237,8 @@ pub struct Watch {
 #[derive(Debug, Default)]
 struct WatchState {
     latest: Option<Problem>,
+    /// The latest problem that needs a fix: an outage seen after it does not hide it.
+    blocking: Option<Problem>,
     logged: HashMap<ProblemKind, Instant>,
 }
 
@@ -260,6 +274,9 @@ impl Watch {
         } else {
             tracing::debug!(error = %error, reason, "kafka client");
         }
+        if problem.kind.needs_a_fix() {
+            st.blocking = Some(problem.clone());
+        }
         st.latest = Some(problem);
     }
 
@@ -272,14 +289,15 @@ impl Watch {
             .clone()
     }
 
-    /// The latest problem seen that waiting cannot fix (credentials, certificates, protocol, ACLs).
+    /// The latest problem seen that waiting cannot fix (credentials, certificates, protocol,
+    /// ACLs), even when an outage was reported after it (librdkafka reports the broker as down
+    /// right after it refused the credentials).
     pub fn blocking(&self) -> Option<Problem> {
-        self.latest().filter(|p| p.kind.needs_a_fix())
-    }
-
-    /// Forgets the problems seen so far (after a success).
-    pub fn clear(&self) {
-        self.state.lock().expect("watch lock poisoned").latest = None;
+        self.state
+            .lock()
+            .expect("watch lock poisoned")
+            .blocking
+            .clone()
     }
 }
 
@@ -303,12 +321,13 @@ mod tests {
         })
     }
 
-    // The reasons below are librdkafka 2.12's own, as logged against Apache Kafka 4.4 here.
+    // The reasons below are librdkafka 2.12's own, as it reported them against Apache Kafka 4.4
+    // here (localstack/up's SASL_SSL and PLAINTEXT listeners).
     #[test]
     fn a_refused_password_names_the_user_and_the_password_settings() {
         let p = diagnose(
             Some(RDKafkaErrorCode::Authentication),
-            "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 302ms in state AUTH_REQ)",
+            "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 322ms in state AUTH_REQ)",
             &subject(Naming::AgentToml),
         )
         .unwrap();
@@ -323,7 +342,7 @@ mod tests {
     fn an_untrusted_certificate_names_the_ca_setting() {
         let p = diagnose(
             Some(RDKafkaErrorCode::SSL),
-            "sasl_ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (after 4ms in state SSL_HANDSHAKE)",
+            "sasl_ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (install ca-certificates package) (after 4ms in state SSL_HANDSHAKE)",
             &subject(Naming::CommandLine),
         )
         .unwrap();
@@ -336,12 +355,24 @@ mod tests {
     fn protocol_mismatches_point_at_the_security_protocol() {
         let p = diagnose(
             Some(RDKafkaErrorCode::SSL),
+            "ssl://127.0.0.1:9092/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: connecting to a PLAINTEXT broker listener? (after 7ms in state SSL_HANDSHAKE)",
+            &subject(Naming::CommandLine),
+        )
+        .unwrap();
+        assert_eq!(p.kind, ProblemKind::Protocol);
+        assert!(p.message.contains("does not speak TLS"), "{p}");
+        assert_eq!(p.setting, "--security-protocol (KAFKA_SECURITY_PROTOCOL)");
+        // Older brokers or proxies: OpenSSL's own words for a plaintext answer.
+        let p = diagnose(
+            Some(RDKafkaErrorCode::SSL),
             "ssl://127.0.0.1:9092/bootstrap: SSL handshake failed: error:0A00010B:SSL routines::wrong version number (after 0ms in state SSL_HANDSHAKE)",
             &subject(Naming::CommandLine),
         )
         .unwrap();
         assert_eq!(p.kind, ProblemKind::Tls);
         assert!(p.message.contains("does not speak TLS"), "{p}");
+        // librdkafka's hint when a plaintext client meets a TLS listener that answers garbage
+        // (rdkafka_broker.c; Kafka 4.4 closes the connection instead, an outage to the client).
         let p = diagnose(
             Some(RDKafkaErrorCode::BrokerTransportFailure),
             "127.0.0.1:9094/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request) (after 2ms in state APIVERSION_QUERY)",
@@ -349,7 +380,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.kind, ProblemKind::Protocol);
-        assert_eq!(p.setting, "--security-protocol (KAFKA_SECURITY_PROTOCOL)");
     }
 
     #[test]
@@ -389,7 +419,12 @@ mod tests {
             "SASL authentication error: Authentication failed",
         );
         assert_eq!(w.blocking().unwrap().kind, ProblemKind::Credentials);
-        w.clear();
-        assert!(w.latest().is_none());
+        // librdkafka follows a refused handshake with "all brokers down": the cause stays.
+        w.saw(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert_eq!(w.latest().unwrap().kind, ProblemKind::Unreachable);
+        assert_eq!(w.blocking().unwrap().kind, ProblemKind::Credentials);
     }
 }

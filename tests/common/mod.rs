@@ -2,6 +2,9 @@
 // Each test file is its own crate and uses a different subset of these.
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod broker;
+
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
@@ -123,7 +126,7 @@ pub fn damselfly_without(unset: &[&str], args: &[&str]) -> Value {
     })
 }
 
-/// Creates a topic through the admin API (tests never delete topics: Tansu 0.6 would delete all).
+/// Creates a topic through Kafka's admin API (tests make unique names and leave topics behind).
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
