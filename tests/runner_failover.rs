@@ -1,12 +1,8 @@
-//! Two `damselfly run aggregate` processes in one consumer group: one is SIGKILLed mid-stream, the other takes over its partitions, and the lake (LocalStack S3) holds every sample exactly once.
+//! Two `damselfly run aggregate` processes in one consumer group on Apache Kafka: one is SIGKILLed, or SIGSTOPped past its session timeout and later SIGCONTed, mid-stream; the other takes over its partitions, and the lake (LocalStack S3) holds every sample exactly once. Under both group protocols (classic and KIP-848's consumer).
 //!
 //! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
-//! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package.
-//!
-//! The group runs on librdkafka's mock cluster in this process (the runners connect over TCP).
-//! `DAMSELFLY_FAILOVER_BROKERS=$KAFKA_BROKERS` runs it on Tansu instead, where it fails: Tansu 0.6.0
-//! drops a member whose session timed out but keeps the group's generation, leader and assignment,
-//! so the survivor rejoins into its old partitions and the dead member's are never reassigned.
+//! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package. The runners use the shared broker
+//! (`KAFKA_BROKERS`), whose group session timeouts are 6 s for both protocols.
 
 mod common;
 use common::*;
@@ -18,8 +14,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use rdkafka::mocking::MockCluster;
 
 /// Partitions of the topic the two runners share.
 const PARTITIONS: i32 = 6;
@@ -41,6 +35,7 @@ impl Runner {
         topic: &str,
         group: &str,
         lake: &str,
+        protocol: &str,
     ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let metrics = format!("127.0.0.1:{}", free_port());
@@ -58,6 +53,7 @@ impl Runner {
             // Small batches make the work last long enough to kill a runner in the middle of it.
             .args(["--batch-size", "5", "--batching-window", "100ms"])
             .args(["--min-workers", "1", "--max-workers", "1"])
+            .args(["--group-protocol", protocol])
             .args(["--scale-interval", "1s", "--json"])
             .stdout(Stdio::piped())
             .stderr(File::create(&log).unwrap())
@@ -76,15 +72,16 @@ impl Runner {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The partitions of each assignment logged after byte `from` of the log, oldest first.
+    /// The partitions owned after each assignment or revocation logged after byte `from` of the
+    /// log, oldest first (under KIP-848 both change the set a little: the lines carry it whole).
     fn assignments(&self, from: usize) -> Vec<BTreeSet<i32>> {
         self.log()
             .get(from..)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("partitions assigned"))
+            .filter(|l| l.contains("partitions assigned") || l.contains("partitions revoked"))
             .filter_map(|l| {
-                let list = l.split("partitions=[").nth(1)?.split(']').next()?;
+                let list = l.split("owned=[").nth(1)?.split(']').next()?;
                 Some(
                     list.split(',')
                         .filter_map(|p| p.trim().parse().ok())
@@ -94,7 +91,7 @@ impl Runner {
             .collect()
     }
 
-    /// The partitions of the latest assignment logged after byte `from`.
+    /// The partitions owned as of the latest assignment or revocation logged after byte `from`.
     fn owned(&self, from: usize) -> Option<BTreeSet<i32>> {
         self.assignments(from).pop()
     }
@@ -119,6 +116,16 @@ impl Runner {
         let mut child = self.child.take().expect("running");
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to the process.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {}", self.name);
     }
 
     /// Stops the process with SIGTERM and returns its JSON summary (bounded wait).
@@ -208,29 +215,52 @@ fn simulate(brokers: &str, topic: &str, vms: u64, seconds: u64) -> u64 {
     vms * seconds
 }
 
+/// What happens to runner A mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL: A is gone for good.
+    Kill,
+    /// SIGSTOP past the session timeout, SIGCONT once B owns everything: A comes back as a
+    /// zombie that must notice it lost its partitions, rejoin, and write nothing twice.
+    Pause,
+}
+
 #[test]
 #[ignore = "needs the local stack (tests/run starts it)"]
-fn a_killed_runner_s_partitions_are_taken_over_with_nothing_lost_or_repeated() {
+fn classic_a_killed_runner_s_partitions_are_taken_over() {
+    failover(Fault::Kill, "classic");
+}
+
+#[test]
+#[ignore = "needs the local stack (tests/run starts it)"]
+fn classic_a_paused_runner_comes_back_without_writing_twice() {
+    failover(Fault::Pause, "classic");
+}
+
+#[test]
+#[ignore = "needs the local stack (tests/run starts it)"]
+fn consumer_protocol_a_killed_runner_s_partitions_are_taken_over() {
+    failover(Fault::Kill, "consumer");
+}
+
+#[test]
+#[ignore = "needs the local stack (tests/run starts it)"]
+fn consumer_protocol_a_paused_runner_comes_back_without_writing_twice() {
+    failover(Fault::Pause, "consumer");
+}
+
+/// Two runners split a backlog; A meets `fault`; B takes over; then a second backlog; every sample
+/// lands in the lake exactly once.
+fn failover(fault: Fault, protocol: &str) {
     let started = Instant::now();
     let bucket = env("LAKE_BUCKET");
     env("AWS_ENDPOINT_URL");
+    let brokers = env("KAFKA_BROKERS");
     let id = run_id();
-    let topic = format!("failover-{id}");
-    let group = format!("failover-{id}");
-    let lake = format!("s3://{bucket}/tests/failover-{id}");
-    // The mock cluster lives as long as the test; Tansu topics are never deleted (that deletes all).
-    let (_mock, brokers) = match std::env::var("DAMSELFLY_FAILOVER_BROKERS") {
-        Ok(brokers) => {
-            create_topic(&brokers, &topic, PARTITIONS);
-            (None, brokers)
-        }
-        Err(_) => {
-            let mock = MockCluster::new(1).expect("mock cluster");
-            mock.create_topic(&topic, PARTITIONS, 1).expect("topic");
-            let brokers = mock.bootstrap_servers();
-            (Some(mock), brokers)
-        }
-    };
+    let name = format!("failover-{protocol}-{fault:?}-{id}").to_lowercase();
+    let (topic, group) = (name.clone(), name.clone());
+    let lake = format!("s3://{bucket}/tests/{name}");
+    create_topic(&brokers, &topic, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
 
     // Phase 1: a backlog on every partition, timestamps ending now.
@@ -238,8 +268,9 @@ fn a_killed_runner_s_partitions_are_taken_over_with_nothing_lost_or_repeated() {
     let mut messages = simulate(&brokers, &topic, vms, 60);
     let phase1_end = Instant::now();
 
-    let mut a = Runner::start("A", dir.path(), &brokers, &topic, &group, &lake);
-    let b = Runner::start("B", dir.path(), &brokers, &topic, &group, &lake);
+    let start = |n| Runner::start(n, dir.path(), &brokers, &topic, &group, &lake, protocol);
+    let mut a = start("A");
+    let b = start("B");
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
 
     // Both join the group, split the partitions, and work on them.
@@ -259,31 +290,45 @@ fn a_killed_runner_s_partitions_are_taken_over_with_nothing_lost_or_repeated() {
             (split && working).then_some((ao, bo))
         },
     );
-    let lag_at_kill = a.metric("damselfly_runner_group_lag").unwrap_or(-1);
+    let lag_at_fault = a.metric("damselfly_runner_group_lag").unwrap_or(-1);
     let a_records = a.metric("damselfly_runner_records_total").unwrap_or(0);
-    let b_log_at_kill = b.log().len();
-    a.kill();
-    let killed_at = Instant::now();
+    let b_log_at_fault = b.log().len();
+    match fault {
+        Fault::Kill => a.kill(),
+        Fault::Pause => a.signal("-STOP"),
+    }
+    let fault_at = Instant::now();
     eprintln!(
-        "killed A at {:.1}s: A owned {a_owned:?} and had processed {a_records} records, B owned {b_owned:?}, group lag {lag_at_kill}",
+        "{fault:?} A at {:.1}s ({protocol}): A owned {a_owned:?} and had processed {a_records} records, B owned {b_owned:?}, group lag {lag_at_fault}",
         started.elapsed().as_secs_f64()
     );
     assert!(
-        lag_at_kill > 0,
-        "A was killed with work left (lag {lag_at_kill}); publish more if this ever fails"
+        lag_at_fault > 0,
+        "A met its fault with work left (lag {lag_at_fault}); publish more if this ever fails"
     );
 
     // B is given A's partitions once the broker notices A is gone (session timeout 6s).
     wait_for(
         Duration::from_secs(60),
-        "B to be assigned every partition after A was killed",
+        "B to be assigned every partition after A's fault",
         &[&b],
-        || (b.owned(b_log_at_kill)? == all).then_some(()),
+        || (b.owned(b_log_at_fault)? == all).then_some(()),
     );
     eprintln!(
-        "B took over every partition {:.1}s after the kill",
-        killed_at.elapsed().as_secs_f64()
+        "B took over every partition {:.1}s after the fault",
+        fault_at.elapsed().as_secs_f64()
     );
+    let a_log_at_resume = a.log().len();
+    if fault == Fault::Pause {
+        // Let B work on A's old partitions for a while, then wake A up: it finds itself out of
+        // the group, rejoins, and the two split the partitions again.
+        std::thread::sleep(Duration::from_secs(3));
+        a.signal("-CONT");
+        eprintln!(
+            "A resumed {:.1}s after the pause",
+            fault_at.elapsed().as_secs_f64()
+        );
+    }
 
     // Phase 2, on every partition again, with timestamps after phase 1's.
     let phase2 = 10;
@@ -292,19 +337,33 @@ fn a_killed_runner_s_partitions_are_taken_over_with_nothing_lost_or_repeated() {
     messages += simulate(&brokers, &topic, vms, phase2);
 
     let mut b = b;
+    if fault == Fault::Pause {
+        wait_for(
+            Duration::from_secs(90),
+            "A to rejoin the group and own partitions again",
+            &[&a, &b],
+            || a.owned(a_log_at_resume).filter(|o| !o.is_empty()),
+        );
+    }
     wait_for(
         Duration::from_secs(180),
-        "B to drain the group's lag",
-        &[&b],
+        "the runners to drain the group's lag",
+        &[&a, &b],
         || (b.metric("damselfly_runner_group_lag")? == 0).then_some(()),
     );
     let summary = b.terminate(Duration::from_secs(30));
     eprintln!("B: {summary}");
     assert_eq!(summary["failed_batches"], 0, "{summary}");
-    let b_records = summary["records"].as_u64().unwrap();
+    let mut records = summary["records"].as_u64().unwrap() + a_records as u64;
+    if fault == Fault::Pause {
+        let a_summary = a.terminate(Duration::from_secs(30));
+        eprintln!("A: {a_summary}");
+        assert_eq!(a_summary["failed_batches"], 0, "{a_summary}");
+        records = summary["records"].as_u64().unwrap() + a_summary["records"].as_u64().unwrap();
+    }
     assert!(
-        b_records + a_records as u64 >= messages,
-        "A ({a_records}) and B ({b_records}) processed every one of {messages} messages"
+        records >= messages,
+        "A and B processed every one of {messages} messages ({records})"
     );
 
     let samples = messages * SAMPLES_PER_MESSAGE;
@@ -319,7 +378,7 @@ fn a_killed_runner_s_partitions_are_taken_over_with_nothing_lost_or_repeated() {
     assert_eq!(
         counts,
         serde_json::json!([{"rows": samples, "distinct_samples": samples}]),
-        "every sample of {messages} messages exactly once"
+        "every sample of {messages} messages exactly once ({fault:?}, {protocol})"
     );
     eprintln!("passed in {:.1}s", started.elapsed().as_secs_f64());
 }

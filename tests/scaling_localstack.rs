@@ -1,6 +1,6 @@
-//! Lag-driven scaling on the local stack: `damselfly run aggregate` on a 12-partition Tansu topic
+//! Lag-driven scaling on the local stack: `damselfly run aggregate` on a 12-partition Kafka topic
 //! writing LocalStack S3 scales out under a burst, back in after the cool-down, and the lake holds
-//! every sample exactly once.
+//! every sample exactly once; under the classic group protocol and under KIP-848's.
 //!
 //! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
 //! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package.
@@ -83,13 +83,23 @@ fn render(timeline: &[Sample]) -> String {
 }
 
 #[test]
-#[ignore = "needs the local stack (Tansu + LocalStack S3): run tests/run"]
-fn a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
+#[ignore = "needs the local stack (Apache Kafka + LocalStack S3): run tests/run"]
+fn classic_a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
+    burst("classic");
+}
+
+#[test]
+#[ignore = "needs the local stack (Apache Kafka + LocalStack S3): run tests/run"]
+fn consumer_protocol_a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
+    burst("consumer");
+}
+
+fn burst(protocol: &str) {
     let brokers = env("KAFKA_BROKERS");
     let id = run_id();
-    let topic = format!("scaling-{id}");
-    let group = format!("scaling-{id}");
-    let lake = format!("s3://{}/tests/scaling-{id}", env("LAKE_BUCKET"));
+    let topic = format!("scaling-{protocol}-{id}");
+    let group = topic.clone();
+    let lake = format!("s3://{}/tests/{topic}", env("LAKE_BUCKET"));
     create_topic(&brokers, &topic, PARTITIONS);
 
     let addr = format!("127.0.0.1:{}", free_port());
@@ -107,6 +117,7 @@ fn a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
         .args(["--min-workers", "1", "--max-workers", "12"])
         .args(["--scale-interval", "1s", "--cooldown", "4s"])
         .args(["--batch-size", "50", "--batching-window", "100ms", "--json"])
+        .args(["--group-protocol", protocol])
         .env("RUST_LOG", "warn,damselfly_runner=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -182,7 +193,10 @@ fn a_burst_scales_out_then_in_and_the_lake_holds_every_sample_once() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    println!("timeline (changes only):\n{}", render(&timeline));
+    println!(
+        "timeline ({protocol}, changes only):\n{}",
+        render(&timeline)
+    );
 
     // Out: the burst's lag (far above 12 x threshold) asks for the cap; the first sample at 12
     // workers comes within two scale intervals (plus a scrape period) of the crossing.

@@ -85,7 +85,7 @@ versus_n(
         ("cpu_aggregate", "aggregate", "o-"),
         ("cpu_alarm", "alarm", "o-"),
         ("cpu_simulate", "simulator", "o-"),
-        ("cpu_tansu", "Tansu", "o-"),
+        ("cpu_kafka", "Kafka", "o-"),
         ("cpu_localstack", "LocalStack", "o-"),
     ],
     "CPU, % of one core",

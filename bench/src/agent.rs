@@ -9,13 +9,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::sys::{clock_ticks, cpu_pct, sample, status_kib};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+use crate::sys::{clock_ticks, cpu_pct, create_topic_on, sample, status_kib};
 
 /// CPU goal: percent of one core, averaged over the run.
 const GOAL_CPU_PCT: f64 = 0.5;
 
 /// Memory goal: peak resident set size.
 const GOAL_RSS_MIB: f64 = 15.0;
+
+/// How long the broker started here may take to serve clients (a cold JVM on a busy 2-core machine
+/// takes several seconds).
+const BROKER_START_LIMIT: Duration = Duration::from_secs(90);
+
+/// How long the broker started here may take to stop on SIGTERM before it is killed.
+const BROKER_STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Time after start left out of the steady-state CPU figure (start-up: config, producer, metadata).
 const WARM_UP: Duration = Duration::from_secs(5);
@@ -40,16 +49,18 @@ pub struct Args {
     /// ~/.cache/damselfly/target, else ./target].
     #[arg(long)]
     bin: Option<PathBuf>,
-    /// Use this broker (host:port) instead of starting a Tansu; needs --topic, which must exist.
+    /// Use this broker (host:port, plaintext) instead of starting an Apache Kafka here; needs
+    /// --topic, which must exist.
     #[arg(long)]
     brokers: Option<String>,
-    /// Topic to publish to [default: a new `agent-bench-<ms>` on the Tansu started here; required
+    /// Topic to publish to [default: a new `agent-bench-<ms>` on the broker started here; required
     /// with --brokers].
     #[arg(long)]
     topic: Option<String>,
-    /// Tansu binary, for the broker started when --brokers is not given.
-    #[arg(long, env = "DAMSELFLY_TANSU")]
-    tansu: Option<PathBuf>,
+    /// localstack/kafka-broker, which installs (cached) and runs the broker started when --brokers
+    /// is not given [default: the workspace's].
+    #[arg(long, env = "DAMSELFLY_KAFKA_BROKER")]
+    kafka_broker: Option<PathBuf>,
     /// How often /proc is sampled.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     sample_every: Duration,
@@ -104,70 +115,108 @@ fn stop(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
-/// A Tansu started for the run on a free port of 127.0.0.1, with its own sqlite file.
-struct Tansu {
-    child: Child,
-    port: u16,
+/// The broker script: the workspace's localstack/kafka-broker, as this crate was built from.
+fn default_kafka_broker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../localstack/kafka-broker")
 }
 
-impl Tansu {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+/// The last `lines` lines of a file.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// An Apache Kafka (one KRaft node) started for the run by localstack/kafka-broker on free ports of
+/// 127.0.0.1, its data and log in the run's output directory; stopped when dropped.
+struct Kafka {
+    child: Child,
+    conn: damselfly_kafka::Connection,
+}
+
+impl Kafka {
+    /// Installs the broker (cached), starts it under `dir` and waits until it serves clients.
+    fn start(script: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let install = Command::new(script)
+            .arg("install")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} install", script.display()))?;
+        if !install.status.success() {
+            bail!(
+                "{} install failed ({}):\n{}",
+                script.display(),
+                install.status,
+                String::from_utf8_lossy(&install.stderr).trim_end()
+            );
+        }
         let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let db = fs::canonicalize(dir)?.join("tansu.db");
-        let log = fs::File::create(dir.join("tansu.log"))?;
-        // Tansu reads `.env` from its working directory: run it from /, with an absolute path.
-        let mut child = Command::new(bin)
-            .current_dir("/")
-            .args(["broker", "--cluster-id", "agent-bench"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .arg("--storage-engine")
-            .arg(format!("sqlite://{}", db.display()))
-            .env_remove("CLUSTER_ID")
-            .env_remove("LISTENER_URL")
-            .env_remove("ADVERTISED_LISTENER_URL")
-            .env_remove("STORAGE_ENGINE")
+        let mut controller_port = free_port()?;
+        while controller_port == port {
+            controller_port = free_port()?;
+        }
+        let log_path = dir.join("kafka.log");
+        let log = fs::File::create(&log_path)?;
+        let child = Command::new(script)
+            .args(["run", "--dir"])
+            .arg(dir.join("kafka"))
+            .args(["--port", &port.to_string()])
+            .args(["--controller-port", &controller_port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !port_open(port) {
-            if let Some(status) = child.try_wait()? {
+            .with_context(|| format!("starting {} run", script.display()))?;
+        // From here on a failure stops the broker (Drop).
+        let mut kafka = Self {
+            child,
+            conn: damselfly_kafka::Connection::plaintext(format!("127.0.0.1:{port}")),
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = kafka.child.try_wait()? {
                 bail!(
-                    "tansu exited during startup ({status}): see {}/tansu.log",
-                    dir.display()
+                    "the broker exited during startup ({status}); the end of {}:\n{}",
+                    log_path.display(),
+                    tail(&log_path, 40)
                 );
             }
-            if Instant::now() > deadline {
-                stop(&mut child, Duration::from_secs(5));
-                bail!("tansu did not listen on {port} within 30s");
+            if port_open(port) && kafka.answers() {
+                break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if started.elapsed() > BROKER_START_LIMIT {
+                bail!(
+                    "the broker did not answer a metadata request on 127.0.0.1:{port} within {}; \
+                     the end of {}:\n{}",
+                    humantime::format_duration(BROKER_START_LIMIT),
+                    log_path.display(),
+                    tail(&log_path, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(Self { child, port })
+        eprintln!(
+            "Apache Kafka on 127.0.0.1:{port} (pid {}) ready after {:.1} s",
+            kafka.child.id(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(kafka)
     }
 
-    fn create_topic(&self, bin: &Path, topic: &str) -> anyhow::Result<()> {
-        let out = Command::new(bin)
-            .current_dir("/")
-            .args(["topic", "create", topic, "--partitions", "1"])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "tansu topic create {topic}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+    /// Whether the broker serves a metadata request (KRaft lists only unfenced brokers) now.
+    fn answers(&self) -> bool {
+        let Ok(consumer) = self.conn.client_config().create::<BaseConsumer>() else {
+            return false;
+        };
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok_and(|md| !md.brokers().is_empty())
     }
 }
 
-impl Drop for Tansu {
+impl Drop for Kafka {
     fn drop(&mut self) {
-        stop(&mut self.child, Duration::from_secs(10));
+        stop(&mut self.child, BROKER_STOP_GRACE);
     }
 }
 
@@ -191,7 +240,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     fs::create_dir_all(&args.out)?;
     let out = fs::canonicalize(&args.out)?;
 
-    let mut tansu = None;
+    let mut kafka = None;
     let (brokers, topic, broker_label) = match &args.brokers {
         Some(b) => {
             // No default: a shared broker's `metrics` topic is someone's data.
@@ -202,13 +251,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (b.clone(), topic, format!("given broker {b}"))
         }
         None => {
-            let tansu_bin = args
-                .tansu
+            let script = args
+                .kafka_broker
                 .clone()
-                .or_else(|| home_cache().map(|c| c.join("tansu/bin/tansu")))
-                .filter(|p| p.is_file())
-                .context("no Tansu: pass --tansu or --brokers, or run localstack/up once")?;
-            let t = Tansu::start(&tansu_bin, &out)?;
+                .unwrap_or_else(default_kafka_broker);
+            if !script.is_file() {
+                bail!(
+                    "no broker script at {}: pass --kafka-broker (or DAMSELFLY_KAFKA_BROKER) or --brokers",
+                    script.display()
+                );
+            }
+            let k = Kafka::start(&script, &out)?;
             let topic = args.topic.clone().unwrap_or_else(|| {
                 format!(
                     "agent-bench-{}",
@@ -218,10 +271,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         .as_millis()
                 )
             });
-            t.create_topic(&tansu_bin, &topic)?;
-            let b = format!("127.0.0.1:{}", t.port);
-            tansu = Some(t);
-            (b.clone(), topic, format!("Tansu started here on {b}"))
+            create_topic_on(&k.conn, &topic, 1)?;
+            let b = k.conn.brokers.clone();
+            kafka = Some(k);
+            (
+                b.clone(),
+                topic,
+                format!("Apache Kafka started here on {b}"),
+            )
         }
     };
 
@@ -288,7 +345,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     hwm_kib = hwm_kib.max(last.hwm_kib);
     stop(&mut agent, Duration::from_secs(20));
-    drop(tansu);
+    drop(kafka);
 
     let first = samples[0];
     let steady_from = samples

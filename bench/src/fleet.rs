@@ -1,16 +1,21 @@
-//! The fleet benchmark (issue 9): N simulated VMs every 2 s through Tansu, the autoscaling aggregate and alarm functions, into the LocalStack lake and SNS, for growing N.
+//! The fleet benchmark (issue 9): N simulated VMs every 2 s through Apache Kafka, the autoscaling aggregate and alarm functions, into the LocalStack lake and SNS, for growing N.
 //!
-//! For each fleet size the harness creates a fresh topic (Tansu: topics are never deleted) and a
-//! fresh lake prefix, starts `damselfly run aggregate` and `damselfly run alarm` (autoscaling,
-//! Prometheus metrics on), waits until both have joined their groups, then runs `damselfly
-//! simulate` for `--duration`, starting on an interval boundary so that each sample's `ts` is the
-//! moment its interval's publishing began. Every second it scrapes both runners' metrics (workers,
-//! lag), samples /proc of every process (the functions, the simulator, Tansu, LocalStack), lists
-//! the lake's `raw` table (the first time an object is listed is when its samples became visible)
-//! and, every `--probe-every`, publishes a breaching sample on a VM of its own whose SNS
-//! notification it times through an SQS queue subscribed to the topic. After the simulator ends it
-//! waits (at most `--drain`) until both groups have consumed everything, stops the functions,
-//! copies the raw objects and counts them with DuckDB: rows, distinct samples, per-sample latency.
+//! For each fleet size the harness creates a fresh topic and a fresh lake prefix, both unique to
+//! the run (`fleet-N-<ms>`, `fleet/<run>/nN`) so that runs never see each other's data, starts
+//! `damselfly run aggregate` and `damselfly run alarm` (autoscaling, Prometheus metrics on), waits
+//! until both have joined their groups, then runs `damselfly simulate` for `--duration`, starting
+//! on an interval boundary so that each sample's `ts` is the moment its interval's publishing
+//! began. Every second it scrapes both runners' metrics (workers, lag), samples /proc of every
+//! process (the functions, the simulator, Kafka, LocalStack), lists the lake's `raw` table (the
+//! first time an object is listed is when its samples became visible) and, every `--probe-every`,
+//! publishes a breaching sample on a VM of its own whose SNS notification it times through an SQS
+//! queue subscribed to the topic. After the simulator ends it waits (at most `--drain`) until both
+//! groups have consumed everything, stops the functions, copies the raw objects and counts them
+//! with DuckDB: rows, distinct samples, per-sample latency.
+//!
+//! The harness's own clients (topic creation, the probe publisher) and its children (`damselfly
+//! simulate`, `damselfly run`) all use the connection of `--brokers` and the security flags, so the
+//! fleet runs over PLAINTEXT or SASL_SSL alike; a child gets the SASL password in its environment.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -80,9 +85,17 @@ pub struct Args {
     /// How often a breaching probe sample is published (from 10 s into the run).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     probe_every: Duration,
-    /// Kafka bootstrap brokers (localstack/.env).
+    /// Kafka bootstrap brokers (localstack/.env: KAFKA_BROKERS, or DAMSELFLY_SASL_BROKERS with the
+    /// SASL flags).
     #[arg(long, env = "KAFKA_BROKERS")]
     brokers: String,
+    /// TLS, SASL and extra librdkafka settings, for the harness's clients and every child.
+    #[command(flatten)]
+    security: damselfly_kafka::SecurityArgs,
+    /// Consumer-group protocol of the functions (`damselfly run --group-protocol`): classic or
+    /// consumer (KIP-848).
+    #[arg(long, env = "KAFKA_GROUP_PROTOCOL", default_value_t = damselfly_runner::GroupProtocol::Classic)]
+    group_protocol: damselfly_runner::GroupProtocol,
     /// The lake's bucket; each size writes under s3://BUCKET/fleet/RUN/nN.
     #[arg(long, env = "LAKE_BUCKET")]
     bucket: String,
@@ -101,7 +114,7 @@ pub struct Args {
     /// The helper scripts (sqs_watch.py, lake_stats.py, plot.py); the plots are written here.
     #[arg(long, default_value = "bench/fleet")]
     scripts: PathBuf,
-    /// localstack/up's run directory (tansu.pid and localstack.pid: their CPU and memory are sampled).
+    /// localstack/up's run directory (kafka.pid and localstack.pid: their CPU and memory are sampled).
     #[arg(long, default_value = "localstack/.run")]
     stack_run: PathBuf,
 }
@@ -119,11 +132,11 @@ struct Tick {
     cpu_aggregate: f64,
     cpu_alarm: f64,
     cpu_simulate: f64,
-    cpu_tansu: f64,
+    cpu_kafka: f64,
     cpu_localstack: f64,
     rss_aggregate_mib: f64,
     rss_alarm_mib: f64,
-    rss_tansu_mib: f64,
+    rss_kafka_mib: f64,
     rss_localstack_mib: f64,
 }
 
@@ -153,12 +166,12 @@ struct Row {
     cpu_aggregate: f64,
     cpu_alarm: f64,
     cpu_simulate: f64,
-    cpu_tansu: f64,
+    cpu_kafka: f64,
     cpu_localstack: f64,
     hwm_aggregate_mib: f64,
     hwm_alarm_mib: f64,
     hwm_simulate_mib: f64,
-    rss_tansu_mib: f64,
+    rss_kafka_mib: f64,
     rss_localstack_mib: f64,
     max_workers_aggregate: f64,
     max_workers_alarm: f64,
@@ -173,6 +186,10 @@ struct Row {
 /// Runs the sweep, prints its table and renders the plots.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    let conn = args
+        .security
+        .connection(&args.brokers)
+        .context("the Kafka connection")?;
     let bin = match &args.bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -204,12 +221,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         scripts,
         rules,
         run_id,
-        tansu: read_pid(&args.stack_run.join("tansu.pid")),
+        conn,
+        kafka: read_pid(&args.stack_run.join("kafka.pid")),
         localstack: read_pid(&args.stack_run.join("localstack.pid")),
     };
     eprintln!(
-        "fleet run {run_id}: tansu pid {:?}, localstack pid {:?}, load average {}",
-        env.tansu,
+        "fleet run {run_id}: brokers {} ({}), group protocol {}, kafka pid {:?}, localstack pid {:?}, load average {}",
+        env.conn.brokers,
+        env.conn.security.describe(),
+        args.group_protocol,
+        env.kafka,
         env.localstack,
         sys::load_average()
     );
@@ -249,7 +270,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         i += 1;
     }
 
-    print_table(args, &rows, started.elapsed());
+    print_table(args, &env.conn, &rows, started.elapsed());
     let plot = Command::new(&env.python)
         .arg(env.scripts.join("plot.py"))
         .arg(&env.out)
@@ -273,7 +294,10 @@ struct Env {
     scripts: PathBuf,
     rules: PathBuf,
     run_id: i64,
-    tansu: Option<u32>,
+    /// The connection of the harness's clients and of every child.
+    conn: damselfly_kafka::Connection,
+    /// The broker JVM of localstack/up.
+    kafka: Option<u32>,
     localstack: Option<u32>,
 }
 
@@ -333,7 +357,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     std::fs::create_dir_all(&dir)?;
     let load_avg = sys::load_average();
     let topic = format!("fleet-{n}-{}", now_ms());
-    sys::create_topic(&args.brokers, &topic, args.partitions)?;
+    sys::create_topic_on(&env.conn, &topic, args.partitions)?;
     let lake_url = format!("s3://{}/fleet/{}/n{n}", args.bucket, env.run_id);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -389,13 +413,15 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
             "run",
             function,
             "--brokers",
-            &args.brokers,
+            &env.conn.brokers,
             "--topic",
             &topic,
             "--lake",
             &lake_url,
             "--group",
             &group,
+            "--group-protocol",
+            args.group_protocol.as_str(),
             "--min-workers",
             "1",
             "--max-workers",
@@ -424,8 +450,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         a
     };
     let spawn = |name: &str, argv: Vec<String>| -> anyhow::Result<Kid> {
-        Command::new(&env.bin)
-            .args(argv)
+        connected(Command::new(&env.bin).args(argv), &env.conn)
             .stdout(std::fs::File::create(dir.join(format!("{name}.json")))?)
             .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
             .spawn()
@@ -467,19 +492,26 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     let boundary = (now / interval_ms + 1) * interval_ms;
     std::thread::sleep(Duration::from_millis((boundary - now + 20) as u64));
     let sim_start = Instant::now();
-    let mut sim = Kid(Command::new(&env.bin)
-        .args(["simulate", "--brokers", &args.brokers, "--topic", &topic])
-        .args(["--vms", &n.to_string(), "--seed", "1", "--json"])
-        .arg("--interval")
-        .arg(humantime::format_duration(args.interval).to_string())
-        .arg("--duration")
-        .arg(humantime::format_duration(args.duration).to_string())
+    let mut sim = Command::new(&env.bin);
+    sim.args([
+        "simulate",
+        "--brokers",
+        &env.conn.brokers,
+        "--topic",
+        &topic,
+    ])
+    .args(["--vms", &n.to_string(), "--seed", "1", "--json"])
+    .arg("--interval")
+    .arg(humantime::format_duration(args.interval).to_string())
+    .arg("--duration")
+    .arg(humantime::format_duration(args.duration).to_string());
+    let mut sim = Kid(connected(&mut sim, &env.conn)
         .stdout(std::fs::File::create(dir.join("simulate.json"))?)
         .stderr(std::fs::File::create(dir.join("simulate.log"))?)
         .spawn()
         .context("starting the simulator")?);
 
-    let probe_publisher = Publisher::new(&PublisherConfig::new(&args.brokers, &topic))?;
+    let probe_publisher = Publisher::new(&PublisherConfig::on(env.conn.clone(), &topic))?;
     let mut probe_fleet = Fleet::new(1, 7, "ns01");
     let mut probes: Vec<(String, i64)> = Vec::new();
     let mut next_probe = Duration::from_secs(10);
@@ -488,7 +520,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         ("aggregate", Watched::new(Some(agg.id()))),
         ("alarm", Watched::new(Some(alarm.id()))),
         ("simulate", Watched::new(Some(sim.id()))),
-        ("tansu", Watched::new(env.tansu)),
+        ("kafka", Watched::new(env.kafka)),
         ("localstack", Watched::new(env.localstack)),
     ];
     let mut first_seen: HashMap<String, i64> = HashMap::new();
@@ -550,7 +582,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
                 "aggregate" => (t.cpu_aggregate, t.rss_aggregate_mib) = (cpu, rss),
                 "alarm" => (t.cpu_alarm, t.rss_alarm_mib) = (cpu, rss),
                 "simulate" => t.cpu_simulate = cpu,
-                "tansu" => (t.cpu_tansu, t.rss_tansu_mib) = (cpu, rss),
+                "kafka" => (t.cpu_kafka, t.rss_kafka_mib) = (cpu, rss),
                 _ => (t.cpu_localstack, t.rss_localstack_mib) = (cpu, rss),
             }
         }
@@ -661,8 +693,8 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     // Timeline.
     let mut timeline = String::from(
         "t_s,agg_workers,agg_lag,agg_records,alarm_workers,alarm_lag,raw_objects,cpu_aggregate,\
-         cpu_alarm,cpu_simulate,cpu_tansu,cpu_localstack,rss_aggregate_mib,rss_alarm_mib,\
-         rss_tansu_mib,rss_localstack_mib\n",
+         cpu_alarm,cpu_simulate,cpu_kafka,cpu_localstack,rss_aggregate_mib,rss_alarm_mib,\
+         rss_kafka_mib,rss_localstack_mib\n",
     );
     for t in &ticks {
         writeln!(
@@ -678,11 +710,11 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
             t.cpu_aggregate,
             t.cpu_alarm,
             t.cpu_simulate,
-            t.cpu_tansu,
+            t.cpu_kafka,
             t.cpu_localstack,
             t.rss_aggregate_mib,
             t.rss_alarm_mib,
-            t.rss_tansu_mib,
+            t.rss_kafka_mib,
             t.rss_localstack_mib
         )?;
     }
@@ -733,12 +765,12 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         cpu_aggregate: get("aggregate").map_or(0.0, |w| w.cpu_whole(hz)),
         cpu_alarm: get("alarm").map_or(0.0, |w| w.cpu_whole(hz)),
         cpu_simulate: get("simulate").map_or(0.0, |w| w.cpu_whole(hz)),
-        cpu_tansu: get("tansu").map_or(0.0, |w| w.cpu_whole(hz)),
+        cpu_kafka: get("kafka").map_or(0.0, |w| w.cpu_whole(hz)),
         cpu_localstack: get("localstack").map_or(0.0, |w| w.cpu_whole(hz)),
         hwm_aggregate_mib: get("aggregate").map_or(0.0, Watched::hwm_mib),
         hwm_alarm_mib: get("alarm").map_or(0.0, Watched::hwm_mib),
         hwm_simulate_mib: get("simulate").map_or(0.0, Watched::hwm_mib),
-        rss_tansu_mib: get("tansu").map_or(0.0, |w| w.max_rss_kib as f64 / 1024.0),
+        rss_kafka_mib: get("kafka").map_or(0.0, |w| w.max_rss_kib as f64 / 1024.0),
         rss_localstack_mib: get("localstack").map_or(0.0, |w| w.max_rss_kib as f64 / 1024.0),
         max_workers_aggregate: max_of(|t| t.agg_workers),
         max_workers_alarm: max_of(|t| t.alarm_workers),
@@ -834,6 +866,31 @@ impl Drop for Kid {
     }
 }
 
+/// The security environment variables of `damselfly`'s connection flags: a child must not inherit
+/// them next to the flags it is given (a password file variable beside the password would be
+/// refused).
+const SECURITY_ENV: &[&str] = &[
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_PASSWORD_FILE",
+    "KAFKA_SSL_CA_LOCATION",
+    "KAFKA_SSL_CERTIFICATE_LOCATION",
+    "KAFKA_SSL_KEY_LOCATION",
+    "KAFKA_MSK_REGION",
+];
+
+/// Gives `cmd` (a `damselfly simulate` or `run`) the connection `conn`: its flags as arguments, the
+/// password in the environment, nothing inherited.
+fn connected<'a>(cmd: &'a mut Command, conn: &damselfly_kafka::Connection) -> &'a mut Command {
+    for var in SECURITY_ENV {
+        cmd.env_remove(var);
+    }
+    let (argv, vars) = damselfly_kafka::SecurityArgs::for_child(conn);
+    cmd.args(argv).envs(vars)
+}
+
 /// Stops a child with SIGTERM (SIGKILL after 30 s) and waits for it.
 fn stop(child: &mut Child, name: &str) -> anyhow::Result<()> {
     let _ = Command::new("kill")
@@ -908,7 +965,7 @@ fn markdown_row(r: &Row) -> String {
         r.cpu_alarm,
         r.hwm_aggregate_mib,
         r.hwm_alarm_mib,
-        r.cpu_tansu,
+        r.cpu_kafka,
         r.cpu_localstack,
         r.max_workers_aggregate,
         r.max_workers_alarm,
@@ -924,13 +981,16 @@ fn markdown_row(r: &Row) -> String {
     )
 }
 
-fn print_table(args: &Args, rows: &[Row], took: Duration) {
+fn print_table(args: &Args, conn: &damselfly_kafka::Connection, rows: &[Row], took: Duration) {
     println!(
-        "\nfleet: {} publishing per size at a {} interval, 50 samples per VM per interval; Tansu + \
-         LocalStack S3/SNS; aggregate and alarm with 1..{} workers (lag threshold {}, batches of {}); \
+        "\nfleet: {} publishing per size at a {} interval, 50 samples per VM per interval; Apache \
+         Kafka ({} {}, {} groups) + LocalStack S3/SNS; aggregate and alarm with 1..{} workers (lag threshold {}, batches of {}); \
          {} cores; whole sweep {:.1} min",
         humantime::format_duration(args.duration),
         humantime::format_duration(args.interval),
+        conn.brokers,
+        conn.security.describe(),
+        args.group_protocol,
         args.max_workers,
         args.lag_threshold,
         args.batch_size,
@@ -938,7 +998,7 @@ fn print_table(args: &Args, rows: &[Row], took: Duration) {
         took.as_secs_f64() / 60.0
     );
     println!(
-        "| VMs | msg/s | samples/s | lake p50 / p99 s | lost | dup | agg invocation mean ms | SNS p50 / p99 s | CPU % agg / alarm | peak RSS MiB agg / alarm | CPU % tansu / localstack | max workers agg / alarm | max agg lag | CPU % / peak MiB simulate | drained | goals hold |"
+        "| VMs | msg/s | samples/s | lake p50 / p99 s | lost | dup | agg invocation mean ms | SNS p50 / p99 s | CPU % agg / alarm | peak RSS MiB agg / alarm | CPU % kafka / localstack | max workers agg / alarm | max agg lag | CPU % / peak MiB simulate | drained | goals hold |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
@@ -946,7 +1006,7 @@ fn print_table(args: &Args, rows: &[Row], took: Duration) {
     }
     for r in rows {
         println!(
-            "{} VMs: load average at start {}; {} probes, {} notified; {} raw files, {} rows, {} distinct, {} rejected; lag at publish end {}; peak RSS tansu {:.0} MiB, localstack {:.0} MiB; lake max {}",
+            "{} VMs: load average at start {}; {} probes, {} notified; {} raw files, {} rows, {} distinct, {} rejected; lag at publish end {}; peak RSS kafka {:.0} MiB, localstack {:.0} MiB; lake max {}",
             r.vms,
             r.load_avg,
             r.probes,
@@ -956,7 +1016,7 @@ fn print_table(args: &Args, rows: &[Row], took: Duration) {
             r.lake_distinct,
             r.rejected,
             r.lag_at_publish_end,
-            r.rss_tansu_mib,
+            r.rss_kafka_mib,
             r.rss_localstack_mib,
             opt_s(r.lake_max_s)
         );

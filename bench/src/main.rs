@@ -20,7 +20,7 @@ enum Bench {
     Alarm(alarm::Args),
     /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
     Aggregate(aggregate::Args),
-    /// N simulated VMs through Tansu, aggregate and alarm into LocalStack, for growing N (issue 9).
+    /// N simulated VMs through Apache Kafka, aggregate and alarm into LocalStack, for growing N (issue 9).
     Fleet(fleet::Args),
     /// The metric API's p50/p99 for 5-minute and 24-hour queries over a week of rollups, against DuckDB.
     Api(api::Args),

@@ -43,8 +43,8 @@ pub struct Args {
     /// Runner workers (consumer-group members in the runner's process).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// An existing broker (e.g. Tansu at 127.0.0.1:9092) instead of the in-process mock cluster;
-    /// a new topic `bench-runner-<ms>` is created on it (and left there).
+    /// An existing broker, e.g. Apache Kafka from localstack/up at 127.0.0.1:9092, instead of the
+    /// in-process mock cluster; a new topic `bench-runner-<ms>` is created on it (and left there).
     #[arg(long)]
     brokers: Option<String>,
     /// Where the aggregate contender's lake goes (a local directory, emptied first).

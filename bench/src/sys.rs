@@ -88,21 +88,38 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Creates `topic` with `partitions` partitions on a Kafka-protocol broker.
+/// Creates `topic` with `partitions` partitions on a Kafka-protocol broker, over plaintext.
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_on(
+        &damselfly_kafka::Connection::plaintext(brokers),
+        topic,
+        partitions,
+    )
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1) over `conn`.
+pub fn create_topic_on(
+    conn: &damselfly_kafka::Connection,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let context = damselfly_kafka::KafkaContext::new(conn)?;
+    let admin: AdminClient<damselfly_kafka::KafkaContext> =
+        conn.client_config().create_with_context(context)?;
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let res = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &opts,
-    ))?;
+    let res = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &opts,
+        ))
+        .map_err(|e| match admin.inner().context().hooks().blocking() {
+            Some(problem) => anyhow::anyhow!("creating {topic} on {}: {problem}", conn.brokers),
+            None => anyhow::anyhow!("creating {topic} on {}: {e}", conn.brokers),
+        })?;
     for r in res {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }

@@ -98,6 +98,15 @@ struct OwnState {
     pending: BTreeMap<Key, (u64, i64)>,
 }
 
+impl OwnState {
+    /// The partitions owned now, in order.
+    fn owned_partitions(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = self.owned.keys().map(|(_, p)| *p).collect();
+        p.sort_unstable();
+        p
+    }
+}
+
 impl Ownership {
     fn lock(&self) -> MutexGuard<'_, OwnState> {
         self.state.lock().expect("ownership lock poisoned")
@@ -217,29 +226,32 @@ impl ConsumerContext for WorkerContext {
                 }
             }
         }
-        let count = {
+        let (revoked, owned) = {
             let mut st = self.ownership.lock();
             st.pending.clear();
-            let count = match &revoked {
+            let revoked: Vec<i32> = match revoked {
                 Some(keys) => {
-                    for k in keys {
+                    for k in &keys {
                         st.owned.remove(k);
                         st.fetching.remove(k);
                     }
-                    keys.len()
+                    keys.into_iter().map(|(_, p)| p).collect()
                 }
                 None => {
                     st.fetching.clear();
-                    std::mem::take(&mut st.owned).len()
+                    std::mem::take(&mut st.owned)
+                        .into_keys()
+                        .map(|(_, p)| p)
+                        .collect()
                 }
             };
             st.changes += 1;
             st.assigned = false;
-            count
+            (revoked, st.owned_partitions())
         };
         self.stats.rebalances.fetch_add(1, Relaxed);
         self.ownership.changed.notify_one();
-        tracing::debug!(worker = self.id, partitions = count, "partitions revoked");
+        tracing::info!(worker = self.id, ?revoked, ?owned, "partitions revoked");
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -248,7 +260,7 @@ impl ConsumerContext for WorkerContext {
         };
         // No pause or resume here: it would race the partitions' start of fetch (see the module
         // documentation). A worker that holds still pauses each one at its first record.
-        {
+        let owned = {
             let mut st = self.ownership.lock();
             for e in tpl.elements() {
                 let epoch = st.next_epoch;
@@ -260,16 +272,14 @@ impl ConsumerContext for WorkerContext {
             st.changes += 1;
             st.assigns += 1;
             st.assigned = true;
-        }
+            st.owned_partitions()
+        };
         self.stats.rebalances.fetch_add(1, Relaxed);
         self.ownership.changed.notify_one();
-        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        tracing::info!(
-            worker = self.id,
-            count = partitions.len(),
-            ?partitions,
-            "partitions assigned"
-        );
+        // Under the classic protocol an assignment is the whole set; under KIP-848 (and
+        // cooperative assignors) only what it adds: `owned` is what the worker holds now.
+        let added: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        tracing::info!(worker = self.id, ?added, ?owned, "partitions assigned");
     }
 }
 
