@@ -1,5 +1,10 @@
 //! Damselfly over TLS and SASL/SCRAM on Apache Kafka's SASL_SSL listener: the agent, the simulator and `run aggregate` connect with SCRAM-SHA-512 and the local stack's CA, and the lake holds every sample once; a wrong password and an untrusted CA are clear errors within seconds, and what the agent collected meanwhile reaches the topic once the setting is fixed.
 //!
+//! Also SASL OAUTHBEARER, the mechanism of MSK IAM: the agent's publisher and the runner take their
+//! tokens from a token source, which the broker checks. MSK's tokens themselves are SigV4-signed
+//! URLs only MSK validates (checked against botocore in kafka/tests); here the source makes the
+//! unsecured JWTs Kafka's default validator accepts, which proves the clients' token plumbing.
+//!
 //! Needs `localstack/up` and its `localstack/.env` (the SASL_SSL listener, its user, password file
 //! and CA), `DAMSELFLY_PYTHON` with DuckDB, and `openssl` (for a CA the broker does not use).
 
@@ -10,7 +15,15 @@ use common::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use damselfly_agent::{Fleet, Publisher, PublisherConfig};
+use damselfly_kafka::{Connection, SaslMechanism, Security, TokenSource, Tokens};
+use damselfly_runner::{Function, FunctionError, RunnerConfig, ScalingConfig, Stats};
+use rdkafka::client::OAuthToken;
 
 /// Partitions of each test topic.
 const PARTITIONS: i32 = 4;
@@ -358,4 +371,110 @@ fn a_wrong_password_and_an_untrusted_ca_are_named_and_the_agent_keeps_its_sample
         "none twice (nothing was delivered before the fix)"
     );
     assert!(mine.windows(2).all(|w| w[0] < w[1]), "in collection order");
+}
+
+/// Makes the unsecured JWTs (`alg: none`) Kafka's default OAUTHBEARER validator accepts, and counts
+/// how often a client asked.
+#[derive(Default)]
+struct UnsecuredJwt {
+    made: AtomicU64,
+}
+
+impl TokenSource for UnsecuredJwt {
+    fn token(&self) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let now = (now_ms() / 1000) as u64;
+        let expires = now + 3600;
+        self.made.fetch_add(1, Relaxed);
+        Ok(OAuthToken {
+            token: format!(
+                "{}.{}.",
+                b64(serde_json::json!({"alg": "none"})),
+                b64(serde_json::json!({"sub": "damselfly-test", "iat": now, "exp": expires}))
+            ),
+            principal_name: "damselfly-test".into(),
+            lifetime_ms: expires as i64 * 1000,
+        })
+    }
+}
+
+/// Counts the records it is invoked with.
+#[derive(Default)]
+struct Count(AtomicU64);
+
+#[async_trait::async_trait]
+impl Function for Count {
+    async fn invoke(
+        &self,
+        event: aws_lambda_events::event::kafka::KafkaEvent,
+    ) -> Result<serde_json::Value, FunctionError> {
+        let n: usize = event.records.values().map(Vec::len).sum();
+        self.0.fetch_add(n as u64, Relaxed);
+        Ok(serde_json::json!({}))
+    }
+}
+
+#[test]
+#[ignore = "needs the local stack (tests/run starts it)"]
+fn oauthbearer_tokens_reach_the_broker_from_the_agents_publisher_and_the_runner() {
+    let id = run_id();
+    let topic = format!("oauth-{id}");
+    create_topic(&env("KAFKA_BROKERS"), &topic, PARTITIONS);
+    let source = Arc::new(UnsecuredJwt::default());
+    let kafka = Connection {
+        brokers: env("DAMSELFLY_SASL_BROKERS"),
+        security: Security {
+            mechanism: Some(SaslMechanism::OAuthBearer),
+            ca_location: Some(env("DAMSELFLY_KAFKA_CA").into()),
+            ..Security::default()
+        },
+        tokens: Some(Tokens(source.clone())),
+        ..Connection::default()
+    };
+
+    let publisher = Publisher::new(&PublisherConfig::on(kafka.clone(), &topic)).unwrap();
+    let mut fleet = Fleet::new(10, 7, "ns-oauth");
+    let mut sent = 0;
+    for i in 0..5 {
+        for m in fleet.tick(now_ms() - 10_000 + i * 1000, Duration::from_secs(1)) {
+            publisher.send(&m.tags.vm, &m.to_json()).unwrap();
+            sent += 1;
+        }
+    }
+    publisher.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!(publisher.deliveries().delivered.load(Relaxed), sent);
+    let after_publish = source.made.load(Relaxed);
+    assert!(after_publish >= 1, "the publisher asked for a token");
+    drop(publisher);
+
+    let count = Arc::new(Count::default());
+    let mut config = RunnerConfig::new(&kafka.brokers, &topic, &topic);
+    config.kafka = kafka;
+    config.until_caught_up = true;
+    config.scaling = ScalingConfig::fixed(1);
+    let summary = rt()
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                damselfly_runner::run(
+                    &config,
+                    count.clone(),
+                    Arc::new(Stats::default()),
+                    std::future::pending(),
+                ),
+            )
+            .await
+        })
+        .expect("the runner caught up in time")
+        .expect("the runner ran over OAUTHBEARER");
+    assert_eq!(summary.records, sent);
+    assert_eq!(count.0.load(Relaxed), sent);
+    // The runner's monitor and its worker each authenticated with a token of their own.
+    assert!(
+        source.made.load(Relaxed) >= after_publish + 2,
+        "tokens made: {}",
+        source.made.load(Relaxed)
+    );
 }

@@ -545,6 +545,7 @@ impl KafkaConfig {
             },
             options,
             naming: n,
+            tokens: None,
         };
         conn.validate()?;
         Ok(conn)

@@ -95,6 +95,7 @@ impl SecurityArgs {
             },
             options: self.kafka_options.clone(),
             naming: n,
+            tokens: None,
         };
         conn.validate()?;
         Ok(conn)

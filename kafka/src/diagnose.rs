@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::settings::{Connection, Field, Naming};
+use crate::settings::{Connection, Field, Naming, SaslMechanism};
 
 /// How often the same kind of problem is logged again while it lasts.
 const RELOG_EVERY: Duration = Duration::from_secs(60);
@@ -68,6 +68,7 @@ pub struct Subject {
     brokers: String,
     security: String,
     user: Option<String>,
+    mechanism: Option<SaslMechanism>,
 }
 
 impl Subject {
@@ -78,6 +79,7 @@ impl Subject {
             brokers: conn.brokers.clone(),
             security: conn.security.describe(),
             user: conn.security.username.clone(),
+            mechanism: conn.security.mechanism,
         }
     }
 
@@ -155,21 +157,31 @@ pub fn diagnose(
             .user
             .as_deref()
             .map_or(String::new(), |u| format!(" for user `{u}`"));
-        let check = if lower.contains("oauthbearer") {
-            format!(
-                "check the AWS credentials of this machine (instance profile, AWS_* variables) and {}",
-                s.name(Field::AwsRegion)
-            )
-        } else {
-            format!(
-                "check {} and {}",
-                s.name(Field::SaslUsername),
-                s.name(Field::SaslPassword)
-            )
+        let (field, check) = match s.mechanism {
+            Some(SaslMechanism::AwsMskIam) => (
+                Field::AwsRegion,
+                format!(
+                    "check the AWS credentials of this machine (instance profile, AWS_* variables), \
+                     their kafka-cluster:Connect permission, and {}",
+                    s.name(Field::AwsRegion)
+                ),
+            ),
+            Some(SaslMechanism::OAuthBearer) => (
+                Field::SaslMechanism,
+                "check the tokens the program's token source makes".to_owned(),
+            ),
+            _ => (
+                Field::SaslPassword,
+                format!(
+                    "check {} and {}",
+                    s.name(Field::SaslUsername),
+                    s.name(Field::SaslPassword)
+                ),
+            ),
         };
         return problem(
             ProblemKind::Credentials,
-            Field::SaslPassword,
+            field,
             format!(
                 "the brokers refused the credentials{who} ({}; {reason}): {check}",
                 s.security
@@ -305,7 +317,7 @@ impl Watch {
 mod tests {
     use super::*;
     use crate::secret::Secret;
-    use crate::settings::{SaslMechanism, Security};
+    use crate::settings::Security;
 
     fn subject(naming: Naming) -> Subject {
         Subject::of(&Connection {
@@ -318,6 +330,7 @@ mod tests {
             },
             naming,
             options: vec![],
+            tokens: None,
         })
     }
 
@@ -336,6 +349,29 @@ mod tests {
         assert!(p.message.contains("kafka.sasl_username"), "{p}");
         assert!(p.message.contains("kafka.sasl_password_file"), "{p}");
         assert!(!p.message.contains("pw)"), "{p}");
+    }
+
+    #[test]
+    fn a_refused_msk_iam_token_points_at_the_aws_credentials() {
+        let s = Subject::of(&Connection {
+            brokers: "b-1:9098".into(),
+            security: Security {
+                mechanism: Some(SaslMechanism::AwsMskIam),
+                ..Security::default()
+            },
+            ..Connection::default()
+        });
+        // Kafka's answer to a token it does not accept, as the local broker gave it.
+        let p = diagnose(
+            Some(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://b-1:9098/bootstrap: SASL authentication error: {\"status\":\"invalid_token\"} (after 305ms in state AUTH_REQ)",
+            &s,
+        )
+        .unwrap();
+        assert_eq!(p.kind, ProblemKind::Credentials);
+        assert_eq!(p.setting, "--msk-region (KAFKA_MSK_REGION, AWS_REGION)");
+        assert!(p.message.contains("kafka-cluster:Connect"), "{p}");
+        assert!(!p.message.contains("password"), "{p}");
     }
 
     #[test]

@@ -41,24 +41,27 @@ impl std::fmt::Debug for Hooks {
 }
 
 impl Hooks {
-    /// The hooks of a client of `conn` (with an MSK IAM token source when it uses IAM).
+    /// The hooks of a client of `conn`: with an MSK IAM token source when it uses IAM, or the
+    /// connection's own token source with OAUTHBEARER.
     pub fn new(conn: &Connection) -> Result<Self, SettingsError> {
         let tokens: Option<Arc<dyn TokenSource>> = match conn.security.mechanism {
             Some(SaslMechanism::AwsMskIam) => Some(msk_tokens(conn)?),
+            Some(SaslMechanism::OAuthBearer) => match &conn.tokens {
+                Some(t) => Some(t.0.clone()),
+                None => {
+                    return Err(SettingsError::new(
+                        conn.naming,
+                        Field::SaslMechanism,
+                        "OAUTHBEARER needs a token source from the program",
+                    ));
+                }
+            },
             _ => None,
         };
         Ok(Self {
             watch: Arc::new(Watch::new(conn)),
             tokens,
         })
-    }
-
-    /// Hooks with a given token source (for tests, and for other OAUTHBEARER providers).
-    pub fn with_tokens(conn: &Connection, tokens: Arc<dyn TokenSource>) -> Self {
-        Self {
-            watch: Arc::new(Watch::new(conn)),
-            tokens: Some(tokens),
-        }
     }
 
     /// Forward of [`ClientContext::error`].

@@ -33,7 +33,7 @@ pub use diagnose::{Problem, ProblemKind, Watch};
 pub use hooks::{Hooks, KafkaContext, TokenSource};
 pub use secret::Secret;
 pub use settings::{
-    Connection, Field, Naming, SaslMechanism, Security, SecurityProtocol, SettingsError,
+    Connection, Field, Naming, SaslMechanism, Security, SecurityProtocol, SettingsError, Tokens,
     parse_kafka_option, refuse_secrets,
 };
 

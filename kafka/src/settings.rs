@@ -9,9 +9,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::sync::Arc;
+
 use rdkafka::config::ClientConfig;
 use serde::Deserialize;
 
+use crate::hooks::TokenSource;
 use crate::secret::Secret;
 
 /// How a client talks to the brokers (librdkafka's `security.protocol`).
@@ -93,6 +96,9 @@ pub enum SaslMechanism {
     /// Amazon MSK's IAM access control: SASL OAUTHBEARER with a SigV4-signed token made from the
     /// AWS credentials of the machine (instance profile, environment, ...).
     AwsMskIam,
+    /// SASL OAUTHBEARER with tokens from [`Connection::tokens`], for programs that embed the
+    /// clients and bring their own identity provider (not accepted from configuration).
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -103,20 +109,21 @@ impl SaslMechanism {
             Self::ScramSha256 => "SCRAM-SHA-256",
             Self::ScramSha512 => "SCRAM-SHA-512",
             Self::AwsMskIam => "AWS_MSK_IAM",
+            Self::OAuthBearer => "OAUTHBEARER",
         }
     }
 
     /// librdkafka's `sasl.mechanism`.
     pub fn librdkafka(self) -> &'static str {
         match self {
-            Self::AwsMskIam => "OAUTHBEARER",
+            Self::AwsMskIam | Self::OAuthBearer => "OAUTHBEARER",
             other => other.as_str(),
         }
     }
 
     /// Whether the mechanism takes a user name and a password.
     pub fn takes_password(self) -> bool {
-        !matches!(self, Self::AwsMskIam)
+        !matches!(self, Self::AwsMskIam | Self::OAuthBearer)
     }
 }
 
@@ -295,6 +302,24 @@ impl Security {
     }
 }
 
+/// Where a connection's OAUTHBEARER tokens come from when the program supplies them.
+#[derive(Clone)]
+pub struct Tokens(pub Arc<dyn TokenSource>);
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tokens(..)")
+    }
+}
+
+impl PartialEq for Tokens {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Tokens {}
+
 /// Everything a client needs to reach the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Connection {
@@ -306,6 +331,8 @@ pub struct Connection {
     pub options: Vec<(String, String)>,
     /// How the settings are named in errors.
     pub naming: Naming,
+    /// The token source of [`SaslMechanism::OAuthBearer`].
+    pub tokens: Option<Tokens>,
 }
 
 impl Connection {
@@ -365,11 +392,18 @@ impl Connection {
                     return err(Field::SaslPassword, format!("{m} needs a password"));
                 }
             } else {
+                if m == SaslMechanism::OAuthBearer && self.tokens.is_none() {
+                    return err(
+                        Field::SaslMechanism,
+                        "OAUTHBEARER needs a token source from the program; for Amazon MSK use AWS_MSK_IAM".into(),
+                    );
+                }
                 if !protocol.tls() {
                     return err(
                         Field::SecurityProtocol,
-                        "AWS_MSK_IAM works over TLS only: use sasl_ssl (MSK's IAM listener is port 9098)"
-                            .into(),
+                        format!(
+                            "{m} works over TLS only: use sasl_ssl (MSK's IAM listener is port 9098)"
+                        ),
                     );
                 }
                 if s.username.is_some() || s.password.is_some() {
