@@ -208,6 +208,10 @@ impl Publisher {
                 return Err(PublishError::Connection(problem));
             }
             if left <= FLUSH_SLICE {
+                // An unreachable broker: say which, and which setting names it.
+                if let Some(problem) = self.producer.context().hooks.watch().latest() {
+                    return Err(PublishError::Connection(problem));
+                }
                 return Err(PublishError::FlushTimeout {
                     pending: self.producer.in_flight_count(),
                     waited: timeout,
