@@ -23,15 +23,31 @@ pub struct Aggregate {
 /// What one invocation did; returned to the caller as the function's JSON result.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct AggregateSummary {
-    /// Record, sample and rejection counts.
+    /// Record, sample and rejection counts of the records written now.
     #[serde(flatten)]
     pub stats: BatchStats,
+    /// Records the lake already held, skipped (a retry, or a replay after an offset reset).
+    pub skipped: u64,
     /// Topic-partitions in the event.
     pub partitions: usize,
     /// Objects written to the lake.
     pub objects: usize,
-    /// Objects of earlier uncommitted attempts removed (see `damselfly_core::ledger`).
+    /// Objects of an earlier attempt that had decided but not published, published now (see
+    /// `damselfly_core::ledger`).
+    pub rolled_forward: usize,
+    /// Objects of an earlier attempt of the previous protocol removed.
     pub removed: usize,
+}
+
+impl std::ops::AddAssign for AggregateSummary {
+    fn add_assign(&mut self, o: Self) {
+        self.stats += o.stats;
+        self.skipped += o.skipped;
+        self.partitions += o.partitions;
+        self.objects += o.objects;
+        self.rolled_forward += o.rolled_forward;
+        self.removed += o.removed;
+    }
 }
 
 /// The name the aggregate function's state objects are kept under in the lake.
@@ -76,61 +92,79 @@ impl Aggregate {
         &self.lake
     }
 
-    /// Processes one event: every record lands in `raw`/`rollup_1m` or in `dlq`; returns once all
-    /// is written, each topic-partition under the lake's exactly-once protocol.
+    /// Processes one event: every record lands in `raw`/`rollup_1m` or in `dlq`, or is skipped
+    /// because the lake already holds it; returns once all is written, each topic-partition under
+    /// the lake's exactly-once protocol.
     pub async fn handle(&self, event: KafkaEvent) -> Result<AggregateSummary, HandlerError> {
-        let limits = self.limits.clone();
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let batches = tokio::task::spawn_blocking(move || decode_event(event, now_ms, &limits))
-            .await
-            .map_err(|e| HandlerError::Task(e.to_string()))?;
-        let mut summary = AggregateSummary {
-            partitions: batches.len(),
-            ..Default::default()
-        };
-        let written =
-            futures::future::try_join_all(batches.into_iter().map(|b| self.write_partition(b)))
-                .await?;
-        for (stats, objects, removed) in written {
-            summary.stats += stats;
-            summary.objects += objects;
-            summary.removed += removed;
+        let groups = group_event(event);
+        let mut summary = AggregateSummary::default();
+        let written = futures::future::try_join_all(
+            groups
+                .into_iter()
+                .map(|(group, records)| self.write_partition(group, records)),
+        )
+        .await?;
+        for s in written {
+            summary += s;
         }
         tracing::debug!(
             records = summary.stats.records,
             samples = summary.stats.samples,
             rejected = summary.stats.rejected,
+            skipped = summary.skipped,
             partitions = summary.partitions,
             objects = summary.objects,
-            removed = summary.removed,
+            rolled_forward = summary.rolled_forward,
             "batch written"
         );
         Ok(summary)
     }
 
-    /// Encodes one topic-partition's records from the partition's counter tail and writes them.
+    /// Settles the partition's previous write, drops the records the lake already holds, encodes
+    /// the rest from the partition's counter tail and writes them.
     async fn write_partition(
         &self,
-        batch: PartitionBatch,
-    ) -> Result<(BatchStats, usize, usize), HandlerError> {
-        let stats = batch.stats();
-        let (Some(first_offset), Some(last)) = (batch.first_offset, batch.last_offset) else {
-            return Ok((stats, 0, 0));
+        group: String,
+        records: Vec<KafkaRecord>,
+    ) -> Result<AggregateSummary, HandlerError> {
+        let Some(head) = records.first() else {
+            return Ok(AggregateSummary::default());
         };
-        let ledger = self
-            .lake
-            .ledger(WRITER, &batch.topic, batch.partition)
-            .await?;
-        let before = ledger.tail_for(first_offset);
-        let (topic, partition) = (batch.topic.clone(), batch.partition);
-        let (objects, tail, tail_undo) = tokio::task::spawn_blocking(move || {
-            let mut tail = before.clone();
+        let topic = record_topic(head, &group).to_owned();
+        let partition = head.partition as i32;
+        let mut ledger = self.lake.ledger(WRITER, &topic, partition).await?;
+        let settled = ledger.settle().await?;
+        let from = ledger.next_offset().unwrap_or(i64::MIN);
+        let total = records.len();
+        let fresh: Vec<KafkaRecord> = records.into_iter().filter(|r| r.offset >= from).collect();
+        let summary = AggregateSummary {
+            partitions: 1,
+            skipped: (total - fresh.len()) as u64,
+            rolled_forward: settled.rolled_forward,
+            removed: settled.removed,
+            ..Default::default()
+        };
+        if summary.skipped > 0 {
+            tracing::info!(
+                %topic, partition, skipped = summary.skipped, next_offset = from,
+                "records the lake already holds skipped (a retry, or a replay after an offset reset)"
+            );
+        }
+        let mut summary = summary;
+        let before = ledger.tail();
+        let (limits, now_ms) = (self.limits.clone(), chrono::Utc::now().timestamp_millis());
+        let (batch, objects, tail) = tokio::task::spawn_blocking(move || {
+            let batch = decode_partition(&group, &fresh, now_ms, &limits);
+            let mut tail = before;
             let objects = batch.objects(&mut tail)?;
-            let undo = before.undo_of(&tail);
-            Ok::<_, EncodeError>((objects, tail, undo))
+            Ok::<_, EncodeError>((batch, objects, tail))
         })
         .await
         .map_err(|e| HandlerError::Task(e.to_string()))??;
+        summary.stats = batch.stats();
+        let (Some(first_offset), Some(last)) = (batch.first_offset, batch.last_offset) else {
+            return Ok(summary);
+        };
         let write = PartitionWrite {
             topic,
             partition,
@@ -138,49 +172,64 @@ impl Aggregate {
             next_offset: last + 1,
             objects,
             tail,
-            tail_undo,
         };
-        let report = ledger.write(&write).await?;
-        Ok((stats, report.written, report.removed))
+        summary.objects = ledger.write(&write).await?.written;
+        Ok(summary)
     }
 }
 
-/// Decodes an event into one batch per topic-partition, records in offset order (CPU work, no I/O).
-pub fn decode_event(event: KafkaEvent, now_ms: i64, limits: &Validation) -> Vec<PartitionBatch> {
+/// Groups an event's records by `topic-partition`, each group in offset order.
+pub fn group_event(event: KafkaEvent) -> BTreeMap<String, Vec<KafkaRecord>> {
     // BTreeMap: deterministic processing order whatever the event's map order.
-    let groups: BTreeMap<String, Vec<KafkaRecord>> = event.records.into_iter().collect();
-    let mut batches = Vec::with_capacity(groups.len());
-    for (group, mut records) in groups {
+    let mut groups: BTreeMap<String, Vec<KafkaRecord>> = event.records.into_iter().collect();
+    for records in groups.values_mut() {
         records.sort_by_key(|r| r.offset);
-        let fallback_topic = group.rsplit_once('-').map_or(group.as_str(), |(t, _)| t);
-        let mut batch: Option<PartitionBatch> = None;
-        for r in &records {
-            let topic = r.topic.as_deref().unwrap_or(fallback_topic);
-            let b = batch.get_or_insert_with(|| PartitionBatch::new(topic, r.partition as i32));
-            let key = r.key.as_deref().map(b64);
-            let value = r.value.as_deref().map(b64);
-            let rec = |key, value| InputRecord {
-                topic,
-                partition: r.partition as i32,
-                offset: r.offset,
-                timestamp_ms: r.timestamp.0.timestamp_millis(),
-                key,
-                value,
-            };
-            match (key.transpose(), value.transpose()) {
-                (Ok(k), Ok(v)) => b.push(&rec(k.as_deref(), v.as_deref()), now_ms, limits),
-                (Err(e), _) | (_, Err(e)) => {
-                    let raw = r.value.as_deref().map(str::as_bytes);
-                    b.reject(
-                        &rec(None, raw),
-                        &Rejection::Envelope(format!("key or value is not base64: {e}")),
-                    )
-                }
+    }
+    groups
+}
+
+/// A record's topic: its own field, else the event group's name without the partition.
+fn record_topic<'a>(r: &'a KafkaRecord, group: &'a str) -> &'a str {
+    r.topic
+        .as_deref()
+        .unwrap_or_else(|| group.rsplit_once('-').map_or(group, |(t, _)| t))
+}
+
+/// Decodes one topic-partition's records, in offset order, into a batch (CPU work, no I/O).
+pub fn decode_partition(
+    group: &str,
+    records: &[KafkaRecord],
+    now_ms: i64,
+    limits: &Validation,
+) -> PartitionBatch {
+    let (topic, partition) = match records.first() {
+        Some(r) => (record_topic(r, group), r.partition as i32),
+        None => (group, 0),
+    };
+    let mut b = PartitionBatch::new(topic, partition);
+    for r in records {
+        let key = r.key.as_deref().map(b64);
+        let value = r.value.as_deref().map(b64);
+        let rec = |key, value| InputRecord {
+            topic,
+            partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp.0.timestamp_millis(),
+            key,
+            value,
+        };
+        match (key.transpose(), value.transpose()) {
+            (Ok(k), Ok(v)) => b.push(&rec(k.as_deref(), v.as_deref()), now_ms, limits),
+            (Err(e), _) | (_, Err(e)) => {
+                let raw = r.value.as_deref().map(str::as_bytes);
+                b.reject(
+                    &rec(None, raw),
+                    &Rejection::Envelope(format!("key or value is not base64: {e}")),
+                )
             }
         }
-        batches.extend(batch);
     }
-    batches
+    b
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
@@ -365,13 +414,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retrying_the_same_batch_overwrites_instead_of_duplicating() {
+    async fn a_retry_or_a_replay_skips_what_the_lake_holds() {
         let (h, _store) = handler();
         let ev = event(vec![record(0, 7, "vm-a", &message("vm-a", NOW, 1.0))]);
-        h.handle(ev.clone()).await.unwrap();
-        let first = h.lake().list("").await.unwrap();
-        h.handle(ev).await.unwrap();
-        assert_eq!(h.lake().list("").await.unwrap(), first);
+        let first = h.handle(ev.clone()).await.unwrap();
+        assert_eq!((first.skipped, first.objects), (0, 2));
+        let objects = h.lake().list("").await.unwrap();
+        let again = h.handle(ev).await.unwrap();
+        assert_eq!(
+            (again.skipped, again.objects, again.stats.records),
+            (1, 0, 0)
+        );
+        assert_eq!(h.lake().list("").await.unwrap(), objects);
+        // A replay from the beginning with one new record: only the new one is written.
+        let replay = event(vec![
+            record(0, 7, "vm-a", &message("vm-a", NOW, 1.0)),
+            record(0, 8, "vm-a", &message("vm-a", NOW + 2_000, 2.0)),
+        ]);
+        let s = h.handle(replay).await.unwrap();
+        assert_eq!(
+            (s.skipped, s.stats.records, s.stats.samples),
+            (1, 1, first.stats.samples)
+        );
+        assert!(
+            h.lake()
+                .list("raw")
+                .await
+                .unwrap()
+                .iter()
+                .any(|k| k.ends_with("+0000000008.parquet")),
+            "the new record's batch is named by its own first offset"
+        );
     }
 
     #[tokio::test]

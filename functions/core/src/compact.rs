@@ -55,7 +55,7 @@ use serde::Serialize;
 
 use crate::encode::{self, EncodeError, PartialColumns};
 use crate::lake::{Lake, LakeError};
-use crate::ledger::{PartitionState, state_key};
+use crate::ledger::{PartitionState, STAGING_PREFIX, state_key};
 use crate::rollup::Partial;
 
 /// Parquet key-value metadata of a compacted file: a JSON array of the file names it replaces.
@@ -325,6 +325,9 @@ pub struct Plan {
     pub expiries: Vec<Expiry>,
     /// Batch files in closed hours left for a later run: their partition's latest batch may still be retried.
     pub waiting: u64,
+    /// Staged objects of attempts that never decided (or were published and not cleaned up),
+    /// older than the grace: nobody will publish them.
+    pub stale_staging: Vec<Path>,
 }
 
 impl Plan {
@@ -352,6 +355,7 @@ impl Plan {
         r.rollups_1d = self.rollups_1d.len() as u64;
         r.partitions_expired = self.expiries.len() as u64;
         r.objects_expired = self.expiries.iter().map(|e| e.objects.len() as u64).sum();
+        r.staging_removed = self.stale_staging.len() as u64;
         r.bytes_expired = self
             .expiries
             .iter()
@@ -391,6 +395,8 @@ pub struct CompactReport {
     pub waiting: u64,
     /// Partitions skipped because another compactor wrote the same generation first.
     pub conflicts: u64,
+    /// Stale staged objects removed (see [`Plan::stale_staging`]).
+    pub staging_removed: u64,
 }
 
 /// Compacted files' `compacted_from` lists, by (key, size, modification time): compacted files never change.
@@ -549,6 +555,21 @@ struct Ledgers<'a> {
 }
 
 impl Ledgers<'_> {
+    /// The partition's state, read once per plan.
+    async fn state(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<&PartitionState>, LakeError> {
+        let id = (topic.to_owned(), partition);
+        if !self.states.contains_key(&id) {
+            let key = Path::from(state_key(self.writer, topic, partition));
+            let (state, _) = self.lake.read_state::<PartitionState>(&key).await?;
+            self.states.insert(id.clone(), state);
+        }
+        Ok(self.states[&id].as_ref())
+    }
+
     /// Whether the ledger will never rewrite or remove the batch file `name` of `table`.
     async fn settled(&mut self, table: Table, name: &str) -> Result<bool, LakeError> {
         if !matches!(table, Table::Raw | Table::Rollup1m | Table::Dlq) {
@@ -557,16 +578,43 @@ impl Ledgers<'_> {
         let Some((topic, partition, offset)) = batch_origin(name) else {
             return Ok(true);
         };
-        let id = (topic.to_owned(), partition);
-        if !self.states.contains_key(&id) {
-            let key = Path::from(state_key(self.writer, topic, partition));
-            let (state, _) = self.lake.read_state::<PartitionState>(&key).await?;
-            self.states.insert(id.clone(), state);
-        }
-        Ok(match &self.states[&id] {
+        Ok(match self.state(topic, partition).await? {
             None => true,
             Some(s) => s.complete && s.first_offset > offset,
         })
+    }
+
+    /// Staged objects older than `before` that no state will publish (see [`crate::ledger`]).
+    async fn stale_staging(&mut self, before_ms: i64) -> Result<Vec<Path>, LakeError> {
+        let root = Path::from(format!("{STAGING_PREFIX}/{}", self.writer));
+        let staged: Vec<ObjectMeta> = self.lake.store().list(Some(&root)).try_collect().await?;
+        let mut stale = Vec::new();
+        for o in staged {
+            if o.last_modified.timestamp_millis() >= before_ms {
+                continue;
+            }
+            // _staging/{writer}/{topic}+{partition}/{attempt}/{final key}
+            let parts: Vec<&str> = o.location.as_ref().splitn(5, '/').collect();
+            let [_, _, tp, attempt, _] = parts[..] else {
+                stale.push(o.location);
+                continue;
+            };
+            let prefix = format!("{STAGING_PREFIX}/{}/{tp}/{attempt}", self.writer);
+            let pending = match tp.rsplit_once('+') {
+                Some((topic, p)) => match p.parse() {
+                    Ok(partition) => self
+                        .state(topic, partition)
+                        .await?
+                        .is_some_and(|s| s.staging.as_deref() == Some(prefix.as_str())),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !pending {
+                stale.push(o.location);
+            }
+        }
+        Ok(stale)
     }
 }
 
@@ -726,6 +774,9 @@ pub async fn plan(lake: &Lake, cfg: &CompactConfig) -> Result<Plan, CompactError
             plan.rollups_1d.push(day);
         }
     }
+    plan.stale_staging = ledgers
+        .stale_staging(cfg.now_ms - cfg.grace.as_millis() as i64)
+        .await?;
     Ok(plan)
 }
 
@@ -854,6 +905,9 @@ pub async fn execute(
             report.bytes_expired += e.objects.iter().map(|o| o.size).sum::<u64>();
         }
         on_step(Step::Expired(e));
+    }
+    if !cfg.halt_after_write {
+        report.staging_removed = delete_all(store, plan.stale_staging.clone()).await?;
     }
     Ok(report)
 }
@@ -1301,8 +1355,9 @@ mod tests {
             };
             b.push(&rec, ts, &limits);
         }
-        let ledger = lake.ledger("aggregate", TOPIC, partition).await.unwrap();
-        let mut tail = ledger.tail_for(first);
+        let mut ledger = lake.ledger("aggregate", TOPIC, partition).await.unwrap();
+        ledger.settle().await.unwrap();
+        let mut tail = ledger.tail();
         let objects = b.objects(&mut tail).unwrap();
         let w = PartitionWrite {
             topic: TOPIC.into(),
@@ -1311,7 +1366,6 @@ mod tests {
             next_offset: first + n,
             objects,
             tail,
-            tail_undo: Default::default(),
         };
         ledger.write(&w).await.unwrap();
     }
@@ -1680,6 +1734,43 @@ mod tests {
         let b = execute(&lake, &cfg(now), &plan_b, |_| {}).await.unwrap();
         assert_eq!(b.conflicts, 4);
         assert_eq!(rows(&lake, Table::Raw).await, before);
+    }
+
+    #[tokio::test]
+    async fn staged_objects_nobody_will_publish_are_swept_after_the_grace() {
+        let lake = lake();
+        write_batch(&lake, 0, 0, 4, H9).await;
+        let put = |k: &str| {
+            let (store, k) = (lake.store().clone(), Path::from(k));
+            async move { store.put(&k, PutPayload::from_static(b"x")).await.unwrap() }
+        };
+        // An attempt that never decided, and one whose decision is still to be published.
+        put("_staging/aggregate/metrics+0/0000000004-a/raw/x.parquet").await;
+        put("_staging/aggregate/metrics+1/0000000000-b/raw/y.parquet").await;
+        let state = PartitionState {
+            first_offset: 0,
+            next_offset: 3,
+            staging: Some("_staging/aggregate/metrics+1/0000000000-b".into()),
+            ..Default::default()
+        };
+        let key = Path::from(state_key("aggregate", TOPIC, 1));
+        lake.put_state(&key, &state, None).await.unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        // Within the grace, nothing is touched: the attempt may still be deciding.
+        assert!(
+            plan(&lake, &cfg(now))
+                .await
+                .unwrap()
+                .stale_staging
+                .is_empty()
+        );
+        let later = cfg(now + 3_600_000);
+        let report = compact(&lake, &later).await.unwrap();
+        assert_eq!(report.staging_removed, 1);
+        assert_eq!(
+            lake.list("_staging").await.unwrap(),
+            vec!["_staging/aggregate/metrics+1/0000000000-b/raw/y.parquet"]
+        );
     }
 
     #[tokio::test]

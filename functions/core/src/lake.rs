@@ -39,6 +39,29 @@ pub enum LakeError {
         /// The state object's key.
         key: String,
     },
+    /// A batch starts below the partition's next offset: its caller did not drop the records the
+    /// lake already holds (a bug in the caller: they would be stored twice).
+    #[error(
+        "batch for {key} starts at offset {first}, but the lake holds every offset below {next}: drop those records first"
+    )]
+    Overlap {
+        /// The state object's key.
+        key: String,
+        /// The batch's first offset.
+        first: i64,
+        /// The partition's next offset.
+        next: i64,
+    },
+    /// Another process writes this local lake.
+    #[error(
+        "the local lake {path} is being written by another process ({holder}): a local directory takes one writer at a time (it cannot compare-and-swap); stop it, or use an s3:// lake for several writers"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: String,
+    },
     /// A state object is not the JSON this build writes.
     #[error("state object {key} is unreadable ({why}): inspect it, then delete it to start over")]
     CorruptState {
@@ -148,12 +171,63 @@ impl std::fmt::Display for LakeLocation {
 pub struct Lake {
     location: LakeLocation,
     store: Arc<dyn ObjectStore>,
+    /// A local directory's root: its store cannot compare-and-swap, so writers take its lock.
+    locked_dir: Option<PathBuf>,
+}
+
+/// Takes this process's writer lock of the local lake `dir` (`_state/writer.lock`, an exclusive
+/// `flock` held until the process exits), once; fails naming the holder when another has it.
+pub(crate) fn writer_lock(dir: &std::path::Path) -> Result<(), LakeError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    static HELD: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut held = HELD.lock().expect("lock registry poisoned");
+    if held.iter().any(|(d, _)| d == dir) {
+        return Ok(());
+    }
+    let state = dir.join(crate::ledger::STATE_PREFIX);
+    let io = |source| LakeError::Io {
+        path: state.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&state).map_err(io)?;
+    let path = state.join("writer.lock");
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => format!("flock: {e}"),
+            h => h.to_owned(),
+        };
+        return Err(LakeError::Locked { path, holder });
+    }
+    let me = format!(
+        "pid {} ({})",
+        std::process::id(),
+        std::env::args().next().unwrap_or_default()
+    );
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(me.as_bytes()).map_err(io)?;
+    held.push((dir.to_owned(), file));
+    Ok(())
 }
 
 impl Lake {
     /// Opens the lake at a URL, creating a local directory if needed.
     pub fn open(url: &str) -> Result<Self, LakeError> {
         let location = LakeLocation::parse(url)?;
+        let locked_dir = match &location {
+            LakeLocation::Local(dir) => Some(dir.clone()),
+            LakeLocation::S3 { .. } => None,
+        };
         let store: Arc<dyn ObjectStore> = match &location {
             LakeLocation::Local(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| LakeError::Io {
@@ -168,12 +242,34 @@ impl Lake {
                 Path::from(prefix.as_str()),
             )),
         };
-        Ok(Self { location, store })
+        Ok(Self {
+            location,
+            store,
+            locked_dir,
+        })
     }
 
-    /// A lake over any object store (tests use `InMemory`).
+    /// A lake over any object store that can compare-and-swap (tests use `InMemory`).
     pub fn with_store(location: LakeLocation, store: Arc<dyn ObjectStore>) -> Self {
-        Self { location, store }
+        Self {
+            location,
+            store,
+            locked_dir: None,
+        }
+    }
+
+    /// The same lake through another store built around this one's (a fault injector, a cache).
+    pub fn wrap_store(&self, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            location: self.location.clone(),
+            store,
+            locked_dir: self.locked_dir.clone(),
+        }
+    }
+
+    /// The local directory whose writer lock guards state writes, for a local lake.
+    pub(crate) fn locked_dir(&self) -> Option<&std::path::Path> {
+        self.locked_dir.as_deref()
     }
 
     /// Where the lake lives.

@@ -1,23 +1,54 @@
-//! Exactly-once lake writes: a per-partition state object, updated with conditional puts, records what
-//! the latest batch wrote, so a retry that forms a different batch removes what the failed attempt left.
+//! Exactly-once lake writes: a batch is staged out of sight, decided by a conditional put of the
+//! partition's state object, and only then published; a writer that lost its partition can never
+//! make different data visible, and offsets the lake already holds are never written again.
 //!
-//! The protocol for a batch of one topic-partition starting at offset `first` that writes `keys`:
-//! 1. read the state (and its version);
-//! 2. stale = the state's keys not in `keys`, when the state describes an attempt at the same
-//!    `first` (a retry) or an attempt that never completed (a batch abandoned to an on-failure
-//!    destination); otherwise the state's batch was committed and is left alone;
-//! 3. conditionally write the state `{first, keys, complete: false}` (a concurrent writer, such as
-//!    a consumer that lost its partition in a rebalance but still runs, makes this fail);
-//! 4. delete the stale keys, write the objects;
-//! 5. conditionally write the state `{.., complete: true}`.
+//! Per topic-partition the state object (`_state/{writer}/{topic}+{partition}.json`) records the
+//! latest *decided* batch: its offsets `[first, next)`, the final keys of its objects, where they
+//! are staged, whether they are published, and the counter [`Tail`] after it. Decided batches
+//! form a chain: each is decided by a conditional put (If-Match on the version read, If-None-Match
+//! for the first), so for every offset at most one decision ever exists, and everything below the
+//! state's `next_offset` is in the lake (or staged and about to be published by whoever comes next).
 //!
-//! The caller commits the Kafka offsets only after this returns. Object keys are deterministic,
-//! so an exact retry overwrites; the state removes leftovers of inexact ones.
+//! The protocol for a batch of one topic-partition with records from offset `from`:
+//! 1. read the state and its version ([`Lake::ledger`]);
+//! 2. settle the previous decision ([`Ledger::settle`]): if it is staged but not yet published,
+//!    publish it (copy each staged object to its final key) and record that conditionally;
+//! 3. drop the batch's records below the state's `next_offset`: they are in the lake already (a
+//!    retry, a replay after an offset reset or after committed offsets expired, a bisected batch);
+//! 4. encode the rest from the state's tail and put its objects under a staging prefix unique to
+//!    this attempt (`_staging/...`, which no query engine reads);
+//! 5. decide: conditionally put the state `{first, next, keys, staging, complete: false}`; a
+//!    concurrent writer (a consumer that lost its partition but still runs, a slow remote
+//!    invocation) makes this fail, and the attempt removes its staged objects and fails;
+//! 6. publish: copy the staged objects to their final keys
+//!    (`{table}/dt=/hour=/{topic}+{partition}+{first}.parquet`);
+//! 7. conditionally put the state `{.., complete: true}` and delete the staged objects.
 //!
-//! The state also carries the partition's counter [`Tail`] after the batch, and an undo record of
-//! what the batch changed in it, so a retry starts its rates from the tail as it was before.
+//! The caller commits the Kafka offsets only after this returns. Failure windows, and why each is
+//! safe:
+//! - dying before 5: only staged objects exist, which no reader sees; the retry stages anew
+//!   (orphans are deleted by the attempt on conflict, else by compaction's sweep of `_staging`);
+//! - dying between 5 and 7: the decision stands; the next writer of the partition (the retry, or
+//!   the new owner after a rebalance) publishes it in step 2 and skips its offsets in step 3;
+//! - a zombie (paused, partitioned, or a remote invocation the runner gave up on) that wakes after
+//!   a new owner decided: its step 5 fails (the version moved); if it had decided first, its late
+//!   step 6 copies the same staged bytes the new owner published, or finds them deleted and fails;
+//!   a final key only ever holds the bytes of the one decision for its offset;
+//! - a zombie's copy that lands after compaction merged that file and deleted it recreates a file
+//!   its compacted file lists in `damselfly.compacted_from`: `damselfly sql` ignores it and the
+//!   next compaction deletes it (tools that glob the lake see it twice until then). It needs the
+//!   staged objects to have outlived their publication, which happens only when deleting them failed.
+//!
+//! A local directory cannot compare-and-swap: its state objects are written only while this
+//! process holds the lake's writer lock (`_state/writer.lock`, see [`Lake::put_state`]), so one
+//! process writes a local lake at a time and a second gets a clear error.
+//!
+//! States written by the earlier protocol (objects put directly at their final keys, no staging)
+//! are read too: an incomplete one is undone (its objects removed, its tail rewound) and its
+//! offsets written anew.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use object_store::path::Path;
 use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion};
@@ -30,33 +61,38 @@ use crate::rates::{Tail, TailUndo};
 /// Prefix of the state objects inside the lake; query engines never list it.
 pub const STATE_PREFIX: &str = "_state";
 
-/// What the latest batch of one topic-partition wrote.
+/// Prefix of staged, not yet published objects inside the lake; query engines never list it.
+pub const STAGING_PREFIX: &str = "_staging";
+
+/// What the latest decided batch of one topic-partition wrote.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionState {
     /// First offset of the batch.
     pub first_offset: i64,
-    /// One past the batch's last offset.
+    /// One past the batch's last offset: every offset below is in the lake.
     pub next_offset: i64,
-    /// Keys of every object the batch writes.
+    /// Final keys of every object the batch writes.
     pub keys: BTreeSet<String>,
-    /// Whether all of them were written.
+    /// Whether the objects are at their final keys.
     pub complete: bool,
+    /// Where the objects are staged until published (`None` with `complete: false`: a state of
+    /// the earlier protocol, whose objects went straight to their final keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<String>,
     /// The last sample of every counter series after the batch.
     #[serde(default)]
     pub tail: Tail,
-    /// What the batch changed in the tail, to rebuild the tail before it for a retry.
-    #[serde(default)]
+    /// What the batch changed in the tail (written by the earlier protocol, to undo its attempts).
+    #[serde(default, skip_serializing_if = "TailUndo::is_empty")]
     pub tail_undo: TailUndo,
 }
 
 impl PartitionState {
-    /// The counter tail a batch starting at `first_offset` should start from.
-    pub fn tail_for(&self, first_offset: i64) -> Tail {
-        if first_offset == self.first_offset {
-            self.tail.clone().undo(&self.tail_undo)
-        } else {
-            self.tail.clone()
-        }
+    /// The staged key of `key` under this state's staging prefix.
+    fn staged(&self, key: &str) -> Option<Path> {
+        self.staging
+            .as_ref()
+            .map(|s| Path::from(format!("{s}/{key}")))
     }
 }
 
@@ -75,8 +111,6 @@ pub struct PartitionWrite {
     pub objects: Vec<LakeObject>,
     /// The counter tail after the batch.
     pub tail: Tail,
-    /// What the batch changed in the tail.
-    pub tail_undo: TailUndo,
 }
 
 /// What a protected write did.
@@ -84,7 +118,10 @@ pub struct PartitionWrite {
 pub struct WriteReport {
     /// Objects written.
     pub written: usize,
-    /// Objects of an earlier, uncommitted attempt that were removed.
+    /// Objects of an earlier decided attempt published on its behalf (it died or lost the partition
+    /// between deciding and publishing).
+    pub rolled_forward: usize,
+    /// Objects of an earlier, undecided attempt of the earlier protocol that were removed.
     pub removed: usize,
 }
 
@@ -96,73 +133,180 @@ pub fn state_key(writer: &str, topic: &str, partition: i32) -> String {
 /// The version a state object was read at: `None` when it did not exist.
 pub type Version = Option<UpdateVersion>;
 
+/// A staging prefix no other attempt uses: the process id, the time and a counter.
+fn staging_prefix(writer: &str, topic: &str, partition: i32, first: i64) -> String {
+    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{STAGING_PREFIX}/{writer}/{topic}+{partition}/{first:010}-{nanos:x}-{:x}-{}",
+        std::process::id(),
+        ATTEMPTS.fetch_add(1, Relaxed)
+    )
+}
+
 /// One partition's state, read before a batch is encoded and updated as it is written.
 #[derive(Debug)]
 pub struct Ledger<'a> {
     lake: &'a Lake,
+    writer: String,
     key: Path,
     previous: Option<PartitionState>,
     version: Version,
+    settled: Option<WriteReport>,
 }
 
 impl Ledger<'_> {
-    /// The counter tail a batch starting at `first_offset` should start from.
-    pub fn tail_for(&self, first_offset: i64) -> Tail {
+    /// Publishes the previous decided batch if it is still staged, or undoes an incomplete attempt
+    /// of the earlier protocol (step 2); idempotent. Returns what it did.
+    pub async fn settle(&mut self) -> Result<WriteReport, LakeError> {
+        if let Some(done) = self.settled {
+            return Ok(done);
+        }
+        let mut report = WriteReport::default();
+        if let Some(state) = self.previous.as_mut().filter(|s| !s.complete) {
+            if state.staging.is_some() {
+                report.rolled_forward = publish(self.lake, state).await?;
+                tracing::info!(
+                    key = %self.key, first = state.first_offset, next = state.next_offset,
+                    objects = report.rolled_forward,
+                    "published a decided batch its writer left staged"
+                );
+                state.complete = true;
+                let staged: Vec<Path> = state.keys.iter().filter_map(|k| state.staged(k)).collect();
+                state.staging = None;
+                self.version = self
+                    .lake
+                    .put_state(&self.key, state, self.version.take())
+                    .await?;
+                delete_quietly(self.lake, staged).await;
+            } else {
+                // The earlier protocol: objects written in place, offsets never committed. Remove
+                // them and write those offsets again from the tail before the attempt.
+                for k in &state.keys {
+                    match self.lake.store().delete(&Path::from(k.as_str())).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                report.removed = state.keys.len();
+                tracing::info!(key = %self.key, removed = report.removed, "removed leftovers of an earlier attempt");
+                state.tail = std::mem::take(&mut state.tail).undo(&state.tail_undo);
+                state.tail_undo = TailUndo::default();
+                state.next_offset = state.first_offset;
+                state.keys.clear();
+                state.complete = true;
+            }
+        }
+        self.settled = Some(report);
+        Ok(report)
+    }
+
+    /// The first offset not yet in the lake: records below it are skipped (step 3); `None` for a
+    /// partition never written.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.previous.as_ref().map(|p| p.next_offset)
+    }
+
+    /// The counter tail the next batch starts from.
+    pub fn tail(&self) -> Tail {
         self.previous
             .as_ref()
-            .map(|p| p.tail_for(first_offset))
+            .map(|p| p.tail.clone())
             .unwrap_or_default()
     }
 
-    /// Writes the batch under the exactly-once protocol (see the module docs).
-    pub async fn write(self, w: &PartitionWrite) -> Result<WriteReport, LakeError> {
-        let Ledger {
-            lake,
-            key,
-            previous,
-            version,
-        } = self;
-        let keys: BTreeSet<String> = w.objects.iter().map(|o| o.key.clone()).collect();
-        let stale: Vec<String> = match &previous {
-            Some(p) if p.first_offset == w.first_offset || !p.complete => {
-                p.keys.difference(&keys).cloned().collect()
-            }
-            Some(p) => {
-                if w.first_offset < p.next_offset {
-                    tracing::warn!(
-                        topic = %w.topic, partition = w.partition, first = w.first_offset, written_up_to = p.next_offset,
-                        "replay of offsets already written (group offsets reset?): rows may be duplicated"
-                    );
-                }
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
+    /// Stages, decides and publishes the batch (steps 4-7, after [`settle`](Self::settle)); its
+    /// records must all lie at or above [`next_offset`](Self::next_offset).
+    pub async fn write(mut self, w: &PartitionWrite) -> Result<WriteReport, LakeError> {
+        let mut report = self.settle().await?;
+        if let Some(next) = self.next_offset()
+            && w.first_offset < next
+        {
+            return Err(LakeError::Overlap {
+                key: self.key.to_string(),
+                first: w.first_offset,
+                next,
+            });
+        }
+        let prefix = staging_prefix(&self.writer, &w.topic, w.partition, w.first_offset);
         let mut state = PartitionState {
             first_offset: w.first_offset,
             next_offset: w.next_offset,
-            keys,
+            keys: w.objects.iter().map(|o| o.key.clone()).collect(),
             complete: false,
+            staging: Some(prefix.clone()),
             tail: w.tail.clone(),
-            tail_undo: w.tail_undo.clone(),
+            tail_undo: TailUndo::default(),
         };
-        let version = lake.put_state(&key, &state, version).await?;
-        for k in &stale {
-            match lake.store().delete(&Path::from(k.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+        let staged: Vec<LakeObject> = w
+            .objects
+            .iter()
+            .map(|o| LakeObject {
+                key: format!("{prefix}/{}", o.key),
+                ..o.clone()
+            })
+            .collect();
+        let staged_keys: Vec<Path> = staged.iter().map(|o| Path::from(o.key.as_str())).collect();
+        if let Err(e) = self.lake.put_all(&staged).await {
+            delete_quietly(self.lake, staged_keys).await;
+            return Err(e);
+        }
+        let version = match self.lake.put_state(&self.key, &state, self.version).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Undecided: the staged objects are nobody's. (A put that failed after it was
+                // applied leaves a decision behind; the next writer publishes it from the stage,
+                // so the stage must stay: only a conflict proves the decision is not ours.)
+                if matches!(e, LakeError::Conflict { .. }) {
+                    delete_quietly(self.lake, staged_keys).await;
+                }
+                return Err(e);
             }
-        }
-        if !stale.is_empty() {
-            tracing::info!(topic = %w.topic, partition = w.partition, removed = stale.len(), "removed leftovers of an earlier attempt");
-        }
-        lake.put_all(&w.objects).await?;
+        };
+        publish(self.lake, &state).await?;
         state.complete = true;
-        lake.put_state(&key, &state, version).await?;
-        Ok(WriteReport {
-            written: w.objects.len(),
-            removed: stale.len(),
-        })
+        state.staging = None;
+        match self.lake.put_state(&self.key, &state, version).await {
+            // Someone else saw our decision staged and published it for us meanwhile.
+            Ok(_) | Err(LakeError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        delete_quietly(self.lake, staged_keys).await;
+        report.written = w.objects.len();
+        Ok(report)
+    }
+}
+
+/// Copies a decided batch's staged objects to their final keys (step 6); returns how many. A
+/// staged object that is gone means another writer published the batch and cleaned up: the
+/// caller's view is stale, which it learns as a conflict.
+async fn publish(lake: &Lake, state: &PartitionState) -> Result<usize, LakeError> {
+    for key in &state.keys {
+        let Some(from) = state.staged(key) else {
+            continue;
+        };
+        match lake.store().copy(&from, &Path::from(key.as_str())).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(LakeError::Conflict {
+                    key: from.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(state.keys.len())
+}
+
+/// Deletes objects, logging rather than failing: leftovers of staging are harmless.
+async fn delete_quietly(lake: &Lake, keys: Vec<Path>) {
+    for k in keys {
+        match lake.store().delete(&k).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::debug!(key = %k, error = %e, "staged object left behind"),
+        }
     }
 }
 
@@ -178,13 +322,16 @@ impl Lake {
         let (previous, version) = self.read_state(&key).await?;
         Ok(Ledger {
             lake: self,
+            writer: writer.to_owned(),
             key,
             previous,
             version,
+            settled: None,
         })
     }
 
-    /// Writes one topic-partition's batch under the exactly-once protocol (see the module docs).
+    /// Writes one topic-partition's batch under the exactly-once protocol (see the module docs);
+    /// records below the partition's next offset must have been dropped by the caller.
     pub async fn write_exactly_once(
         &self,
         writer: &str,
@@ -221,7 +368,9 @@ impl Lake {
     }
 
     /// Writes a JSON state object only if it is still at `version` (or still absent); returns the
-    /// new version. Local directories cannot compare-and-swap, so there the write is unconditional.
+    /// new version. A local directory cannot compare-and-swap: there the write is made under the
+    /// lake's writer lock, which this process takes on its first state write (and an error names
+    /// the process that holds it).
     pub async fn put_state<T: Serialize>(
         &self,
         key: &Path,
@@ -229,20 +378,23 @@ impl Lake {
         version: Version,
     ) -> Result<Version, LakeError> {
         let body = PutPayload::from(serde_json::to_vec(state).expect("state serializes"));
+        if let Some(dir) = self.locked_dir() {
+            crate::lake::writer_lock(dir)?;
+            let r = self.store().put(key, body).await?;
+            return Ok(Some(UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            }));
+        }
         let mode = match version {
             None => PutMode::Create,
             Some(v) => PutMode::Update(v),
         };
-        let result = match self
+        match self
             .store()
-            .put_opts(key, body.clone(), PutOptions::from(mode))
+            .put_opts(key, body, PutOptions::from(mode))
             .await
         {
-            // Local directories cannot compare-and-swap: one writer per local lake is assumed.
-            Err(object_store::Error::NotImplemented { .. }) => self.store().put(key, body).await,
-            other => other,
-        };
-        match result {
             Ok(r) => Ok(Some(UpdateVersion {
                 e_tag: r.e_tag,
                 version: r.version,

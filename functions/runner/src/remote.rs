@@ -15,7 +15,7 @@ use crate::function::{Function, FunctionError};
 const INVOKE_PATH: &str = "/2015-03-31/functions/";
 
 /// How long one invocation may take: Lambda's own maximum function timeout.
-const INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
+pub(crate) const INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Where `--invoke-url` points: an endpoint (or the region's AWS endpoint) and a function name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1111,7 +1111,16 @@ fn consumer_config(config: &RunnerConfig, id: usize) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", reset)
-        .set("group.protocol", config.group_protocol.as_str());
+        .set("group.protocol", config.group_protocol.as_str())
+        // A worker polls between invocations only, and a remote invocation may take Lambda's
+        // longest timeout: librdkafka's 5-minute default would drop the worker from the group in
+        // the middle of one (its write would then meet the new owner's in the lake's ledger).
+        .set(
+            "max.poll.interval.ms",
+            (crate::remote::INVOKE_TIMEOUT + Duration::from_secs(60))
+                .as_millis()
+                .to_string(),
+        );
     match config.group_protocol {
         GroupProtocol::Classic => {
             // A dead member's partitions move after 6 s (the broker's minimum by default); an
