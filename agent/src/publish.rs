@@ -6,8 +6,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use damselfly_kafka::{Connection, Hooks, Problem, SettingsError};
-use rdkafka::ClientContext;
-use rdkafka::client::OAuthToken;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
@@ -103,22 +101,9 @@ impl Deliveries {
     }
 }
 
-impl ClientContext for Deliveries {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    /// A refused password or an untrusted certificate is logged once a minute naming the
-    /// setting to fix; an unreachable broker at warn (the agent spools meanwhile).
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.hooks.error(error, reason);
-    }
-
-    fn generate_oauth_token(
-        &self,
-        _config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        self.hooks.oauth_token()
-    }
-}
+// A refused password or an untrusted certificate is logged once a minute naming the setting to
+// fix; an unreachable broker at warn (the agent spools meanwhile).
+damselfly_kafka::client_context!(Deliveries, hooks);
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();

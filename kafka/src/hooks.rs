@@ -10,7 +10,6 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use rdkafka::ClientContext;
 use rdkafka::client::OAuthToken;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
@@ -140,16 +139,28 @@ impl KafkaContext {
     }
 }
 
-impl ClientContext for KafkaContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+/// Implements rdkafka's `ClientContext` for a context type that keeps its [`Hooks`] in a field:
+/// client errors go to the hooks' watch, and OAUTHBEARER tokens come from their token source.
+#[macro_export]
+macro_rules! client_context {
+    ($ty:ty, $field:ident) => {
+        impl $crate::rdkafka::ClientContext for $ty {
+            const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.hooks.error(error, reason);
-    }
+            fn error(&self, error: $crate::rdkafka::error::KafkaError, reason: &str) {
+                self.$field.error(error, reason);
+            }
 
-    fn generate_oauth_token(&self, _config: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
-        self.hooks.oauth_token()
-    }
+            fn generate_oauth_token(
+                &self,
+                _config: Option<&str>,
+            ) -> Result<$crate::rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+                self.$field.oauth_token()
+            }
+        }
+    };
 }
+
+crate::client_context!(KafkaContext, hooks);
 
 impl ConsumerContext for KafkaContext {}

@@ -19,6 +19,9 @@
 //! runs on any glibc Linux; SASL PLAIN, SCRAM-SHA-256/512 and OAUTHBEARER are librdkafka's own.
 //! GSSAPI (Kerberos) is not built in: it needs Cyrus SASL on every machine.
 
+/// The rdkafka this crate builds clients with (for [`client_context!`]).
+pub use rdkafka;
+
 pub mod diagnose;
 pub mod hooks;
 pub mod secret;

@@ -11,15 +11,7 @@ use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-use super::broker::tail;
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {sig} {pid} failed");
-}
+use super::broker::{signal, tail};
 
 /// One run of `damselfly agent`, logging to its own file.
 pub struct Agent {

@@ -31,7 +31,8 @@ pub fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Sends a signal (`-TERM`, `-KILL`, `-STOP`, `-CONT`) to a process.
+pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()

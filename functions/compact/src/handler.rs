@@ -149,7 +149,6 @@ mod tests {
             next_offset: first + 1,
             objects: b.objects(&mut Default::default()).unwrap(),
             tail: Default::default(),
-            tail_undo: Default::default(),
         };
         lake.write_exactly_once(damselfly_aggregate::handler::WRITER, &w)
             .await

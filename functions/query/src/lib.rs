@@ -378,7 +378,6 @@ mod tests {
             next_offset: first + n,
             objects: batch.objects(&mut Default::default()).unwrap(),
             tail: Default::default(),
-            tail_undo: Default::default(),
         };
         lake.write_exactly_once("aggregate", &write).await.unwrap();
     }
@@ -557,7 +556,6 @@ mod tests {
             next_offset: vms.len() as i64,
             objects: batch.objects(&mut Default::default()).unwrap(),
             tail: Default::default(),
-            tail_undo: Default::default(),
         };
         lake.write_exactly_once("aggregate", &write).await.unwrap();
     }

@@ -24,14 +24,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use damselfly_kafka::Hooks;
-use rdkafka::client::OAuthToken;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -164,20 +163,7 @@ pub(crate) struct WorkerContext {
     hooks: Hooks,
 }
 
-impl ClientContext for WorkerContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.hooks.error(error, reason);
-    }
-
-    fn generate_oauth_token(
-        &self,
-        _config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        self.hooks.oauth_token()
-    }
-}
+damselfly_kafka::client_context!(WorkerContext, hooks);
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
