@@ -11,7 +11,14 @@ pub struct Config {
     pub lake: String,
     /// Record validation limits (`DAMSELFLY_MAX_PAST`, `DAMSELFLY_MAX_FUTURE`, `DAMSELFLY_MAX_MESSAGE_BYTES`).
     pub limits: Validation,
+    /// How long a counter series may stay silent before its last sample leaves the partition's
+    /// state (`DAMSELFLY_TAIL_EXPIRY`, default 1h): the state holds the live fleet, not every VM
+    /// and device ever seen. A series back after longer has no rate for its first interval.
+    pub tail_expiry: Duration,
 }
+
+/// How long a silent counter series keeps its last sample, by default.
+pub const DEFAULT_TAIL_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// A configuration problem, naming the variable and how to fix it.
 pub use damselfly_core::env::EnvError as ConfigError;
@@ -47,6 +54,7 @@ impl Config {
         };
         Ok(Self {
             lake,
+            tail_expiry: duration("DAMSELFLY_TAIL_EXPIRY", DEFAULT_TAIL_EXPIRY)?,
             limits: Validation {
                 max_past: duration("DAMSELFLY_MAX_PAST", defaults.max_past)?,
                 max_future: duration("DAMSELFLY_MAX_FUTURE", defaults.max_future)?,
@@ -74,6 +82,9 @@ mod tests {
         let c = cfg(&[("LAKE", "s3://b/l")]).unwrap();
         assert_eq!(c.lake, "s3://b/l");
         assert_eq!(c.limits, Validation::default());
+        assert_eq!(c.tail_expiry, DEFAULT_TAIL_EXPIRY);
+        let c = cfg(&[("LAKE", "s3://b/l"), ("DAMSELFLY_TAIL_EXPIRY", "6h")]).unwrap();
+        assert_eq!(c.tail_expiry, Duration::from_secs(6 * 3600));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::Config;
 pub struct Aggregate {
     lake: Lake,
     limits: Validation,
+    tail_expiry: std::time::Duration,
 }
 
 /// What one invocation did; returned to the caller as the function's JSON result.
@@ -77,14 +78,21 @@ impl HandlerError {
 damselfly_core::lambda_diagnostic!(HandlerError);
 
 impl Aggregate {
-    /// A handler writing to `lake` with the given validation limits.
+    /// A handler writing to `lake` with the given validation limits (and the default tail expiry).
     pub fn new(lake: Lake, limits: Validation) -> Self {
-        Self { lake, limits }
+        Self {
+            lake,
+            limits,
+            tail_expiry: crate::config::DEFAULT_TAIL_EXPIRY,
+        }
     }
 
     /// Opens the configured lake.
     pub fn from_config(config: &Config) -> Result<Self, LakeError> {
-        Ok(Self::new(Lake::open(&config.lake)?, config.limits.clone()))
+        Ok(Self {
+            tail_expiry: config.tail_expiry,
+            ..Self::new(Lake::open(&config.lake)?, config.limits.clone())
+        })
     }
 
     /// The lake this handler writes.
@@ -153,10 +161,15 @@ impl Aggregate {
         let mut summary = summary;
         let before = ledger.tail();
         let (limits, now_ms) = (self.limits.clone(), chrono::Utc::now().timestamp_millis());
+        let expiry = self.tail_expiry;
         let (batch, objects, tail) = tokio::task::spawn_blocking(move || {
             let batch = decode_partition(&group, &fresh, now_ms, &limits);
             let mut tail = before;
             let objects = batch.objects(&mut tail)?;
+            let expired = tail.expire(expiry);
+            if expired > 0 {
+                tracing::debug!(expired, "silent counter series left the partition's tail");
+            }
             Ok::<_, EncodeError>((batch, objects, tail))
         })
         .await

@@ -76,6 +76,20 @@ impl Tail {
         self
     }
 
+    /// Forgets the series whose last sample is more than `keep` older than the newest sample of
+    /// any series (VMs gone, devices removed), so that the tail stays the size of the live fleet;
+    /// returns how many it dropped. Measured against the samples, not the clock, so a retry or a
+    /// backfill of old data expires the same series.
+    pub fn expire(&mut self, keep: std::time::Duration) -> usize {
+        let Some(newest) = self.0.values().map(|(ts, _)| *ts).max() else {
+            return 0;
+        };
+        let cutoff = newest.saturating_sub(keep.as_millis() as i64);
+        let before = self.0.len();
+        self.0.retain(|_, (ts, _)| *ts >= cutoff);
+        before - self.0.len()
+    }
+
     /// The last sample of a series, if it has one.
     pub fn last(&self, vm: &str, metric: &str, device: &str) -> Option<(i64, f64)> {
         with_key(vm, metric, device, |key| self.0.get(key).copied())
@@ -189,5 +203,25 @@ mod tests {
         let undo = before.undo_of(&after);
         assert_eq!(undo.len(), 2, "only touched series are recorded");
         assert_eq!(after.undo(&undo), before);
+    }
+
+    #[test]
+    fn series_silent_longer_than_the_expiry_leave_the_tail() {
+        let mut t = Tail::default();
+        t.set("vm-gone", "bytes_in", "eth0", (1_000, 5.0));
+        t.set("vm-live", "bytes_in", "eth0", (3_601_000, 7.0));
+        t.set("vm-late", "bytes_in", "eth0", (2_000, 9.0));
+        // Measured from the newest sample (3,601 s): a series exactly `keep` older stays.
+        assert_eq!(t.expire(std::time::Duration::from_secs(3_599)), 1);
+        assert!(t.last("vm-gone", "bytes_in", "eth0").is_none());
+        assert_eq!(t.last("vm-late", "bytes_in", "eth0"), Some((2_000, 9.0)));
+        assert_eq!(t.expire(std::time::Duration::from_secs(3_598)), 1);
+        assert!(t.last("vm-late", "bytes_in", "eth0").is_none());
+        assert_eq!(
+            t.last("vm-live", "bytes_in", "eth0"),
+            Some((3_601_000, 7.0))
+        );
+        assert_eq!(t.expire(std::time::Duration::ZERO), 0);
+        assert_eq!(Tail::default().expire(std::time::Duration::ZERO), 0);
     }
 }
