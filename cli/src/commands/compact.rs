@@ -67,6 +67,12 @@ pub async fn compact(args: CompactArgs, progress: &MultiProgress) -> anyhow::Res
         report,
     };
     output::summary(args.json, &summary, &line);
+    if report.failed > 0 {
+        anyhow::bail!(
+            "{} compaction steps failed and were skipped (each is logged with its error); the rest was done, and the next run tries them again",
+            report.failed
+        );
+    }
     Ok(())
 }
 
@@ -104,6 +110,15 @@ fn summary_line(r: &CompactReport, dry_run: bool) -> String {
             "; {} partitions left to a concurrent compaction",
             r.conflicts
         ));
+    }
+    if r.staging_removed > 0 {
+        line.push_str(&format!(
+            "; {} stale staged objects removed",
+            r.staging_removed
+        ));
+    }
+    if r.failed > 0 {
+        line.push_str(&format!("; {} steps FAILED (see the log)", r.failed));
     }
     line
 }

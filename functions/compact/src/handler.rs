@@ -6,6 +6,10 @@ use serde::Serialize;
 
 use crate::Config;
 
+/// How far an event's `time` may run ahead of this function's clock: EventBridge stamps events
+/// when it sends them, so more means a hand-made event, which could expire the whole lake.
+pub const MAX_EVENT_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The compaction function with its lake and settings.
 #[derive(Debug, Clone)]
 pub struct Compactor {
@@ -34,6 +38,11 @@ pub enum HandlerError {
     /// The event is not a usable schedule event.
     #[error("not a schedule event: {0}")]
     Event(String),
+    /// Some steps failed and were skipped (each logged); the rest was done.
+    #[error(
+        "{0} compaction steps failed and were skipped (see the log); the next run tries them again"
+    )]
+    Partial(u64),
 }
 
 impl HandlerError {
@@ -42,6 +51,7 @@ impl HandlerError {
         match self {
             HandlerError::Compact(e) => e.is_retryable(),
             HandlerError::Event(_) => false,
+            HandlerError::Partial(_) => true,
         }
     }
 }
@@ -62,8 +72,9 @@ impl Compactor {
     /// Runs once for an EventBridge (Scheduler) event, or any JSON object: `time` (RFC 3339), when
     /// present, is taken as now so that a retried event does the same work; `dry_run` plans only.
     pub async fn handle(&self, event: serde_json::Value) -> Result<CompactSummary, HandlerError> {
+        let wall_ms = chrono::Utc::now().timestamp_millis();
         let now_ms = match event.get("time") {
-            None | Some(serde_json::Value::Null) => chrono::Utc::now().timestamp_millis(),
+            None | Some(serde_json::Value::Null) => wall_ms,
             Some(t) => t
                 .as_str()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -72,6 +83,15 @@ impl Compactor {
                     HandlerError::Event(format!("`time` {t} is not an RFC 3339 time"))
                 })?,
         };
+        let ahead = now_ms - wall_ms;
+        if ahead > MAX_EVENT_SKEW.as_millis() as i64 {
+            return Err(HandlerError::Event(format!(
+                "`time` is {}s ahead of the clock (at most {}s is accepted): retention would expire \
+                 partitions early; send the schedule's own event, or run `damselfly compact --now` by hand",
+                ahead / 1000,
+                MAX_EVENT_SKEW.as_secs()
+            )));
+        }
         let dry_run = event
             .get("dry_run")
             .and_then(serde_json::Value::as_bool)
@@ -99,8 +119,13 @@ impl Compactor {
             rollups_1d = report.rollups_1d,
             expired = report.partitions_expired,
             waiting = report.waiting,
+            failed = report.failed,
             "compaction done"
         );
+        if report.failed > 0 {
+            // An error, so that the function's error metric (and its alarm) sees it.
+            return Err(HandlerError::Partial(report.failed));
+        }
         Ok(CompactSummary {
             now_ms,
             dry_run,
@@ -213,5 +238,24 @@ mod tests {
             !e.is_retryable() && e.to_string().contains("RFC 3339"),
             "{e}"
         );
+
+        // A hand-made event from the far future would expire every partition: refused, and the
+        // lake is untouched. A few minutes of clock skew are accepted.
+        let before = lake.list("").await.unwrap();
+        let future = chrono::Utc::now() + chrono::Duration::days(3650);
+        let e = handler
+            .handle(event(&future.to_rfc3339(), false))
+            .await
+            .unwrap_err();
+        assert!(
+            !e.is_retryable() && e.to_string().contains("ahead of the clock"),
+            "{e}"
+        );
+        assert_eq!(lake.list("").await.unwrap(), before);
+        let skewed = chrono::Utc::now() + chrono::Duration::seconds(60);
+        handler
+            .handle(event(&skewed.to_rfc3339(), true))
+            .await
+            .unwrap();
     }
 }

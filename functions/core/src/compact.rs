@@ -397,6 +397,9 @@ pub struct CompactReport {
     pub conflicts: u64,
     /// Stale staged objects removed (see [`Plan::stale_staging`]).
     pub staging_removed: u64,
+    /// Steps (a partition's merge, a rollup, an expiry) that failed and were skipped; each is
+    /// logged with its error, and the next run tries it again.
+    pub failed: u64,
 }
 
 /// Compacted files' `compacted_from` lists, by (key, size, modification time): compacted files never change.
@@ -805,111 +808,156 @@ pub async fn execute(
         waiting: plan.waiting,
         ..Default::default()
     };
+    // One bad partition (a corrupt file, a store error on one key) is reported and skipped: the
+    // other partitions, the rollups and retention still run.
+    let failed = |report: &mut CompactReport, what: String, e: CompactError| {
+        tracing::error!(partition = %what, error = %e, "compaction step failed; skipped, the next run tries again");
+        report.failed += 1;
+    };
     for m in &plan.merges {
-        let mut delete: Vec<Path> = m.superseded.iter().map(|o| o.location.clone()).collect();
-        if !m.sources.is_empty() {
-            let mut names: BTreeSet<String> = m
-                .sources
-                .iter()
-                .chain(&m.superseded)
-                .map(|o| file_name(&o.location).to_owned())
-                .collect();
-            names.remove("");
-            let batches = match read_all(store, m.table, &m.sources).await {
-                Err(CompactError::Lake(LakeError::Store(object_store::Error::NotFound {
-                    path,
-                    ..
-                }))) => {
-                    tracing::warn!(missing = %path, "a source vanished: another compaction took this partition; skipping it");
-                    report.conflicts += 1;
-                    on_step(Step::Merged(m));
-                    continue;
-                }
-                other => other?,
-            };
-            let (bytes, rows) = encode_compacted(m.table, batches, Some(&names))?;
-            let key = Path::from(compacted_object_key(m.table, m.hour, m.generation));
-            let size = bytes.len() as u64;
-            match put_create(store, &key, bytes).await {
-                Ok(()) => {}
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => {
-                    tracing::warn!(key = %key, "another compaction wrote this generation first; skipping the partition");
-                    report.conflicts += 1;
-                    on_step(Step::Merged(m));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            tracing::info!(
-                key = %key,
-                sources = m.sources.len(),
-                bytes_before = m.sources.iter().map(|o| o.size).sum::<u64>(),
-                bytes_after = size,
-                rows,
-                "partition compacted"
-            );
-            report.partitions_compacted += 1;
-            report.files_merged += m.sources.len() as u64;
-            report.bytes_before += m.sources.iter().map(|o| o.size).sum::<u64>();
-            report.bytes_after += size;
-            report.rows_written += rows as u64;
-            delete.extend(m.sources.iter().map(|o| o.location.clone()));
-        }
-        if !cfg.halt_after_write {
-            report.superseded_deleted += delete_all(store, delete).await?;
+        if let Err(e) = merge_partition(store, cfg, m, &mut report).await {
+            failed(&mut report, m.hour.dir(m.table), e);
         }
         on_step(Step::Merged(m));
     }
-
     let cache = FooterCache::default();
     for hour in &plan.rollups_1h {
-        let dir = Path::from(hour.dir(Table::Rollup1m));
-        let live = list_live(store, Some(&dir), &cache).await?.live;
-        let live: Vec<ObjectMeta> = live
-            .into_iter()
-            .filter(|o| o.location.as_ref().ends_with(".parquet"))
-            .collect();
-        let batches = read_all(store, Table::Rollup1m, &live).await?;
-        let (bytes, _) = encode_compacted(Table::Rollup1h, batches, None)?;
-        let key = rollup_object_key(Table::Rollup1h, *hour).expect("rollup_1h has a key");
-        put(store, &key, bytes).await?;
-        report.rollups_1h += 1;
+        match rollup_hour(store, *hour, &cache).await {
+            Ok(()) => report.rollups_1h += 1,
+            Err(e) => failed(&mut report, hour.dir(Table::Rollup1h), e),
+        }
         on_step(Step::Rollup1h(*hour));
     }
     for day in &plan.rollups_1d {
-        let dir = Path::from(day.dir(Table::Rollup1h));
-        let dir = Path::from(parent(&dir));
-        let hours: Vec<ObjectMeta> = store
-            .list(Some(&dir))
-            .try_filter(|o| futures::future::ready(file_name(&o.location) == "1h.parquet"))
-            .try_collect()
-            .await?;
-        let batches = read_all(store, Table::Rollup1h, &hours).await?;
-        let (bytes, _) = encode_compacted(Table::Rollup1d, batches, None)?;
-        let key = rollup_object_key(Table::Rollup1d, *day).expect("rollup_1d has a key");
-        put(store, &key, bytes).await?;
-        report.rollups_1d += 1;
+        match rollup_day(store, *day).await {
+            Ok(()) => report.rollups_1d += 1,
+            Err(e) => failed(&mut report, day.dir(Table::Rollup1d), e),
+        }
         on_step(Step::Rollup1d(*day));
     }
     for e in &plan.expiries {
         if !cfg.halt_after_write {
-            let n = delete_all(
+            match delete_all(
                 store,
                 e.objects.iter().map(|o| o.location.clone()).collect(),
             )
-            .await?;
-            tracing::info!(table = e.table.name(), partition = %e.hour.dir(e.table), objects = n, "partition expired");
-            report.partitions_expired += 1;
-            report.objects_expired += n;
-            report.bytes_expired += e.objects.iter().map(|o| o.size).sum::<u64>();
+            .await
+            {
+                Ok(n) => {
+                    tracing::info!(table = e.table.name(), partition = %e.hour.dir(e.table), objects = n, "partition expired");
+                    report.partitions_expired += 1;
+                    report.objects_expired += n;
+                    report.bytes_expired += e.objects.iter().map(|o| o.size).sum::<u64>();
+                }
+                Err(err) => failed(&mut report, e.hour.dir(e.table), err.into()),
+            }
         }
         on_step(Step::Expired(e));
     }
     if !cfg.halt_after_write {
-        report.staging_removed = delete_all(store, plan.stale_staging.clone()).await?;
+        match delete_all(store, plan.stale_staging.clone()).await {
+            Ok(n) => report.staging_removed = n,
+            Err(e) => failed(&mut report, STAGING_PREFIX.to_owned(), e.into()),
+        }
     }
     Ok(report)
+}
+
+/// Merges one partition into its next compacted file and deletes what it replaces.
+async fn merge_partition(
+    store: &dyn ObjectStore,
+    cfg: &CompactConfig,
+    m: &Merge,
+    report: &mut CompactReport,
+) -> Result<(), CompactError> {
+    let mut delete: Vec<Path> = m.superseded.iter().map(|o| o.location.clone()).collect();
+    if !m.sources.is_empty() {
+        let mut names: BTreeSet<String> = m
+            .sources
+            .iter()
+            .chain(&m.superseded)
+            .map(|o| file_name(&o.location).to_owned())
+            .collect();
+        names.remove("");
+        let batches = match read_all(store, m.table, &m.sources).await {
+            Err(CompactError::Lake(LakeError::Store(object_store::Error::NotFound {
+                path,
+                ..
+            }))) => {
+                tracing::warn!(missing = %path, "a source vanished: another compaction took this partition; skipping it");
+                report.conflicts += 1;
+                return Ok(());
+            }
+            other => other?,
+        };
+        let (bytes, rows) = encode_compacted(m.table, batches, Some(&names))?;
+        let key = Path::from(compacted_object_key(m.table, m.hour, m.generation));
+        let size = bytes.len() as u64;
+        match put_create(store, &key, bytes).await {
+            Ok(()) => {}
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                tracing::warn!(key = %key, "another compaction wrote this generation first; skipping the partition");
+                report.conflicts += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(
+            key = %key,
+            sources = m.sources.len(),
+            bytes_before = m.sources.iter().map(|o| o.size).sum::<u64>(),
+            bytes_after = size,
+            rows,
+            "partition compacted"
+        );
+        report.partitions_compacted += 1;
+        report.files_merged += m.sources.len() as u64;
+        report.bytes_before += m.sources.iter().map(|o| o.size).sum::<u64>();
+        report.bytes_after += size;
+        report.rows_written += rows as u64;
+        delete.extend(m.sources.iter().map(|o| o.location.clone()));
+    }
+    if !cfg.halt_after_write {
+        report.superseded_deleted += delete_all(store, delete).await?;
+    }
+    Ok(())
+}
+
+/// Builds one hour's `rollup_1h` from its live `rollup_1m` files.
+async fn rollup_hour(
+    store: &dyn ObjectStore,
+    hour: HourPartition,
+    cache: &FooterCache,
+) -> Result<(), CompactError> {
+    let dir = Path::from(hour.dir(Table::Rollup1m));
+    let live: Vec<ObjectMeta> = list_live(store, Some(&dir), cache)
+        .await?
+        .live
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .collect();
+    let batches = read_all(store, Table::Rollup1m, &live).await?;
+    let (bytes, _) = encode_compacted(Table::Rollup1h, batches, None)?;
+    let key = rollup_object_key(Table::Rollup1h, hour).expect("rollup_1h has a key");
+    put(store, &key, bytes).await?;
+    Ok(())
+}
+
+/// Builds one day's `rollup_1d` from its hours' `rollup_1h`.
+async fn rollup_day(store: &dyn ObjectStore, day: HourPartition) -> Result<(), CompactError> {
+    let dir = Path::from(day.dir(Table::Rollup1h));
+    let dir = Path::from(parent(&dir));
+    let hours: Vec<ObjectMeta> = store
+        .list(Some(&dir))
+        .try_filter(|o| futures::future::ready(file_name(&o.location) == "1h.parquet"))
+        .try_collect()
+        .await?;
+    let batches = read_all(store, Table::Rollup1h, &hours).await?;
+    let (bytes, _) = encode_compacted(Table::Rollup1d, batches, None)?;
+    let key = rollup_object_key(Table::Rollup1d, day).expect("rollup_1d has a key");
+    put(store, &key, bytes).await?;
+    Ok(())
 }
 
 /// Plans and executes one run.
@@ -1734,6 +1782,35 @@ mod tests {
         let b = execute(&lake, &cfg(now), &plan_b, |_| {}).await.unwrap();
         assert_eq!(b.conflicts, 4);
         assert_eq!(rows(&lake, Table::Raw).await, before);
+    }
+
+    #[tokio::test]
+    async fn one_bad_hour_is_reported_and_skipped_and_retention_still_runs() {
+        let lake = lake();
+        fixture(&lake).await;
+        // A file that is not Parquet, from a partition no ledger knows: merged, so read, in hour 9.
+        let bad = Path::from("raw/dt=2025-11-21/hour=09/metrics+9+0000000000.parquet");
+        lake.store()
+            .put(&bad, PutPayload::from_static(b"not parquet"))
+            .await
+            .unwrap();
+        let cfg = CompactConfig {
+            retention: Retention::parse("rollup_1m=1h").unwrap(),
+            ..cfg(H9 + 5 * HOUR_MS)
+        };
+        let report = compact(&lake, &cfg).await.unwrap();
+        assert_eq!(report.failed, 1, "{report:?}");
+        let raw = keys(&lake, Table::Raw).await;
+        assert!(
+            raw.contains(&bad.to_string()),
+            "the bad hour is left as it was: {raw:?}"
+        );
+        assert!(
+            raw.iter()
+                .any(|k| k.starts_with("raw/dt=2025-11-21/hour=10/compacted-")),
+            "the next hour is merged: {raw:?}"
+        );
+        assert!(report.partitions_expired >= 1, "retention ran: {report:?}");
     }
 
     #[tokio::test]
