@@ -685,9 +685,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(api::serve(listener, Arc::new(api), async {
-        let _ = stopped.await;
-    }));
+    let server = rt.spawn(api::serve(
+        listener,
+        Arc::new(api),
+        api::Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut ours: Vec<Vec<f64>> = Vec::new();
     let mut checks: Vec<Vec<Answer>> = Vec::new();
     for (qi, q) in QUERIES.iter().enumerate() {

@@ -428,6 +428,12 @@ pub struct ServeArgs {
     /// How often the lake's tables are registered again (new tables, compacted files).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub refresh: Duration,
+    /// Longest a request may run before it is answered 503.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Most requests answered at once; one more is answered 503 at once (no queue).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent: u16,
 }
 
 /// `damselfly metric ...`.

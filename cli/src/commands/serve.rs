@@ -22,7 +22,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lake = %args.lake,
         "serving the metric API (Ctrl-C stops)"
     );
-    api::serve(listener, api, super::shutdown_signal()).await?;
+    let limits = api::Limits {
+        timeout: args.request_timeout,
+        concurrency: args.max_concurrent.into(),
+    };
+    api::serve(listener, api, limits, super::shutdown_signal()).await?;
     tracing::info!("metric API stopped");
     Ok(())
 }

@@ -62,6 +62,9 @@ pub enum ApiError {
     /// Something that should not happen (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The server is at its limit, or the request took too long (503): retry later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Query(_) | ApiError::Internal(_) => 500,
+            ApiError::Unavailable(_) => 503,
         }
     }
 }
@@ -253,13 +257,60 @@ async fn metric_route(
     Ok(axum::Json(info))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Bounds on an HTTP server's work (a Lambda has its own: its timeout and its concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest a request may run before it is answered 503.
+    pub timeout: Duration,
+    /// Most requests served at once; one more is answered 503 at once instead of queueing.
+    pub concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            concurrency: 32,
+        }
+    }
+}
+
+/// `router` within `limits`: a request past the time-out, or one arriving while `concurrency`
+/// requests run, is a 503 with a message (load shedding: nothing queues without bound).
+pub fn limited(router: Router, limits: Limits) -> Router {
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |e: tower::BoxError| async move {
+                    if e.is::<tower::timeout::error::Elapsed>() {
+                        ApiError::Unavailable(format!(
+                            "the request took longer than {}s: ask for a shorter duration or a coarser periodType",
+                            limits.timeout.as_secs()
+                        ))
+                    } else if e.is::<tower::load_shed::error::Overloaded>() {
+                        ApiError::Unavailable(format!(
+                            "{} requests are already being answered: retry shortly",
+                            limits.concurrency
+                        ))
+                    } else {
+                        ApiError::internal(e)
+                    }
+                },
+            ))
+            .load_shed()
+            .concurrency_limit(limits.concurrency)
+            .timeout(limits.timeout),
+    )
+}
+
+/// Serves the API on `listener`, within `limits`, until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Arc<Api>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(api))
+    axum::serve(listener, limited(router(api), limits))
         .with_graceful_shutdown(shutdown)
         .await
 }

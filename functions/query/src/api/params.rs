@@ -38,6 +38,17 @@ impl Period {
         }
     }
 
+    /// The longest `duration` answered with this period: each bounds the windows (and the lake
+    /// files) one request reads, so no request scans the whole history. Longer spans take the
+    /// coarser period.
+    pub fn max_duration_ms(self) -> i64 {
+        match self {
+            Period::Minute => 3 * DAY_MS,
+            Period::Hour => 92 * DAY_MS,
+            Period::Day => 5 * 366 * DAY_MS,
+        }
+    }
+
     /// Window length in milliseconds.
     pub fn millis(self) -> i64 {
         match self {
@@ -242,6 +253,21 @@ impl MetricRequest {
             None => 5 * MINUTE_MS,
             Some(v) => parse_duration(v).map_err(|why| ApiError::bad("duration", why))?,
         };
+        if duration_ms > period.max_duration_ms() {
+            let days = period.max_duration_ms() / DAY_MS;
+            let coarser = match period {
+                Period::Minute => "; use periodType=h for longer spans",
+                Period::Hour => "; use periodType=d for longer spans",
+                Period::Day => "",
+            };
+            return Err(ApiError::bad(
+                "duration",
+                format!(
+                    "is longer than the {days}d answered with periodType={}{coarser}",
+                    period.name()
+                ),
+            ));
+        }
         // A device only narrows per-device families; the others have none to narrow.
         let device = match get("device") {
             Some(d) => {
@@ -271,6 +297,34 @@ impl MetricRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_period_answers_a_bounded_span() {
+        let q = |period: &str, duration: &str| {
+            MetricRequest::parse(
+                "ns",
+                "m",
+                "vm",
+                "cpu",
+                &[
+                    ("periodType".to_owned(), period.to_owned()),
+                    ("duration".to_owned(), duration.to_owned()),
+                ],
+            )
+        };
+        assert!(q("m", "3d").is_ok());
+        let e = q("m", "4d").unwrap_err().to_string();
+        assert!(e.contains("duration") && e.contains("periodType=h"), "{e}");
+        assert!(q("h", "92d").is_ok());
+        assert!(
+            q("h", "93d")
+                .unwrap_err()
+                .to_string()
+                .contains("periodType=d")
+        );
+        assert!(q("d", "1800d").is_ok());
+        assert!(q("d", "999999w").is_err());
+    }
 
     #[test]
     fn durations_are_influx_style() {

@@ -377,3 +377,73 @@ async fn http_statuses_and_messages() {
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["message"].is_string());
 }
+
+/// A router with one route that takes `delay`, within `limits`.
+fn slow_router(delay: Duration, limits: Limits) -> Router {
+    // With its state given, as `router` gives the API's: the limits then wrap each route once,
+    // not once per request.
+    let route = Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(move || async move {
+                tokio::time::sleep(delay).await;
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .with_state(());
+    limited(route, limits)
+}
+
+async fn status_and_message(router: Router) -> (StatusCode, String) {
+    let res = router
+        .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, message)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_the_timeout_is_a_503_with_a_message() {
+    let limits = Limits {
+        timeout: Duration::from_secs(2),
+        concurrency: 4,
+    };
+    let (status, message) = status_and_message(slow_router(Duration::from_secs(5), limits)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(message.contains("longer than 2s"), "{message}");
+    let (status, _) = status_and_message(slow_router(Duration::from_secs(1), limits)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_over_the_concurrency_limit_is_shed_with_a_503() {
+    let limits = Limits {
+        timeout: Duration::from_secs(60),
+        concurrency: 2,
+    };
+    let router = slow_router(Duration::from_secs(10), limits);
+    let running: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(status_and_message(router.clone())))
+        .collect();
+    // Let both start and take their permits: paused time advances to this sleep's end, long
+    // before theirs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, message) = status_and_message(router.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        message.contains("2 requests are already being answered"),
+        "{message}"
+    );
+    for r in running {
+        assert_eq!(r.await.unwrap().0, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(status_and_message(router).await.0, StatusCode::NO_CONTENT);
+}
