@@ -271,3 +271,95 @@ fn sigkilled_aggregate_stores_every_sample_exactly_once() {
         "counter rates in rollup_1m disagree with raw: {rates}"
     );
 }
+
+/// Commits `offset` for every partition of `topic` under `group`: what an operator's
+/// `kafka-consumer-groups --reset-offsets` does (and what expired group offsets amount to).
+fn reset_group(brokers: &str, topic: &str, group: &str, partitions: i32, offset: i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(offset))
+            .unwrap();
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+}
+
+/// Everything is written; then the group's offsets are reset to the beginning and the aggregate
+/// runs again: every record is skipped as already in the lake, and no row is doubled.
+#[test]
+#[ignore = "needs the local stack (Apache Kafka + LocalStack S3): run tests/run"]
+fn a_replay_from_the_earliest_offset_doubles_nothing() {
+    let brokers = env("KAFKA_BROKERS");
+    let id = run_id();
+    let topic = format!("replay-{id}");
+    let lake = format!("s3://{}/tests/replay-{id}", env("LAKE_BUCKET"));
+    create_topic(&brokers, &topic, 4);
+    let published = damselfly(&[
+        "simulate",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--vms",
+        "8",
+        "--interval",
+        "1s",
+        "--duration",
+        "10s",
+        "--no-pace",
+        "--json",
+    ]);
+    let messages = published["published"].as_u64().unwrap();
+    assert_eq!(messages, 80);
+    let run = || {
+        damselfly(&[
+            "run",
+            "aggregate",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--group",
+            &topic,
+            "--lake",
+            &lake,
+            "--batch-size",
+            "7",
+            "--until-caught-up",
+            "--json",
+        ])
+    };
+    let first = run();
+    assert_eq!(first["records"], messages, "{first}");
+    assert_eq!(first["skipped"], 0, "{first}");
+
+    reset_group(&brokers, &topic, &topic, 4, 0);
+    let replay = run();
+    eprintln!("replay: {replay}");
+    assert_eq!(
+        replay["records"], messages,
+        "the replay reads everything again: {replay}"
+    );
+    assert_eq!(replay["skipped"], messages, "and skips all of it: {replay}");
+    assert_eq!(replay["objects"], 0, "writing nothing: {replay}");
+
+    let local = tempfile::tempdir().unwrap();
+    copy_lake(&lake, local.path());
+    let samples = messages * SAMPLES_PER_MESSAGE;
+    let counts = duckdb(
+        local.path(),
+        "SELECT count(*) AS rows, count(DISTINCT (vm, metric, device, ts)) AS distinct_samples FROM raw",
+    );
+    assert_eq!(
+        counts,
+        serde_json::json!([{"rows": samples, "distinct_samples": samples}]),
+        "every sample once after the replay"
+    );
+}

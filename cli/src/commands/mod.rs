@@ -100,6 +100,8 @@ pub struct HostedAggregate {
     pub rejected: AtomicU64,
     /// Objects written so far.
     pub objects: AtomicU64,
+    /// Records skipped so far because the lake already held them (retries, replays).
+    pub skipped: AtomicU64,
 }
 
 impl HostedAggregate {
@@ -110,6 +112,7 @@ impl HostedAggregate {
             samples: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             objects: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         })
     }
 }
@@ -132,6 +135,7 @@ impl Function for HostedAggregate {
         self.rejected
             .fetch_add(counter(&result, "rejected"), Relaxed);
         self.objects.fetch_add(counter(&result, "objects"), Relaxed);
+        self.skipped.fetch_add(counter(&result, "skipped"), Relaxed);
         Ok(result)
     }
 }

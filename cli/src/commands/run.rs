@@ -21,6 +21,8 @@ struct RunAggregateSummary {
     samples: u64,
     rejected: u64,
     objects: u64,
+    /// Records the lake already held (a retry, a replay after an offset reset): not written again.
+    skipped: u64,
 }
 
 /// The runner's configuration from the command line (and the environment).
@@ -191,6 +193,7 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
         samples: function.samples.load(Relaxed),
         rejected: function.rejected.load(Relaxed),
         objects: function.objects.load(Relaxed),
+        skipped: function.skipped.load(Relaxed),
     };
     let failed = if s.runner.failed_batches > 0 {
         format!(
@@ -204,11 +207,16 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
     } else {
         String::new()
     };
+    let skipped = if s.skipped > 0 {
+        format!(" ({} records already in the lake skipped)", s.skipped)
+    } else {
+        String::new()
+    };
     output::summary(
         args.json,
         &s,
         &format!(
-            "aggregated {} records in {} batches ({} failures retried{failed}): {} samples, {} rejected to dlq, {} objects to {}; up to {} workers, {} scaling events, in {:.1}s",
+            "aggregated {} records in {} batches ({} failures retried{failed}){skipped}: {} samples, {} rejected to dlq, {} objects to {}; up to {} workers, {} scaling events, in {:.1}s",
             s.runner.records,
             s.runner.batches,
             s.runner.failures,
