@@ -66,6 +66,9 @@ pub enum HandlerError {
     /// The blocking encode task died.
     #[error("encode task failed: {0}")]
     Task(String),
+    /// The invocation's payload is not a Kafka event.
+    #[error("not a Kafka event: {0}")]
+    Event(String),
 }
 
 impl HandlerError {
@@ -98,6 +101,18 @@ impl Aggregate {
     /// The lake this handler writes.
     pub fn lake(&self) -> &Lake {
         &self.lake
+    }
+
+    /// Processes an event as Lambda delivers it (JSON): record timestamps the event types cannot
+    /// hold are read as 0 first (see `damselfly_core::lambda_event`), then [`handle`](Self::handle).
+    pub async fn handle_json(
+        &self,
+        mut payload: serde_json::Value,
+    ) -> Result<AggregateSummary, HandlerError> {
+        damselfly_core::lambda_event::clamp_timestamps(&mut payload);
+        let event: KafkaEvent =
+            serde_json::from_value(payload).map_err(|e| HandlerError::Event(e.to_string()))?;
+        self.handle(event).await
     }
 
     /// Processes one event: every record lands in `raw`/`rollup_1m` or in `dlq`, or is skipped
@@ -458,6 +473,28 @@ mod tests {
                 .any(|k| k.ends_with("+0000000008.parquet")),
             "the new record's batch is named by its own first offset"
         );
+    }
+
+    #[tokio::test]
+    async fn a_record_timestamp_out_of_range_does_not_fail_its_event() {
+        let (h, _) = handler();
+        let mut ev = serde_json::to_value(event(vec![
+            record(0, 1, "vm-a", &message("vm-a", NOW, 1.0)),
+            record(0, 2, "vm-a", &message("vm-a", NOW + 2_000, 2.0)),
+        ]))
+        .unwrap();
+        ev["records"]["metrics-0"][1]["timestamp"] = i64::MAX.into();
+        assert!(
+            serde_json::from_value::<KafkaEvent>(ev.clone()).is_err(),
+            "the event types alone refuse it"
+        );
+        let s = h.handle_json(ev).await.unwrap();
+        assert_eq!((s.stats.records, s.stats.rejected), (2, 0));
+        let e = h
+            .handle_json(serde_json::json!({"records": 7}))
+            .await
+            .unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
     }
 
     #[tokio::test]

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use aws_lambda_events::event::kafka::KafkaEvent;
 use damselfly_aggregate::{Aggregate, Config};
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -11,9 +10,10 @@ async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let handler = Arc::new(Aggregate::from_config(&config)?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
+    // JSON first: a record timestamp the event types cannot hold must not fail the whole event.
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
-        async move { handler.handle(event.payload).await }
+        async move { handler.handle_json(event.payload).await }
     }))
     .await
     .map_err(anyhow::Error::from_boxed)

@@ -244,9 +244,11 @@ impl Alarm {
     /// event (an EventBridge schedule) runs the tick at the wall clock.
     pub async fn handle_any(
         &self,
-        payload: serde_json::Value,
+        mut payload: serde_json::Value,
     ) -> Result<AlarmSummary, HandlerError> {
         if payload.get("records").is_some() {
+            // A record timestamp the event types cannot hold must not fail the whole event.
+            damselfly_core::lambda_event::clamp_timestamps(&mut payload);
             let event: KafkaEvent =
                 serde_json::from_value(payload).map_err(|e| HandlerError::Event(e.to_string()))?;
             self.handle(event).await

@@ -15,6 +15,7 @@ pub mod env;
 pub mod faults;
 pub mod formats;
 pub mod lake;
+pub mod lambda_event;
 pub mod ledger;
 pub mod rates;
 pub mod retry;
