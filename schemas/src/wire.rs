@@ -13,6 +13,13 @@ pub const MAX_TAG_LEN: usize = 256;
 /// Longest metric name accepted, in bytes.
 pub const MAX_METRIC_NAME_LEN: usize = 64;
 
+/// Most devices one message may carry: a host with more mounts, disks and interfaces than this
+/// is either misconfigured or hostile, and each device makes series in every table.
+pub const MAX_DEVICES: usize = 1024;
+
+/// Most samples (metric values, device-less and per device) one message may carry.
+pub const MAX_SAMPLES: usize = 8192;
+
 /// One VM's metrics for one collection interval (wire format v1, `schemas/metric.v1.schema.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +96,12 @@ pub enum WireError {
     /// The message carries no metric at all.
     #[error("message has no metrics")]
     Empty,
+    /// The message carries more devices than [`MAX_DEVICES`].
+    #[error("message has {0} devices, over the limit of {MAX_DEVICES}")]
+    TooManyDevices(usize),
+    /// The message carries more samples than [`MAX_SAMPLES`].
+    #[error("message has {0} samples, over the limit of {MAX_SAMPLES}")]
+    TooManySamples(usize),
 }
 
 impl MetricMessage {
@@ -113,6 +126,13 @@ impl MetricMessage {
         self.tags.validate()?;
         if self.metrics.is_empty() && self.devices.values().all(BTreeMap::is_empty) {
             return Err(WireError::Empty);
+        }
+        if self.devices.len() > MAX_DEVICES {
+            return Err(WireError::TooManyDevices(self.devices.len()));
+        }
+        let samples = self.sample_count();
+        if samples > MAX_SAMPLES {
+            return Err(WireError::TooManySamples(samples));
         }
         for name in self.metrics.keys() {
             check_metric_name(name)?;

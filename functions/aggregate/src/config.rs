@@ -15,7 +15,14 @@ pub struct Config {
     /// state (`DAMSELFLY_TAIL_EXPIRY`, default 1h): the state holds the live fleet, not every VM
     /// and device ever seen. A series back after longer has no rate for its first interval.
     pub tail_expiry: Duration,
+    /// Most counter series one partition's state keeps (`DAMSELFLY_MAX_TAIL_SERIES`, default
+    /// 250,000): past it, the series seen longest ago are forgotten (and it is logged), so a flood
+    /// of made-up VMs or devices cannot grow the state without bound.
+    pub max_tail_series: usize,
 }
+
+/// The most counter series a partition's state keeps, by default.
+pub const DEFAULT_MAX_TAIL_SERIES: usize = 250_000;
 
 /// How long a silent counter series keeps its last sample, by default.
 pub const DEFAULT_TAIL_EXPIRY: Duration = Duration::from_secs(3600);
@@ -55,6 +62,18 @@ impl Config {
         Ok(Self {
             lake,
             tail_expiry: duration("DAMSELFLY_TAIL_EXPIRY", DEFAULT_TAIL_EXPIRY)?,
+            max_tail_series: match get("DAMSELFLY_MAX_TAIL_SERIES") {
+                None => DEFAULT_MAX_TAIL_SERIES,
+                Some(v) => {
+                    v.parse()
+                        .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+                            var: "DAMSELFLY_MAX_TAIL_SERIES",
+                            value: v,
+                            why: e.to_string(),
+                            fix: "use a whole number of series, e.g. 250000",
+                        })?
+                }
+            },
             limits: Validation {
                 max_past: duration("DAMSELFLY_MAX_PAST", defaults.max_past)?,
                 max_future: duration("DAMSELFLY_MAX_FUTURE", defaults.max_future)?,
@@ -83,6 +102,7 @@ mod tests {
         assert_eq!(c.lake, "s3://b/l");
         assert_eq!(c.limits, Validation::default());
         assert_eq!(c.tail_expiry, DEFAULT_TAIL_EXPIRY);
+        assert_eq!(c.max_tail_series, DEFAULT_MAX_TAIL_SERIES);
         let c = cfg(&[("LAKE", "s3://b/l"), ("DAMSELFLY_TAIL_EXPIRY", "6h")]).unwrap();
         assert_eq!(c.tail_expiry, Duration::from_secs(6 * 3600));
     }

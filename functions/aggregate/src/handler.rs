@@ -19,6 +19,7 @@ pub struct Aggregate {
     lake: Lake,
     limits: Validation,
     tail_expiry: std::time::Duration,
+    max_tail_series: usize,
 }
 
 /// What one invocation did; returned to the caller as the function's JSON result.
@@ -87,6 +88,7 @@ impl Aggregate {
             lake,
             limits,
             tail_expiry: crate::config::DEFAULT_TAIL_EXPIRY,
+            max_tail_series: crate::config::DEFAULT_MAX_TAIL_SERIES,
         }
     }
 
@@ -94,6 +96,7 @@ impl Aggregate {
     pub fn from_config(config: &Config) -> Result<Self, LakeError> {
         Ok(Self {
             tail_expiry: config.tail_expiry,
+            max_tail_series: config.max_tail_series,
             ..Self::new(Lake::open(&config.lake)?, config.limits.clone())
         })
     }
@@ -176,7 +179,7 @@ impl Aggregate {
         let mut summary = summary;
         let before = ledger.tail();
         let (limits, now_ms) = (self.limits.clone(), chrono::Utc::now().timestamp_millis());
-        let expiry = self.tail_expiry;
+        let (expiry, max_series) = (self.tail_expiry, self.max_tail_series);
         let (batch, objects, tail) = tokio::task::spawn_blocking(move || {
             let batch = decode_partition(&group, &fresh, now_ms, &limits);
             let mut tail = before;
@@ -184,6 +187,14 @@ impl Aggregate {
             let expired = tail.expire(expiry);
             if expired > 0 {
                 tracing::debug!(expired, "silent counter series left the partition's tail");
+            }
+            let dropped = tail.cap(max_series);
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    max_series,
+                    "more counter series than a partition keeps: the ones seen longest ago were forgotten (their next sample has no rate); raise DAMSELFLY_MAX_TAIL_SERIES if the fleet is really this large"
+                );
             }
             Ok::<_, EncodeError>((batch, objects, tail))
         })
@@ -495,6 +506,83 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!e.is_retryable(), "{e}");
+    }
+
+    /// A message of `devices` made-up interfaces, one counter each.
+    fn many_devices(vm: &str, devices: usize) -> Vec<u8> {
+        let devs: Vec<String> = (0..devices)
+            .map(|d| format!(r#""veth{d}":{{"bytes_in":{d}}}"#))
+            .collect();
+        format!(
+            r#"{{"v":1,"ts":{NOW},"tags":{{"ns":"ns1","mcis":"web","vm":"{vm}"}},"devices":{{{}}}}}"#,
+            devs.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn hostile_cardinality_is_bounded_per_message_and_per_partition() {
+        let (mut h, store) = handler();
+        // Per message: at the limit of devices accepted, past it rejected with the reason.
+        let limit = damselfly_schemas::wire::MAX_DEVICES;
+        let s = h
+            .handle(event(vec![
+                record(0, 0, "vm-a", &many_devices("vm-a", limit)),
+                record(0, 1, "vm-b", &many_devices("vm-b", limit + 1)),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!((s.stats.samples, s.stats.rejected), (limit as u64, 1));
+        let dlq = h.lake().list("dlq").await.unwrap();
+        let reason = read(&store, &dlq[0]).await;
+        let reason = reason
+            .column_by_name("reason")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_owned();
+        assert!(
+            reason.contains("1025 devices, over the limit of 1024"),
+            "{reason}"
+        );
+
+        // Per partition: a flood of made-up VMs leaves at most the cap of counter series in the
+        // partition's state, the newest ones.
+        h.max_tail_series = 500;
+        let flood: Vec<KafkaRecord> = (0..2_000)
+            .map(|i| {
+                let vm = format!("vm-flood-{i}");
+                let msg = format!(
+                    r#"{{"v":1,"ts":{},"tags":{{"ns":"ns1","mcis":"web","vm":"{vm}"}},"devices":{{"eth0":{{"bytes_in":1}}}}}}"#,
+                    NOW + i
+                );
+                record(1, i, &vm, msg.as_bytes())
+            })
+            .collect();
+        let s = h.handle(event(flood)).await.unwrap();
+        assert_eq!(s.stats.samples, 2_000);
+        let state: damselfly_core::ledger::PartitionState = serde_json::from_slice(
+            &store
+                .get(&object_store::path::Path::from(
+                    damselfly_core::ledger::state_key(WRITER, "metrics", 1),
+                ))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state.tail.0.len(), 500);
+        assert!(
+            state
+                .tail
+                .last("vm-flood-1999", "bytes_in", "eth0")
+                .is_some()
+        );
+        assert!(state.tail.last("vm-flood-0", "bytes_in", "eth0").is_none());
     }
 
     #[tokio::test]

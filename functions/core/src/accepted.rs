@@ -12,7 +12,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use damselfly_schemas::wire::{WIRE_VERSION, check_device, check_metric_name};
+use damselfly_schemas::wire::{
+    MAX_DEVICES, MAX_SAMPLES, WIRE_VERSION, check_device, check_metric_name,
+};
 use damselfly_schemas::{MetricMessage, Tags};
 use hashbrown::HashTable;
 use serde::Deserialize;
@@ -268,6 +270,10 @@ impl Accepted {
     /// message already listed it.
     fn sample(&mut self, at: &Cursor, metric: &str, device: &str, value: f64) -> bool {
         let j = self.samples.len() - at.start;
+        if j >= MAX_SAMPLES {
+            // Over the message's limit: the general decoder rejects it, with the reason.
+            return false;
+        }
         let sid = match at.prev.clone().nth(j) {
             Some(p) if self.ids.is(self.samples[p].0, metric, device) => self.samples[p].0,
             _ => {
@@ -477,8 +483,12 @@ impl<'de> Visitor<'de> for DevicesSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut devices: Vec<&'de str> = Vec::new();
         while let Some(device) = map.next_key::<&'de str>()? {
-            // A repeated device replaces the earlier one in the general decoder's map.
-            if check_device(device).is_err() || devices.contains(&device) {
+            // A repeated device replaces the earlier one in the general decoder's map; too many
+            // devices are the general decoder's to reject (and would make this check quadratic).
+            if devices.len() >= MAX_DEVICES
+                || check_device(device).is_err()
+                || devices.contains(&device)
+            {
                 return Err(give_up());
             }
             devices.push(device);

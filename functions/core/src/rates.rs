@@ -90,6 +90,38 @@ impl Tail {
         before - self.0.len()
     }
 
+    /// Keeps at most `max` series, forgetting the ones seen longest ago (a flood of made-up VMs or
+    /// devices cannot grow the partition's state past it); returns how many it dropped.
+    pub fn cap(&mut self, max: usize) -> usize {
+        let excess = self.0.len().saturating_sub(max);
+        if excess == 0 {
+            return 0;
+        }
+        if max == 0 {
+            let all = self.0.len();
+            self.0.clear();
+            return all;
+        }
+        let mut ts: Vec<i64> = self.0.values().map(|(t, _)| *t).collect();
+        let (_, cutoff, _) = ts.select_nth_unstable(excess);
+        let cutoff = *cutoff;
+        // Everything older than the cutoff goes, then as many at the cutoff as still exceed.
+        let before = self.0.len();
+        self.0.retain(|_, (t, _)| *t >= cutoff);
+        let mut over = self.0.len().saturating_sub(max);
+        if over > 0 {
+            self.0.retain(|_, (t, _)| {
+                if *t == cutoff && over > 0 {
+                    over -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        before - self.0.len()
+    }
+
     /// The last sample of a series, if it has one.
     pub fn last(&self, vm: &str, metric: &str, device: &str) -> Option<(i64, f64)> {
         with_key(vm, metric, device, |key| self.0.get(key).copied())
@@ -203,6 +235,20 @@ mod tests {
         let undo = before.undo_of(&after);
         assert_eq!(undo.len(), 2, "only touched series are recorded");
         assert_eq!(after.undo(&undo), before);
+    }
+
+    #[test]
+    fn a_capped_tail_keeps_the_series_seen_last() {
+        let mut t = Tail::default();
+        for i in 0..100 {
+            t.set(&format!("vm-{i}"), "bytes_in", "eth0", (i / 2, i as f64));
+        }
+        assert_eq!(t.cap(150), 0);
+        assert_eq!(t.cap(31), 69);
+        assert_eq!(t.0.len(), 31);
+        assert!(t.0.values().all(|(ts, _)| *ts >= 34), "the newest kept");
+        assert!(t.last("vm-99", "bytes_in", "eth0").is_some());
+        assert_eq!(t.cap(0), 31);
     }
 
     #[test]
