@@ -77,6 +77,19 @@ pub enum CollectError {
         /// What was missing or malformed.
         what: String,
     },
+    /// The host has more devices (or device samples) than one message may carry; the rest were
+    /// left out.
+    #[error(
+        "{found} devices, more than a message may carry (at most {limit}, and 8192 samples): {left_out} left out (add the busy kinds, e.g. \"veth*\", to collect.skip_interfaces or skip_block_devices)"
+    )]
+    TooManyDevices {
+        /// Devices collected.
+        found: usize,
+        /// The wire contract's limit.
+        limit: usize,
+        /// Devices left out of the message (the last by name).
+        left_out: usize,
+    },
 }
 
 pub(crate) fn read(path: &str) -> Result<String, CollectError> {
@@ -91,6 +104,29 @@ pub(crate) fn format_error(path: &str, what: impl Into<String>) -> CollectError 
         path: Path::new(path).to_owned(),
         what: what.into(),
     }
+}
+
+/// Leaves out the devices (the last by name) past the wire contract's limits on devices and
+/// samples per message; says how many, if any.
+fn fit_devices(s: &mut Sample) -> Option<CollectError> {
+    use damselfly_schemas::wire::{MAX_DEVICES, MAX_SAMPLES};
+    let mut samples = s.metrics.len();
+    let cut = s
+        .devices
+        .iter()
+        .enumerate()
+        .find(|(i, (_, m))| {
+            samples += m.len();
+            *i >= MAX_DEVICES || samples > MAX_SAMPLES
+        })
+        .map(|(_, (d, _))| d.clone())?;
+    let found = s.devices.len();
+    let left_out = s.devices.split_off(&cut).len();
+    Some(CollectError::TooManyDevices {
+        found,
+        limit: MAX_DEVICES,
+        left_out,
+    })
 }
 
 /// The values of one collection before they are wrapped in a message.
@@ -193,6 +229,10 @@ impl Collector {
             }
         }
         errors.extend(disk::collect(&self.skip, &mut s));
+        // A message past the wire contract's limits would be rejected whole: send what fits.
+        if let Some(e) = fit_devices(&mut s) {
+            errors.push(e);
+        }
         Collection {
             message: MetricMessage {
                 v: WIRE_VERSION,
@@ -222,6 +262,48 @@ mod tests {
 
     fn default_skip() -> SkipLists {
         crate::AgentConfig::default().skip_lists()
+    }
+
+    #[test]
+    fn a_host_with_too_many_devices_sends_what_a_message_may_carry() {
+        let mut s = Sample::default();
+        s.set("cpu_num", 4.0);
+        for d in 0..1_500 {
+            let m = s.devices.entry(format!("veth{d:04}")).or_default();
+            for k in [
+                "bytes_in",
+                "bytes_out",
+                "pkts_in",
+                "pkts_out",
+                "err_in",
+                "err_out",
+            ] {
+                m.insert(k.to_owned(), 1.0);
+            }
+        }
+        let e = fit_devices(&mut s).expect("left some out").to_string();
+        // 6 samples a device and cpu_num: 1,365 devices would be 8,191 samples, but 1,024 is the cap.
+        assert_eq!(s.devices.len(), 1_024);
+        assert!(e.contains("476 left out"), "{e}");
+        let msg = MetricMessage {
+            v: WIRE_VERSION,
+            ts: 1,
+            tags: tags(),
+            metrics: s.metrics.clone(),
+            devices: s.devices.clone(),
+        };
+        msg.validate().unwrap();
+
+        let mut s = Sample::default();
+        for d in 0..900 {
+            let m = s.devices.entry(format!("eth{d:04}")).or_default();
+            for k in 0..10 {
+                m.insert(format!("m{k}"), 1.0);
+            }
+        }
+        fit_devices(&mut s).expect("left some out");
+        assert_eq!(s.devices.len(), 819, "8,192 samples at 10 a device");
+        assert!(fit_devices(&mut Sample::default()).is_none());
     }
 
     /// Two collections 200 ms apart, the first one with its own prior reading.
