@@ -301,23 +301,7 @@ fn a_replay_from_the_earliest_offset_doubles_nothing() {
     let topic = format!("replay-{id}");
     let lake = format!("s3://{}/tests/replay-{id}", env("LAKE_BUCKET"));
     create_topic(&brokers, &topic, 4);
-    let published = damselfly(&[
-        "simulate",
-        "--brokers",
-        &brokers,
-        "--topic",
-        &topic,
-        "--vms",
-        "8",
-        "--interval",
-        "1s",
-        "--duration",
-        "10s",
-        "--no-pace",
-        "--json",
-    ]);
-    let messages = published["published"].as_u64().unwrap();
-    assert_eq!(messages, 80);
+    let messages = simulate(&brokers, &topic, 8, 10);
     let run = || {
         damselfly(&[
             "run",
@@ -353,13 +337,9 @@ fn a_replay_from_the_earliest_offset_doubles_nothing() {
     let local = tempfile::tempdir().unwrap();
     copy_lake(&lake, local.path());
     let samples = messages * SAMPLES_PER_MESSAGE;
-    let counts = duckdb(
-        local.path(),
-        "SELECT count(*) AS rows, count(DISTINCT (vm, metric, device, ts)) AS distinct_samples FROM raw",
-    );
     assert_eq!(
-        counts,
-        serde_json::json!([{"rows": samples, "distinct_samples": samples}]),
+        raw_counts(local.path()),
+        (samples, samples),
         "every sample once after the replay"
     );
 }

@@ -195,26 +195,6 @@ fn wait_for<T>(
     }
 }
 
-fn simulate(brokers: &str, topic: &str, vms: u64, seconds: u64) -> u64 {
-    let out = damselfly(&[
-        "simulate",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--vms",
-        &vms.to_string(),
-        "--interval",
-        "1s",
-        "--duration",
-        &format!("{seconds}s"),
-        "--no-pace",
-        "--json",
-    ]);
-    assert_eq!(out["published"], vms * seconds);
-    vms * seconds
-}
-
 /// What happens to runner A mid-stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
@@ -369,15 +349,9 @@ fn failover(fault: Fault, protocol: &str) {
     let samples = messages * SAMPLES_PER_MESSAGE;
     let local = tempfile::tempdir().unwrap();
     assert!(copy_lake(&lake, local.path()) > 0);
-    let counts = duckdb(
-        local.path(),
-        "SELECT count(*) AS rows, \
-         (SELECT count(*) FROM (SELECT DISTINCT vm, metric, device, ts FROM raw)) AS distinct_samples \
-         FROM raw",
-    );
     assert_eq!(
-        counts,
-        serde_json::json!([{"rows": samples, "distinct_samples": samples}]),
+        raw_counts(local.path()),
+        (samples, samples),
         "every sample of {messages} messages exactly once ({fault:?}, {protocol})"
     );
     eprintln!("passed in {:.1}s", started.elapsed().as_secs_f64());

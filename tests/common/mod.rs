@@ -126,6 +126,41 @@ pub fn damselfly_without(unset: &[&str], args: &[&str]) -> Value {
     })
 }
 
+/// Publishes `vms` simulated VMs for `seconds` one-second intervals, as fast as the broker takes
+/// them (timestamps ending now); returns the messages, asserting all were acknowledged.
+pub fn simulate(brokers: &str, topic: &str, vms: u64, seconds: u64) -> u64 {
+    let out = damselfly(&[
+        "simulate",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--vms",
+        &vms.to_string(),
+        "--interval",
+        "1s",
+        "--duration",
+        &format!("{seconds}s"),
+        "--no-pace",
+        "--json",
+    ]);
+    assert_eq!(out["published"], vms * seconds, "{out}");
+    vms * seconds
+}
+
+/// Rows of `raw` in a local copy of a lake, and its distinct (vm, metric, device, ts): equal when
+/// every sample is stored once (DuckDB).
+pub fn raw_counts(lake_dir: &Path) -> (u64, u64) {
+    let counts = duckdb(
+        lake_dir,
+        "SELECT count(*) AS n, count(DISTINCT (vm, metric, device, ts)) AS distinct_samples FROM raw",
+    );
+    (
+        counts[0]["n"].as_u64().expect("a count"),
+        counts[0]["distinct_samples"].as_u64().expect("a count"),
+    )
+}
+
 /// Creates a topic through Kafka's admin API (tests make unique names and leave topics behind).
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
