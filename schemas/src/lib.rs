@@ -5,6 +5,7 @@
 //! of every lake table ([`tables`]) and where each object lives in the lake ([`paths`]).
 
 pub mod catalog;
+pub mod lambda_event;
 pub mod paths;
 pub mod tables;
 pub mod wire;

@@ -107,12 +107,12 @@ impl Aggregate {
     }
 
     /// Processes an event as Lambda delivers it (JSON): record timestamps the event types cannot
-    /// hold are read as 0 first (see `damselfly_core::lambda_event`), then [`handle`](Self::handle).
+    /// hold are read as 0 first (see `damselfly_schemas::lambda_event`), then [`handle`](Self::handle).
     pub async fn handle_json(
         &self,
         mut payload: serde_json::Value,
     ) -> Result<AggregateSummary, HandlerError> {
-        damselfly_core::lambda_event::clamp_timestamps(&mut payload);
+        damselfly_schemas::lambda_event::clamp_timestamps(&mut payload);
         let event: KafkaEvent =
             serde_json::from_value(payload).map_err(|e| HandlerError::Event(e.to_string()))?;
         self.handle(event).await

@@ -248,7 +248,7 @@ impl Alarm {
     ) -> Result<AlarmSummary, HandlerError> {
         if payload.get("records").is_some() {
             // A record timestamp the event types cannot hold must not fail the whole event.
-            damselfly_core::lambda_event::clamp_timestamps(&mut payload);
+            damselfly_schemas::lambda_event::clamp_timestamps(&mut payload);
             let event: KafkaEvent =
                 serde_json::from_value(payload).map_err(|e| HandlerError::Event(e.to_string()))?;
             self.handle(event).await

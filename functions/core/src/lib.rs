@@ -15,7 +15,6 @@ pub mod env;
 pub mod faults;
 pub mod formats;
 pub mod lake;
-pub mod lambda_event;
 pub mod ledger;
 pub mod rates;
 pub mod retry;

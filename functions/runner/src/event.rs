@@ -23,8 +23,7 @@ pub fn kafka_record(m: &OwnedMessage) -> KafkaRecord {
     r.topic = Some(m.topic().to_owned());
     r.partition = i64::from(m.partition());
     r.offset = m.offset();
-    r.timestamp =
-        MillisecondTimestamp(chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default());
+    r.timestamp = MillisecondTimestamp(damselfly_schemas::lambda_event::record_time(ts));
     r.timestamp_type = Some(ts_type.to_owned());
     r.key = m.key().map(b64);
     r.value = m.payload().map(b64);

@@ -1,10 +1,11 @@
-//! Lambda's Kafka event as it arrives: a record timestamp the event's types cannot hold becomes 0, as the local runner sends it, so one record cannot fail its whole batch.
+//! Lambda's Kafka event as it arrives: a record timestamp the event's types cannot hold is read as 0, by the functions and the local runner alike, so one record cannot fail its whole batch.
 //!
 //! Lambda passes each record's Kafka timestamp (milliseconds, any `i64` a producer chose) through
 //! as a JSON number; `aws_lambda_events` reads it into a `chrono` time, whose range is narrower
 //! (about ±262,000 years), so a single hostile or corrupt timestamp would make the event
 //! undeserializable and fail every record with it (up to 10,000). The functions read the event as
-//! JSON, pass it through [`clamp_timestamps`], and only then into their types.
+//! JSON, pass it through [`clamp_timestamps`], and only then into their types; the local runner
+//! builds its records' times with [`record_time`]. Both apply [`representable`], the one rule.
 
 use serde_json::Value;
 
@@ -13,8 +14,15 @@ pub fn representable(ms: i64) -> bool {
     chrono::DateTime::from_timestamp_millis(ms).is_some()
 }
 
+/// The time a record with a Kafka timestamp of `ms` milliseconds carries in the event: the epoch
+/// (0) when the event types cannot hold `ms`.
+pub fn record_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// Sets every record `timestamp` of a Kafka event (`records.<topic-partition>[].timestamp`, a
-/// number or a numeric string) that the event types cannot hold to 0; returns how many it set.
+/// number or a numeric string) that the event types cannot hold to 0, logging each; returns how
+/// many it set.
 pub fn clamp_timestamps(event: &mut Value) -> usize {
     let Some(groups) = event.get_mut("records").and_then(Value::as_object_mut) else {
         return 0;
@@ -69,5 +77,10 @@ mod tests {
         }
         assert_eq!(ev["records"]["metrics-1"][0]["timestamp"], "1763722740000");
         assert_eq!(clamp_timestamps(&mut serde_json::json!({"time": "x"})), 0);
+        assert_eq!(record_time(i64::MAX).timestamp_millis(), 0);
+        assert_eq!(
+            record_time(1_763_722_740_000).timestamp_millis(),
+            1_763_722_740_000
+        );
     }
 }
