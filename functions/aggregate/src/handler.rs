@@ -160,9 +160,11 @@ impl Aggregate {
         let partition = head.partition as i32;
         let mut ledger = self.lake.ledger(WRITER, &topic, partition).await?;
         let settled = ledger.settle().await?;
-        let from = ledger.next_offset().unwrap_or(i64::MIN);
         let total = records.len();
-        let fresh: Vec<KafkaRecord> = records.into_iter().filter(|r| r.offset >= from).collect();
+        let fresh: Vec<KafkaRecord> = records
+            .into_iter()
+            .filter(|r| !ledger.holds(r.offset))
+            .collect();
         let summary = AggregateSummary {
             partitions: 1,
             skipped: (total - fresh.len()) as u64,
@@ -172,7 +174,7 @@ impl Aggregate {
         };
         if summary.skipped > 0 {
             tracing::info!(
-                %topic, partition, skipped = summary.skipped, next_offset = from,
+                %topic, partition, skipped = summary.skipped, next_offset = ?ledger.next_offset(),
                 "records the lake already holds skipped (a retry, or a replay after an offset reset)"
             );
         }

@@ -35,6 +35,7 @@ pub async fn run_all(lake: &Lake, run: &str, cas: bool) -> Result<(), String> {
     decision_applied_but_reported_failed(lake, &faults, &t("applied")).await?;
     publish_failing_half_way_is_rolled_forward(lake, &faults, &t("half")).await?;
     earlier_protocol_attempt_is_undone(lake, &t("legacy")).await?;
+    redrive_fills_a_skipped_batch_once(lake, &t("redrive")).await?;
     if cas {
         concurrent_writer_is_detected(lake, &t("conflict")).await?;
         zombie_that_never_decided_writes_nothing(lake, &faults, &t("zombie-stage")).await?;
@@ -68,16 +69,16 @@ async fn write(lake: &Lake, topic: &str, first: i64, next: i64) -> Result<Writte
         .await
         .map_err(|e| e.to_string())?;
     let settled = ledger.settle().await.map_err(|e| e.to_string())?;
-    let from = ledger.next_offset().unwrap_or(i64::MIN).max(first);
+    let fresh: Vec<i64> = (first..next).filter(|&o| !ledger.holds(o)).collect();
     let mut written = Written {
         settled,
-        skipped: (from - first).clamp(0, next - first),
+        skipped: next - first - fresh.len() as i64,
         report: None,
     };
-    if from >= next {
+    if fresh.is_empty() {
         return Ok(written);
     }
-    let w = encode(topic, from, next, &mut ledger.tail());
+    let w = encode_offsets(topic, &fresh, &mut ledger.tail());
     written.report = Some(ledger.write(&w).await.map_err(|e| e.to_string())?);
     Ok(written)
 }
@@ -91,13 +92,22 @@ struct Written {
 }
 
 fn encode(topic: &str, first: i64, next: i64, tail: &mut crate::rates::Tail) -> PartitionWrite {
+    encode_offsets(topic, &(first..next).collect::<Vec<_>>(), tail)
+}
+
+/// The batch of the records at `offsets` (ascending, as Kafka delivers them).
+fn encode_offsets(topic: &str, offsets: &[i64], tail: &mut crate::rates::Tail) -> PartitionWrite {
+    let (first, next) = (offsets[0], offsets[offsets.len() - 1] + 1);
     let mut b = PartitionBatch::new(topic, 0);
     let now = T0 + 3_600_000;
     let limits = Validation {
         max_past: std::time::Duration::from_secs(u32::MAX as u64),
         ..Validation::default()
     };
-    for (offset, value) in records(first, next) {
+    for (offset, value) in records(first, next)
+        .into_iter()
+        .filter(|(o, _)| offsets.binary_search(o).is_ok())
+    {
         let rec = InputRecord {
             topic,
             partition: 0,
@@ -208,6 +218,43 @@ async fn replay_after_an_offset_reset_is_skipped(lake: &Lake, topic: &str) -> Re
     )?;
     write(lake, topic, 0, 9).await?;
     exactly_once(lake, topic, 9, "replay").await
+}
+
+/// Batch 3..6 goes to the on-failure destination and the chain moves on from 6; the redrive of
+/// 3..6 writes it, a second redrive and a replay from 0 skip it, and batches before the first
+/// decision (offsets the partition had before the lake started) are written when they come.
+async fn redrive_fills_a_skipped_batch_once(lake: &Lake, topic: &str) -> Result<(), String> {
+    write(lake, topic, 1, 3).await?;
+    write(lake, topic, 6, 9).await?;
+    let key = Path::from(state_key(WRITER, topic, 0));
+    let (state, _) = lake
+        .read_state::<PartitionState>(&key)
+        .await
+        .map_err(|e| e.to_string())?;
+    let gaps = state.map(|s| s.gaps).unwrap_or_default();
+    check(
+        gaps == [(i64::MIN, 1), (3, 6)],
+        &format!("the skipped batch and everything before the first one are gaps: {gaps:?}"),
+    )?;
+    exactly_once(lake, topic, 5, "redrive, before").await?;
+    let redrive = write(lake, topic, 3, 6).await?;
+    check(
+        redrive.skipped == 0 && redrive.report.is_some_and(|r| r.written > 0),
+        &format!("the redrive writes the skipped batch: {redrive:?}"),
+    )?;
+    let again = write(lake, topic, 3, 6).await?;
+    check(
+        again.skipped == 3 && again.report.is_none(),
+        &format!("a second redrive is skipped: {again:?}"),
+    )?;
+    let replay = write(lake, topic, 0, 10).await?;
+    check(
+        replay.skipped == 8,
+        &format!(
+            "a replay from 0 writes offset 0 (before the first decision) and 9 only: {replay:?}"
+        ),
+    )?;
+    exactly_once(lake, topic, 10, "redrive").await
 }
 
 /// The store throttles three staged puts: each attempt that meets one fails before deciding,

@@ -42,7 +42,7 @@ pub enum LakeError {
     /// A batch starts below the partition's next offset: its caller did not drop the records the
     /// lake already holds (a bug in the caller: they would be stored twice).
     #[error(
-        "batch for {key} starts at offset {first}, but the lake holds every offset below {next}: drop those records first"
+        "batch for {key} starts at offset {first}, which the lake already holds (its next offset is {next}): drop the records it holds first"
     )]
     Overlap {
         /// The state object's key.

@@ -13,8 +13,9 @@
 //! 1. read the state and its version ([`Lake::ledger`]);
 //! 2. settle the previous decision ([`Ledger::settle`]): if it is staged but not yet published,
 //!    publish it (copy each staged object to its final key) and record that conditionally;
-//! 3. drop the batch's records below the state's `next_offset`: they are in the lake already (a
-//!    retry, a replay after an offset reset or after committed offsets expired, a bisected batch);
+//! 3. drop the batch's records the lake holds ([`Ledger::holds`]: below the state's `next_offset`
+//!    and outside its `gaps`): a retry, a replay after an offset reset or after committed offsets
+//!    expired, a bisected batch;
 //! 4. encode the rest from the state's tail and put its objects under a staging prefix unique to
 //!    this attempt (`_staging/...`, which no query engine reads);
 //! 5. decide: conditionally put the state `{first, next, keys, staging, complete: false}`; a
@@ -38,6 +39,18 @@
 //!   its compacted file lists in `damselfly.compacted_from`: `damselfly sql` ignores it and the
 //!   next compaction deletes it (tools that glob the lake see it twice until then). It needs the
 //!   staged objects to have outlived their publication, which happens only when deleting them failed.
+//!
+//! Gaps. The chain may skip offsets: a batch the event source gave up on goes to its on-failure
+//! destination and the next batch starts after it (so do transaction markers and records removed
+//! by retention before they were read). A decision whose first offset lies above the state's
+//! `next_offset` records the skipped range in the state's `gaps`, and the first decision of a
+//! partition records everything below it as a gap. Records in a gap are not held: a redrive of the
+//! on-failure records (`damselfly redrive`), or a replay, writes them, under the same protocol,
+//! as a decision whose offsets lie below `next_offset`; its decision removes them from `gaps`, so
+//! a second redrive of the same records is skipped like any retry. A state keeps at most
+//! [`MAX_GAPS`] gaps; past that the oldest are forgotten with a warning, and a redrive of their
+//! records is then skipped as held. States written before gaps existed have none: everything
+//! below their `next_offset` counts as held.
 //!
 //! A local directory cannot compare-and-swap: its state objects are written only while this
 //! process holds the lake's writer lock (`_state/writer.lock`, see [`Lake::put_state`]), so one
@@ -64,13 +77,21 @@ pub const STATE_PREFIX: &str = "_state";
 /// Prefix of staged, not yet published objects inside the lake; query engines never list it.
 pub const STAGING_PREFIX: &str = "_staging";
 
+/// Most offset gaps a partition's state remembers (see the module docs); about 40 bytes each.
+pub const MAX_GAPS: usize = 1024;
+
 /// What the latest decided batch of one topic-partition wrote.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionState {
     /// First offset of the batch.
     pub first_offset: i64,
-    /// One past the batch's last offset: every offset below is in the lake.
+    /// One past the highest offset decided so far: every offset below is in the lake, except
+    /// those in `gaps`.
     pub next_offset: i64,
+    /// Offset ranges `[from, to)` below `next_offset` the lake does not hold (skipped by the
+    /// chain; see the module docs), sorted and disjoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<(i64, i64)>,
     /// Final keys of every object the batch writes.
     pub keys: BTreeSet<String>,
     /// Whether the objects are at their final keys.
@@ -88,11 +109,52 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
+    /// Whether the lake holds `offset`: below `next_offset` and in no gap.
+    pub fn holds(&self, offset: i64) -> bool {
+        offset < self.next_offset && !self.gaps.iter().any(|&(a, b)| a <= offset && offset < b)
+    }
+
+    /// The gaps after a decision writing offsets `[first, next)` on top of this state: the range
+    /// is removed from every gap, and a range skipped between `next_offset` and `first` is added.
+    fn gaps_after(&self, first: i64, next: i64) -> Vec<(i64, i64)> {
+        let mut gaps: Vec<(i64, i64)> = Vec::with_capacity(self.gaps.len() + 1);
+        for &(a, b) in &self.gaps {
+            if b <= first || a >= next {
+                gaps.push((a, b));
+                continue;
+            }
+            if a < first {
+                gaps.push((a, first));
+            }
+            if next < b {
+                gaps.push((next, b));
+            }
+        }
+        if first > self.next_offset {
+            gaps.push((self.next_offset, first));
+        }
+        gaps.sort_unstable();
+        forget_oldest(&mut gaps);
+        gaps
+    }
+
     /// The staged key of `key` under this state's staging prefix.
     fn staged(&self, key: &str) -> Option<Path> {
         self.staging
             .as_ref()
             .map(|s| Path::from(format!("{s}/{key}")))
+    }
+}
+
+/// Keeps the newest [`MAX_GAPS`] gaps of a sorted list, warning about the ones forgotten.
+fn forget_oldest(gaps: &mut Vec<(i64, i64)>) {
+    if gaps.len() > MAX_GAPS {
+        let forgotten: Vec<(i64, i64)> = gaps.drain(..gaps.len() - MAX_GAPS).collect();
+        tracing::warn!(
+            forgotten = forgotten.len(),
+            oldest = ?forgotten.first(),
+            "more offset gaps than a partition's state keeps: the oldest are forgotten, and a redrive of their records is skipped as held"
+        );
     }
 }
 
@@ -203,10 +265,15 @@ impl Ledger<'_> {
         Ok(report)
     }
 
-    /// The first offset not yet in the lake: records below it are skipped (step 3); `None` for a
-    /// partition never written.
+    /// One past the highest offset in the lake; `None` for a partition never written.
     pub fn next_offset(&self) -> Option<i64> {
         self.previous.as_ref().map(|p| p.next_offset)
+    }
+
+    /// Whether the lake holds `offset` (step 3 skips such records): below
+    /// [`next_offset`](Self::next_offset) and in none of the state's gaps.
+    pub fn holds(&self, offset: i64) -> bool {
+        self.previous.as_ref().is_some_and(|p| p.holds(offset))
     }
 
     /// The counter tail the next batch starts from.
@@ -217,23 +284,31 @@ impl Ledger<'_> {
             .unwrap_or_default()
     }
 
-    /// Stages, decides and publishes the batch (steps 4-7, after [`settle`](Self::settle)); its
-    /// records must all lie at or above [`next_offset`](Self::next_offset).
+    /// Stages, decides and publishes the batch (steps 4-7, after [`settle`](Self::settle)); the
+    /// lake must hold none of its records (see [`holds`](Self::holds)).
     pub async fn write(mut self, w: &PartitionWrite) -> Result<WriteReport, LakeError> {
         let mut report = self.settle().await?;
-        if let Some(next) = self.next_offset()
-            && w.first_offset < next
-        {
+        if self.holds(w.first_offset) {
             return Err(LakeError::Overlap {
                 key: self.key.to_string(),
                 first: w.first_offset,
-                next,
+                next: self.next_offset().unwrap_or(i64::MIN),
             });
         }
+        let (next_offset, gaps) = match &self.previous {
+            Some(p) => (
+                p.next_offset.max(w.next_offset),
+                p.gaps_after(w.first_offset, w.next_offset),
+            ),
+            // Everything below a partition's first decision is a gap a redrive may fill.
+            None if w.first_offset > i64::MIN => (w.next_offset, vec![(i64::MIN, w.first_offset)]),
+            None => (w.next_offset, Vec::new()),
+        };
         let prefix = staging_prefix(&self.writer, &w.topic, w.partition, w.first_offset);
         let mut state = PartitionState {
             first_offset: w.first_offset,
-            next_offset: w.next_offset,
+            next_offset,
+            gaps,
             keys: w.objects.iter().map(|o| o.key.clone()).collect(),
             complete: false,
             staging: Some(prefix.clone()),
