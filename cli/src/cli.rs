@@ -40,6 +40,9 @@ pub enum Command {
     /// Serve the CB-Dragonfly-compatible metric API over the lake (axum; the same router as the
     /// damselfly-query Lambda).
     Serve(ServeArgs),
+    /// Replay the batches an on-failure destination kept (kafka://TOPIC, s3://BUCKET/PREFIX or
+    /// file:///DIR) through a function; the lake gets every record once, however often it is run.
+    Redrive(Box<RedriveArgs>),
     /// One VM's metrics per window, as CB-Dragonfly's `cbmon get metric`: metric get.
     #[command(subcommand)]
     Metric(MetricCommand),
@@ -386,6 +389,51 @@ pub struct RunArgs {
     /// cloud's schedule would.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Alarm function")]
     pub tick_every: Duration,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `damselfly redrive <function> --from ...`.
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// Which function replays the batches.
+    pub function: FunctionName,
+    /// Where the failed batches are: kafka://TOPIC, s3://BUCKET/PREFIX (every object below it) or
+    /// file:///DIR, as `damselfly run --on-failure` or Lambda's on-failure destination wrote them.
+    /// Redriven records move to `redriven/` beside them (a topic: the redrive group commits).
+    #[arg(long)]
+    pub from: damselfly_runner::OnFailure,
+    /// Lake URL of an in-process function (see `run --lake`).
+    #[arg(long, env = "LAKE", required_unless_present = "invoke_url")]
+    pub lake: Option<String>,
+    /// Invoke the function over Lambda's Invoke API instead (see `run --invoke-url`).
+    #[arg(long)]
+    pub invoke_url: Option<String>,
+    /// Bootstrap brokers of a kafka:// source.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// TLS, SASL and extra librdkafka settings of a kafka:// source.
+    #[command(flatten)]
+    pub security: damselfly_kafka::SecurityArgs,
+    /// The consumer group a kafka:// source commits its progress under.
+    #[arg(long, default_value = damselfly_runner::redrive::DEFAULT_GROUP)]
+    pub redrive_group: String,
+    /// The alarm function's consumer group, which names its states [default: damselfly-alarm].
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Invocations of one batch before it counts as failed and stays where it is.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+    /// Reject samples older than this (a redrive replays old batches: raise it past their age).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_past: Duration,
+    /// Reject samples further than this in the future.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_future: Duration,
+    /// The alarm function's rules and notification target.
+    #[command(flatten, next_help_heading = "Alarm function")]
+    pub alarm: AlarmTargetArgs,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

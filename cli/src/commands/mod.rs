@@ -5,6 +5,7 @@ mod alarm;
 mod compact;
 mod demo;
 mod metric;
+mod redrive;
 mod run;
 mod serve;
 mod simulate;
@@ -32,6 +33,7 @@ pub async fn dispatch(command: Command, progress: &MultiProgress) -> anyhow::Res
         Command::Agent(args) => agent::agent(args).await,
         Command::Alarm(cmd) => alarm::alarm(cmd).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Redrive(args) => redrive::redrive(*args, progress).await,
         Command::Metric(crate::cli::MetricCommand::Get(args)) => metric::get(args).await,
         Command::Vm(crate::cli::VmCommand::List(args)) => vm::list(args).await,
     }

@@ -235,6 +235,47 @@ impl std::fmt::Debug for Destination {
     }
 }
 
+/// The object store of an `s3://` or `file://` target, the key prefix inside it, and its root URL
+/// for logs; a missing directory is created when `create` is set, else it is an error.
+pub(crate) fn open_store(
+    target: &OnFailure,
+    create: bool,
+) -> Result<(Arc<dyn ObjectStore>, Path, String), DestinationError> {
+    match target {
+        OnFailure::S3 { bucket, prefix } => {
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // LocalStack and other local S3s are plain HTTP.
+            let endpoint =
+                std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
+            if endpoint.is_ok_and(|e| e.starts_with("http://")) {
+                builder = builder.with_allow_http(true);
+            }
+            Ok((
+                Arc::new(builder.build()?),
+                Path::from(prefix.as_str()),
+                format!("s3://{bucket}"),
+            ))
+        }
+        OnFailure::Dir(dir) => {
+            let made = if create {
+                std::fs::create_dir_all(dir)
+            } else {
+                std::fs::metadata(dir).map(|_| ())
+            };
+            made.map_err(|source| DestinationError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            Ok((
+                Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+                Path::default(),
+                target.to_string(),
+            ))
+        }
+        OnFailure::Kafka { topic } => unreachable!("kafka://{topic} is not an object store"),
+    }
+}
+
 impl Destination {
     /// Opens `target`; a Kafka topic is reached over the runner's own connection.
     pub fn open(
@@ -256,34 +297,12 @@ impl Destination {
                     topic: topic.clone(),
                 }
             }
-            OnFailure::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                // LocalStack and other local S3s are plain HTTP.
-                let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
-                    .or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
-                if endpoint.is_ok_and(|e| e.starts_with("http://")) {
-                    builder = builder.with_allow_http(true);
-                }
-                let prefix = if prefix.is_empty() {
-                    Path::from(group)
-                } else {
-                    Path::from(prefix.as_str()).join(group)
-                };
+            store => {
+                let (store, prefix, root) = open_store(store, true)?;
                 Self::Store {
-                    store: Arc::new(builder.build()?),
-                    prefix,
-                    root: format!("s3://{bucket}"),
-                }
-            }
-            OnFailure::Dir(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| DestinationError::Dir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                Self::Store {
-                    store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
-                    prefix: Path::from(group),
-                    root: target.to_string(),
+                    store,
+                    prefix: prefix.join(group),
+                    root,
                 }
             }
         })

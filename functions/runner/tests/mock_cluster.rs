@@ -455,6 +455,62 @@ async fn a_failed_batch_can_go_to_a_kafka_topic() {
         Some(format!("source+0+{}", ids[0].1).as_bytes())
     );
     assert_eq!(committed(&brokers, "g", "source", 1), vec![20]);
+
+    // The redrive replays the kept batch through a function that now works, once, and commits.
+    let connection = damselfly_kafka::Connection::plaintext(&brokers);
+    let fixed = Arc::new(Fixed::default());
+    let from = OnFailure::Kafka {
+        topic: "failed".into(),
+    };
+    let redrive = |f: Arc<Fixed>| {
+        let (from, connection) = (from.clone(), connection.clone());
+        async move {
+            let stats = damselfly_runner::RedriveStats::default();
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                damselfly_runner::redrive(
+                    &from,
+                    Some(&connection),
+                    f,
+                    &damselfly_runner::RedriveOptions::default(),
+                    &stats,
+                ),
+            )
+            .await
+            .expect("bounded")
+            .expect("redrives")
+        }
+    };
+    let first = redrive(fixed.clone()).await;
+    assert_eq!((first.found, first.redriven, first.failed), (1, 1, 0));
+    assert_eq!(first.records, ids.len() as u64);
+    assert_eq!(*fixed.log.ok.lock().unwrap(), vec![ids.clone()]);
+    assert_eq!(
+        committed(
+            &brokers,
+            damselfly_runner::redrive::DEFAULT_GROUP,
+            "failed",
+            1
+        ),
+        vec![1]
+    );
+    let second = redrive(fixed.clone()).await;
+    assert_eq!(second.found, 0, "the redrive group has moved past it");
+    assert_eq!(fixed.log.ok.lock().unwrap().len(), 1);
+}
+
+/// Succeeds with every batch, logging it.
+#[derive(Default)]
+struct Fixed {
+    log: Log,
+}
+
+#[async_trait::async_trait]
+impl Function for Fixed {
+    async fn invoke(&self, event: KafkaEvent) -> Result<serde_json::Value, FunctionError> {
+        self.log.succeeded(&event);
+        Ok(serde_json::Value::Null)
+    }
 }
 
 /// librdkafka drops a partition's pending start-of-fetch (the offset lookup of a new assignment)
