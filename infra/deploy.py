@@ -316,6 +316,8 @@ def write_env(args: argparse.Namespace, out: dict[str, str], endpoint: str | Non
         env["ALARM_QUEUE_URL"] = out["AlarmQueueUrl"]
     if "FailureQueueUrl" in out:
         env["FAILURE_QUEUE_URL"] = out["FailureQueueUrl"]
+    if "FailureBucketName" in out:
+        env["FAILURE_BUCKET"] = out["FailureBucketName"]
     if "AlarmGroup" in out:
         env["ALARM_GROUP"] = out["AlarmGroup"]
     lines = [f"# Written by infra/deploy{' --local' if args.local else ''}: the endpoints of stack {args.stack_name}. Use: . {args.env_file}"]
