@@ -1,4 +1,4 @@
-//! Two `damselfly run aggregate` processes in one consumer group on Apache Kafka: one is SIGKILLed, or SIGSTOPped past its session timeout and later SIGCONTed, mid-stream; the other takes over its partitions, and the lake (LocalStack S3) holds every sample exactly once. Under both group protocols (classic and KIP-848's consumer).
+//! Two `damselfly run aggregate` processes in one consumer group on Apache Kafka: one is SIGKILLed, or SIGSTOPped past its session timeout (anywhere, or exactly between deciding and publishing a batch) and later SIGCONTed, mid-stream; the other takes over its partitions, and the lake (LocalStack S3) holds every sample exactly once. Under both group protocols (classic and KIP-848's consumer).
 //!
 //! Needs `localstack/up` and its `localstack/.env` in the environment (tests/run does both), plus
 //! `DAMSELFLY_PYTHON`: a Python with the `duckdb` package. The runners use the shared broker
@@ -27,7 +27,9 @@ struct Runner {
 }
 
 impl Runner {
-    /// Starts a runner in `group`, logging to a file in `dir` and serving metrics on a free port.
+    /// Starts a runner in `group`, logging to a file in `dir` and serving metrics on a free port,
+    /// with the fail points `failpoints` armed (see `damselfly_core::ledger`; empty: none).
+    #[allow(clippy::too_many_arguments)] // one place, what a runner is started with
     fn start(
         name: &'static str,
         dir: &Path,
@@ -36,11 +38,16 @@ impl Runner {
         group: &str,
         lake: &str,
         protocol: &str,
+        failpoints: &str,
     ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let metrics = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-            .env("RUST_LOG", "warn,damselfly=info,damselfly_runner=info")
+            .env(
+                "RUST_LOG",
+                "warn,damselfly=info,damselfly_runner=info,damselfly_core=info",
+            )
+            .env("FAILPOINTS", failpoints)
             .args(["run", "aggregate", "--brokers", brokers, "--topic", topic])
             .args([
                 "--group",
@@ -203,7 +210,19 @@ enum Fault {
     /// SIGSTOP past the session timeout, SIGCONT once B owns everything: A comes back as a
     /// zombie that must notice it lost its partitions, rejoin, and write nothing twice.
     Pause,
+    /// As `Pause`, but exactly between deciding a batch and publishing it (a fail point holds A
+    /// there): B must publish A's decision, and A, woken, must not make anything visible twice.
+    PauseMidWrite,
 }
+
+/// Arms A's 21st write (about 100 records in, batches of 5) to hold 3 s after its decision.
+const MID_WRITE: &str = "ledger-decided=20*off->1*return(3000)";
+
+/// What A's log says when the fail point holds it (`damselfly_core::ledger`).
+const HOLDING: &str = "fail point ledger-decided: holding";
+
+/// What B's log says when it publishes a decision another writer left staged.
+const ROLLED_FORWARD: &str = "published a decided batch its writer left staged";
 
 #[test]
 #[ignore = "needs the local stack (tests/run starts it)"]
@@ -215,6 +234,12 @@ fn classic_a_killed_runner_s_partitions_are_taken_over() {
 #[ignore = "needs the local stack (tests/run starts it)"]
 fn classic_a_paused_runner_comes_back_without_writing_twice() {
     failover(Fault::Pause, "classic");
+}
+
+#[test]
+#[ignore = "needs the local stack (tests/run starts it; built with --features damselfly/failpoints)"]
+fn classic_a_runner_paused_mid_write_is_a_zombie_that_doubles_nothing() {
+    failover(Fault::PauseMidWrite, "classic");
 }
 
 #[test]
@@ -248,9 +273,10 @@ fn failover(fault: Fault, protocol: &str) {
     let mut messages = simulate(&brokers, &topic, vms, 60);
     let phase1_end = Instant::now();
 
-    let start = |n| Runner::start(n, dir.path(), &brokers, &topic, &group, &lake, protocol);
-    let mut a = start("A");
-    let b = start("B");
+    let start = |n, fp| Runner::start(n, dir.path(), &brokers, &topic, &group, &lake, protocol, fp);
+    let mid_write = fault == Fault::PauseMidWrite;
+    let mut a = start("A", if mid_write { MID_WRITE } else { "" });
+    let b = start("B", "");
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
 
     // Both join the group, split the partitions, and work on them.
@@ -265,8 +291,12 @@ fn failover(fault: Fault, protocol: &str) {
                 && ao.is_disjoint(&bo)
                 && ao.union(&bo).copied().collect::<BTreeSet<_>>() == all;
             // A has committed batches of its own, so B must resume after them, not from the start.
-            let working = a.metric("damselfly_runner_records_total")? >= 100
-                && b.metric("damselfly_runner_records_total")? > 0;
+            let working = if mid_write {
+                // A holds between deciding and publishing: stop it right there.
+                a.log().contains(HOLDING)
+            } else {
+                a.metric("damselfly_runner_records_total")? >= 100
+            } && b.metric("damselfly_runner_records_total")? > 0;
             (split && working).then_some((ao, bo))
         },
     );
@@ -275,7 +305,7 @@ fn failover(fault: Fault, protocol: &str) {
     let b_log_at_fault = b.log().len();
     match fault {
         Fault::Kill => a.kill(),
-        Fault::Pause => a.signal("-STOP"),
+        Fault::Pause | Fault::PauseMidWrite => a.signal("-STOP"),
     }
     let fault_at = Instant::now();
     eprintln!(
@@ -298,8 +328,21 @@ fn failover(fault: Fault, protocol: &str) {
         "B took over every partition {:.1}s after the fault",
         fault_at.elapsed().as_secs_f64()
     );
+    if mid_write {
+        // B took A's partition over with A's decision staged: it publishes it before going on.
+        wait_for(
+            Duration::from_secs(30),
+            "B to publish the batch A decided but left staged",
+            &[&b],
+            || {
+                b.log()[b_log_at_fault..]
+                    .contains(ROLLED_FORWARD)
+                    .then_some(())
+            },
+        );
+    }
     let a_log_at_resume = a.log().len();
-    if fault == Fault::Pause {
+    if fault != Fault::Kill {
         // Let B work on A's old partitions for a while, then wake A up: it finds itself out of
         // the group, rejoins, and the two split the partitions again.
         std::thread::sleep(Duration::from_secs(3));
@@ -317,7 +360,7 @@ fn failover(fault: Fault, protocol: &str) {
     messages += simulate(&brokers, &topic, vms, phase2);
 
     let mut b = b;
-    if fault == Fault::Pause {
+    if fault != Fault::Kill {
         wait_for(
             Duration::from_secs(90),
             "A to rejoin the group and own partitions again",
@@ -329,13 +372,22 @@ fn failover(fault: Fault, protocol: &str) {
         Duration::from_secs(180),
         "the runners to drain the group's lag",
         &[&a, &b],
-        || (b.metric("damselfly_runner_group_lag")? == 0).then_some(()),
+        || {
+            // The lag gauge is measured every scale interval: it may still read 0 from before
+            // phase 2 was published, so the records processed must add up too.
+            let a_now = match fault {
+                Fault::Kill => a_records,
+                _ => a.metric("damselfly_runner_records_total")?,
+            };
+            let done = b.metric("damselfly_runner_records_total")? + a_now;
+            (b.metric("damselfly_runner_group_lag")? == 0 && done >= messages as i64).then_some(())
+        },
     );
     let summary = b.terminate(Duration::from_secs(30));
     eprintln!("B: {summary}");
     assert_eq!(summary["failed_batches"], 0, "{summary}");
     let mut records = summary["records"].as_u64().unwrap() + a_records as u64;
-    if fault == Fault::Pause {
+    if fault != Fault::Kill {
         let a_summary = a.terminate(Duration::from_secs(30));
         eprintln!("A: {a_summary}");
         assert_eq!(a_summary["failed_batches"], 0, "{a_summary}");

@@ -340,6 +340,7 @@ impl Ledger<'_> {
                 return Err(e);
             }
         };
+        hold_after_decision(&self.key);
         publish(self.lake, &state).await?;
         state.complete = true;
         state.staging = None;
@@ -352,6 +353,21 @@ impl Ledger<'_> {
         report.written = w.objects.len();
         Ok(report)
     }
+}
+
+/// A fault test's hook (feature `failpoints`): when the `ledger-decided` fail point returns
+/// (`FAILPOINTS='ledger-decided=20*off->1*return(2000)'`), the write logs that it holds and blocks
+/// its thread for that many milliseconds between deciding and publishing, the window in which a
+/// writer paused there (SIGSTOP) becomes a zombie. Without the feature it is empty.
+fn hold_after_decision(key: &Path) {
+    #[cfg(feature = "failpoints")]
+    if let Some(arg) = fail::eval("ledger-decided", |arg| arg) {
+        let ms = arg.and_then(|a| a.parse().ok()).unwrap_or(2_000);
+        tracing::warn!(%key, ms, "fail point ledger-decided: holding between deciding and publishing");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = key;
 }
 
 /// Copies a decided batch's staged objects to their final keys (step 6); returns how many. A
