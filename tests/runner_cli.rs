@@ -2,7 +2,7 @@
 //! Prometheus metrics while it runs, a clean exit on SIGTERM, and failed batches to `--on-failure`.
 
 mod common;
-use common::free_port;
+use common::{copy_lake, create_topic, env, free_port, raw_counts, run_id, simulate};
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -285,6 +285,12 @@ impl LambdaEmulator {
 
     /// Starts the real `damselfly-aggregate` Lambda binary as function `name`, writing to `lake`.
     fn aggregate(&mut self, name: &str, lake: &Path) {
+        self.aggregate_with(name, lake.to_str().unwrap(), &[], None);
+    }
+
+    /// Starts one more instance of the `damselfly-aggregate` binary as function `name`, writing
+    /// to the lake URL `lake`, with extra environment `env` and its log in `log` (if given).
+    fn aggregate_with(&mut self, name: &str, lake: &str, env: &[(&str, &str)], log: Option<&Path>) {
         // The binary sits beside this test's directory: target/<profile>/damselfly-aggregate.
         let bin = std::env::current_exe()
             .unwrap()
@@ -304,8 +310,12 @@ impl LambdaEmulator {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
             .env("LAKE", lake)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "warn,damselfly_core=info")
+            .envs(env.iter().copied())
+            // lambda_runtime's subscriber logs to stdout, as CloudWatch reads it.
+            .stdout(log.map_or_else(Stdio::null, |l| {
+                std::fs::File::create(l).expect("log file").into()
+            }))
             .stderr(Stdio::null())
             .spawn()
             .expect("damselfly-aggregate");
@@ -426,4 +436,79 @@ fn the_real_lambda_binary_under_cargo_lambda_watch_answers_as_in_process() {
             "{msg}"
         );
     }
+}
+
+/// A function behind `--invoke-url` that is still running when the runner gives its invocation
+/// up (it holds between deciding and publishing a batch, past `--invoke-timeout`): the runner
+/// retries the batch on a second instance, which publishes the first one's decision and skips its
+/// records; the first instance, waking up, makes nothing visible twice. On Apache Kafka and
+/// LocalStack S3 (the lake needs conditional puts: two instances write it at once).
+#[test]
+#[ignore = "needs the local stack, cargo-lambda and the binaries built with --features damselfly/failpoints: run tests/run"]
+fn a_remote_function_running_past_the_invoke_timeout_doubles_nothing() {
+    let brokers = env("KAFKA_BROKERS");
+    let id = run_id();
+    let topic = format!("slow-lambda-{id}");
+    let lake = format!("s3://{}/tests/slow-lambda-{id}", env("LAKE_BUCKET"));
+    create_topic(&brokers, &topic, 4);
+    let messages = simulate(&brokers, &topic, 6, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let (slow_log, spare_log) = (dir.path().join("slow.log"), dir.path().join("spare.log"));
+    let runner_log = dir.path().join("runner.log");
+
+    let mut lambda = LambdaEmulator::start();
+    // The only instance at first: its first write holds for 10 s after its decision.
+    let hold = [("FAILPOINTS", "ledger-decided=1*return(10000)")];
+    lambda.aggregate_with("damselfly-aggregate", &lake, &hold, Some(&slow_log));
+    let runner = damselfly()
+        .args(["run", "aggregate", "--brokers", &brokers, "--topic", &topic])
+        .args(["--group", &topic, "--until-caught-up", "--json"])
+        .args(["--batch-size", "10", "--batching-window", "200ms"])
+        .args(["--invoke-url", &lambda.url(), "--invoke-timeout", "3s"])
+        .env_remove("LAKE")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&runner_log).unwrap())
+        .spawn()
+        .expect("run");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&slow_log)
+        .unwrap_or_default()
+        .contains("fail point ledger-decided: holding")
+    {
+        assert!(
+            Instant::now() < until,
+            "the first instance never held (is it built with --features damselfly/failpoints?)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The retry of the given-up invocation lands on a second instance.
+    lambda.aggregate_with("damselfly-aggregate", &lake, &[], Some(&spare_log));
+    let out = wait(runner, Duration::from_secs(120));
+    let runner_says = std::fs::read_to_string(&runner_log).unwrap();
+    assert!(out.status.success(), "{runner_says}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("runner: {summary}");
+    assert!(
+        summary["failures"].as_u64().unwrap() >= 1,
+        "the held invocation timed out: {summary}"
+    );
+    assert_eq!(summary["failed_batches"], 0, "{summary}");
+    let spare = std::fs::read_to_string(&spare_log).unwrap();
+    assert!(
+        spare.contains("published a decided batch its writer left staged"),
+        "the second instance published the first one's decision:\n{spare}"
+    );
+    // Let the first instance wake and try to publish what is already published.
+    std::thread::sleep(Duration::from_secs(8));
+    let slow = std::fs::read_to_string(&slow_log).unwrap();
+    eprintln!("first instance:\n{slow}");
+
+    let local = tempfile::tempdir().unwrap();
+    copy_lake(&lake, local.path());
+    let samples = messages * common::SAMPLES_PER_MESSAGE;
+    assert_eq!(
+        raw_counts(local.path()),
+        (samples, samples),
+        "every sample once, the zombie instance's write included"
+    );
 }

@@ -312,6 +312,10 @@ pub struct RunArgs {
     /// damselfly-aggregate or damselfly-alarm].
     #[arg(long)]
     pub invoke_url: Option<String>,
+    /// With --invoke-url: how long an invocation may take before the runner gives it up and
+    /// retries the batch (set it to the function's timeout; Lambda's maximum by default).
+    #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+    pub invoke_timeout: Duration,
     /// Most records per invocation (Lambda: default 100, max 10000).
     #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,

@@ -9,8 +9,7 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Arms the fail points `FAILPOINTS` names (a test build only: feature `failpoints`).
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
+    let _failpoints = damselfly_core::failpoints::setup();
     let cli = cli::Cli::parse();
     let progress = output::init(cli.verbose);
     commands::dispatch(cli.command, &progress).await

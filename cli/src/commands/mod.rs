@@ -73,17 +73,20 @@ pub enum Target<H> {
 }
 
 impl<H> Target<H> {
-    /// The in-process handler, or one behind `--invoke-url` named `default_name` unless the URL names one.
+    /// The in-process handler, or one behind `--invoke-url` named `default_name` unless the URL
+    /// names one, whose invocations are given up after `invoke_timeout`.
     pub async fn new(
         handler: impl AsyncFnOnce() -> anyhow::Result<H>,
         invoke_url: Option<&str>,
         default_name: &str,
+        invoke_timeout: std::time::Duration,
     ) -> anyhow::Result<Self> {
         Ok(match invoke_url {
             None => Self::InProcess(handler().await?),
-            Some(url) => {
-                Self::Remote(LambdaInvoke::connect(InvokeTarget::parse(url, default_name)?).await)
-            }
+            Some(url) => Self::Remote(
+                LambdaInvoke::connect(InvokeTarget::parse(url, default_name)?, invoke_timeout)
+                    .await,
+            ),
         })
     }
 }

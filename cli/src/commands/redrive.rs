@@ -28,7 +28,13 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
             };
             let handler = async || Ok(Aggregate::new(Lake::open(&lake())?, limits));
             HostedAggregate::new(
-                Target::new(handler, args.invoke_url.as_deref(), "damselfly-aggregate").await?,
+                Target::new(
+                    handler,
+                    args.invoke_url.as_deref(),
+                    "damselfly-aggregate",
+                    damselfly_runner::remote::INVOKE_TIMEOUT,
+                )
+                .await?,
             )
         }
         FunctionName::Alarm => {
@@ -38,7 +44,13 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
                 .unwrap_or_else(|| args.function.default_group().to_owned());
             let handler = async || super::alarm::handler(&lake(), &group, &args.alarm).await;
             HostedAlarm::new(
-                Target::new(handler, args.invoke_url.as_deref(), "damselfly-alarm").await?,
+                Target::new(
+                    handler,
+                    args.invoke_url.as_deref(),
+                    "damselfly-alarm",
+                    damselfly_runner::remote::INVOKE_TIMEOUT,
+                )
+                .await?,
             )
         }
     })

@@ -99,7 +99,13 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
     let group = group(&args);
     let handler = async || super::alarm::handler(lake(&args), &group, &args.alarm).await;
     let function = HostedAlarm::new(
-        Target::new(handler, args.invoke_url.as_deref(), "damselfly-alarm").await?,
+        Target::new(
+            handler,
+            args.invoke_url.as_deref(),
+            "damselfly-alarm",
+            args.invoke_timeout,
+        )
+        .await?,
     );
     let target = function.target();
     let ticker_task = function.tick_every(args.tick_every);
@@ -160,7 +166,13 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
     };
     let handler = async || Ok(Aggregate::new(Lake::open(lake(&args))?, limits));
     let function = HostedAggregate::new(
-        Target::new(handler, args.invoke_url.as_deref(), "damselfly-aggregate").await?,
+        Target::new(
+            handler,
+            args.invoke_url.as_deref(),
+            "damselfly-aggregate",
+            args.invoke_timeout,
+        )
+        .await?,
     );
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "aggregate");

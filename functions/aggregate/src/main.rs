@@ -8,6 +8,8 @@ use lambda_runtime::{LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
+    // Arms the fail points `FAILPOINTS` names (a test build only: damselfly-core's `failpoints`).
+    let _failpoints = damselfly_core::failpoints::setup();
     let config = Config::from_env()?;
     let handler = Arc::new(Aggregate::from_config(&config)?);
     // JSON first: a record timestamp the event types cannot hold must not fail the whole event.

@@ -355,7 +355,7 @@ impl Ledger<'_> {
     }
 }
 
-/// A fault test's hook (feature `failpoints`): when the `ledger-decided` fail point returns
+/// A fault test's hook (feature `failpoints`, see [`crate::failpoints`]): when the `ledger-decided` fail point returns
 /// (`FAILPOINTS='ledger-decided=20*off->1*return(2000)'`), the write logs that it holds and blocks
 /// its thread for that many milliseconds between deciding and publishing, the window in which a
 /// writer paused there (SIGSTOP) becomes a zombie. Without the feature it is empty.

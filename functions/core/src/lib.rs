@@ -12,6 +12,7 @@ pub mod decode;
 pub mod dict_column;
 pub mod encode;
 pub mod env;
+pub mod failpoints;
 pub mod faults;
 pub mod formats;
 pub mod lake;

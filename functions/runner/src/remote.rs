@@ -14,8 +14,8 @@ use crate::function::{Function, FunctionError};
 /// The path of Lambda's Invoke API under an endpoint, before the function name.
 const INVOKE_PATH: &str = "/2015-03-31/functions/";
 
-/// How long one invocation may take: Lambda's own maximum function timeout.
-pub(crate) const INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long one invocation may take by default: Lambda's own maximum function timeout.
+pub const INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Where `--invoke-url` points: an endpoint (or the region's AWS endpoint) and a function name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,10 +92,11 @@ pub struct LambdaInvoke {
 }
 
 impl LambdaInvoke {
-    /// A client for `target`, with region and credentials from the environment as the AWS CLI
-    /// finds them. A local emulator without AWS credentials gets placeholder ones: it does not
-    /// check signatures.
-    pub async fn connect(target: InvokeTarget) -> Self {
+    /// A client for `target` whose invocations are given up after `timeout` (the function's
+    /// timeout; the function may still be running then, which the lake's ledger allows for), with
+    /// region and credentials from the environment as the AWS CLI finds them. A local emulator
+    /// without AWS credentials gets placeholder ones: it does not check signatures.
+    pub async fn connect(target: InvokeTarget, timeout: Duration) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -103,7 +104,7 @@ impl LambdaInvoke {
             .build_https();
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(INVOKE_TIMEOUT)
+            .operation_attempt_timeout(timeout)
             .build();
         // One attempt per call: retrying is the event source mapping's job (--max-retry-attempts,
         // --bisect-on-error), as it is Lambda's, so the client must not multiply invocations.
