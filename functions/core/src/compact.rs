@@ -31,13 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray as _, Float64Array, Int64Array, RecordBatch,
-    TimestampMillisecondArray, UInt32Array,
-};
-use arrow::datatypes::{
-    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
-};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use damselfly_schemas::Table;
 use damselfly_schemas::paths::{
@@ -46,17 +41,28 @@ use damselfly_schemas::paths::{
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::encode::{self, EncodeError, PartialColumns};
+use crate::encode::{self, EncodeError};
 use crate::lake::{Lake, LakeError};
 use crate::ledger::{PartitionState, STAGING_PREFIX, state_key};
-use crate::rollup::Partial;
+
+// What only the tests' whole-partition reads and checks use.
+#[cfg(test)]
+use arrow::array::AsArray as _;
+#[cfg(test)]
+use arrow::datatypes::TimestampMillisecondType;
+#[cfg(test)]
+use parquet::arrow::ArrowWriter;
+#[cfg(test)]
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+
+mod merge;
+
+pub use merge::{DEFAULT_MERGE_MEMORY, MIN_MERGE_MEMORY};
 
 /// Parquet key-value metadata of a compacted file: a JSON array of the file names it replaces.
 pub const COMPACTED_FROM: &str = "damselfly.compacted_from";
@@ -133,6 +139,19 @@ pub enum CompactError {
     /// Writer settings could not be built (a bug).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A local temp file of the merge (a sorted run, a source's copy) could not be written or read.
+    #[error(
+        "{what}: {source} (the merge's temp files are on local disk: check TMPDIR's free space)"
+    )]
+    Spill {
+        /// What the merge was doing.
+        what: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The merge's blocking task panicked or was cancelled (a bug, or the runtime shutting down).
+    #[error("merge task: {0}")]
+    Task(String),
 }
 
 impl From<object_store::Error> for CompactError {
@@ -263,6 +282,9 @@ pub struct CompactConfig {
     pub ledger_writer: String,
     /// Crash drill: write compacted files and rollups, then stop before deleting anything.
     pub halt_after_write: bool,
+    /// Bytes one partition's merge may hold in decoded rows before it spills sorted runs to
+    /// local temp files (at least [`MIN_MERGE_MEMORY`]; the compacted file itself is held whole).
+    pub merge_memory: usize,
 }
 
 impl CompactConfig {
@@ -275,6 +297,7 @@ impl CompactConfig {
             retention: Retention::default(),
             ledger_writer: DEFAULT_LEDGER_WRITER.to_owned(),
             halt_after_write: false,
+            merge_memory: DEFAULT_MERGE_MEMORY,
         }
     }
 
@@ -400,6 +423,10 @@ pub struct CompactReport {
     /// Steps (a partition's merge, a rollup, an expiry) that failed and were skipped; each is
     /// logged with its error, and the next run tries it again.
     pub failed: u64,
+    /// Sorted runs spilled to local temp files by merges that outgrew their memory budget.
+    pub spilled_runs: u64,
+    /// The most bytes any one merge of the run held in buffered rows (see [`CompactConfig::merge_memory`]).
+    pub merge_peak_bytes: u64,
 }
 
 /// Compacted files' `compacted_from` lists, by (key, size, modification time): compacted files never change.
@@ -822,14 +849,14 @@ pub async fn execute(
     }
     let cache = FooterCache::default();
     for hour in &plan.rollups_1h {
-        match rollup_hour(store, *hour, &cache).await {
+        match rollup_hour(store, cfg, *hour, &cache, &mut report).await {
             Ok(()) => report.rollups_1h += 1,
             Err(e) => failed(&mut report, hour.dir(Table::Rollup1h), e),
         }
         on_step(Step::Rollup1h(*hour));
     }
     for day in &plan.rollups_1d {
-        match rollup_day(store, *day).await {
+        match rollup_day(store, cfg, *day, &mut report).await {
             Ok(()) => report.rollups_1d += 1,
             Err(e) => failed(&mut report, day.dir(Table::Rollup1d), e),
         }
@@ -879,7 +906,17 @@ async fn merge_partition(
             .map(|o| file_name(&o.location).to_owned())
             .collect();
         names.remove("");
-        let batches = match read_all(store, m.table, &m.sources).await {
+        let from = serde_json::to_string(&names).expect("names serialize");
+        let merged = merge::merge_objects(
+            store,
+            m.table,
+            m.table,
+            &m.sources,
+            cfg.merge_memory,
+            Some(from),
+        )
+        .await;
+        let (bytes, stats) = match merged {
             Err(CompactError::Lake(LakeError::Store(object_store::Error::NotFound {
                 path,
                 ..
@@ -890,7 +927,8 @@ async fn merge_partition(
             }
             other => other?,
         };
-        let (bytes, rows) = encode_compacted(m.table, batches, Some(&names))?;
+        note_merge(report, &stats);
+        let rows = stats.rows_out;
         let key = Path::from(compacted_object_key(m.table, m.hour, m.generation));
         let size = bytes.len() as u64;
         match put_create(store, &key, bytes).await {
@@ -909,13 +947,16 @@ async fn merge_partition(
             bytes_before = m.sources.iter().map(|o| o.size).sum::<u64>(),
             bytes_after = size,
             rows,
+            spilled_runs = stats.spilled_runs,
+            merge_passes = stats.passes,
+            peak_bytes = stats.peak_bytes,
             "partition compacted"
         );
         report.partitions_compacted += 1;
         report.files_merged += m.sources.len() as u64;
         report.bytes_before += m.sources.iter().map(|o| o.size).sum::<u64>();
         report.bytes_after += size;
-        report.rows_written += rows as u64;
+        report.rows_written += rows;
         delete.extend(m.sources.iter().map(|o| o.location.clone()));
     }
     if !cfg.halt_after_write {
@@ -924,11 +965,19 @@ async fn merge_partition(
     Ok(())
 }
 
+/// Counts a merge's spilled runs and peak memory in the report.
+fn note_merge(report: &mut CompactReport, stats: &merge::MergeStats) {
+    report.spilled_runs += stats.spilled_runs;
+    report.merge_peak_bytes = report.merge_peak_bytes.max(stats.peak_bytes);
+}
+
 /// Builds one hour's `rollup_1h` from its live `rollup_1m` files.
 async fn rollup_hour(
     store: &dyn ObjectStore,
+    cfg: &CompactConfig,
     hour: HourPartition,
     cache: &FooterCache,
+    report: &mut CompactReport,
 ) -> Result<(), CompactError> {
     let dir = Path::from(hour.dir(Table::Rollup1m));
     let live: Vec<ObjectMeta> = list_live(store, Some(&dir), cache)
@@ -937,15 +986,28 @@ async fn rollup_hour(
         .into_iter()
         .filter(|o| o.location.as_ref().ends_with(".parquet"))
         .collect();
-    let batches = read_all(store, Table::Rollup1m, &live).await?;
-    let (bytes, _) = encode_compacted(Table::Rollup1h, batches, None)?;
+    let (bytes, stats) = merge::merge_objects(
+        store,
+        Table::Rollup1m,
+        Table::Rollup1h,
+        &live,
+        cfg.merge_memory,
+        None,
+    )
+    .await?;
+    note_merge(report, &stats);
     let key = rollup_object_key(Table::Rollup1h, hour).expect("rollup_1h has a key");
     put(store, &key, bytes).await?;
     Ok(())
 }
 
 /// Builds one day's `rollup_1d` from its hours' `rollup_1h`.
-async fn rollup_day(store: &dyn ObjectStore, day: HourPartition) -> Result<(), CompactError> {
+async fn rollup_day(
+    store: &dyn ObjectStore,
+    cfg: &CompactConfig,
+    day: HourPartition,
+    report: &mut CompactReport,
+) -> Result<(), CompactError> {
     let dir = Path::from(day.dir(Table::Rollup1h));
     let dir = Path::from(parent(&dir));
     let hours: Vec<ObjectMeta> = store
@@ -953,8 +1015,16 @@ async fn rollup_day(store: &dyn ObjectStore, day: HourPartition) -> Result<(), C
         .try_filter(|o| futures::future::ready(file_name(&o.location) == "1h.parquet"))
         .try_collect()
         .await?;
-    let batches = read_all(store, Table::Rollup1h, &hours).await?;
-    let (bytes, _) = encode_compacted(Table::Rollup1d, batches, None)?;
+    let (bytes, stats) = merge::merge_objects(
+        store,
+        Table::Rollup1h,
+        Table::Rollup1d,
+        &hours,
+        cfg.merge_memory,
+        None,
+    )
+    .await?;
+    note_merge(report, &stats);
     let key = rollup_object_key(Table::Rollup1d, day).expect("rollup_1d has a key");
     put(store, &key, bytes).await?;
     Ok(())
@@ -1025,7 +1095,9 @@ fn read_schema(table: Table) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Reads every source of a table (a few at a time, in key order) into record batches.
+/// Reads every source of a table (a few at a time, in key order) into record batches: whole, in
+/// memory, so only for tests (compaction reads through [`merge::merge_objects`]).
+#[cfg(test)]
 async fn read_all(
     store: &dyn ObjectStore,
     table: Table,
@@ -1070,21 +1142,6 @@ enum Window {
     Day,
 }
 
-/// Rows ready to write: an order over the concatenated sources and, for rollups, the merged
-/// partial and window of every output row.
-struct Merged {
-    base: RecordBatch,
-    order: Vec<u32>,
-    partials: Option<Vec<Partial>>,
-    windows: Option<Vec<i64>>,
-}
-
-impl Merged {
-    fn rows(&self) -> usize {
-        self.order.len()
-    }
-}
-
 /// The key a table's rows are sorted (and, for rollups, merged) by; the first `declared` are
 /// recorded as the file's sorting columns.
 fn sort_key(table: Table) -> (&'static [&'static str], usize) {
@@ -1109,140 +1166,6 @@ fn sort_key(table: Table) -> (&'static [&'static str], usize) {
     }
 }
 
-/// Order-preserving integer keys for one column: ranks for strings, offset integers for numbers.
-fn column_keys(col: &ArrayRef, name: &str) -> Result<Vec<u64>, CompactError> {
-    let ints = |it: &mut dyn Iterator<Item = Option<i64>>| -> Vec<u64> {
-        it.map(|v| v.map_or(0, |v| (v as u64) ^ (1 << 63)))
-            .collect()
-    };
-    let ranked = |values: Vec<Option<&str>>, keys: &mut dyn Iterator<Item = Option<usize>>| {
-        let mut distinct: Vec<&str> = values.iter().flatten().copied().collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let rank: Vec<u64> = values
-            .iter()
-            .map(|v| {
-                v.map_or(0, |v| {
-                    distinct.binary_search(&v).expect("present") as u64 + 1
-                })
-            })
-            .collect();
-        keys.map(|k| k.map_or(0, |k| rank[k])).collect::<Vec<u64>>()
-    };
-    Ok(match col.data_type() {
-        DataType::Dictionary(..) => {
-            let dict = col.as_dictionary::<Int32Type>();
-            let values = dict.values().as_string::<i32>();
-            let vals: Vec<Option<&str>> = values.iter().collect();
-            let keys = dict.keys();
-            ranked(vals, &mut keys.iter().map(|k| k.map(|k| k as usize)))
-        }
-        DataType::Utf8 => {
-            let s = col.as_string::<i32>();
-            let vals: Vec<Option<&str>> = s.iter().collect();
-            ranked(vals, &mut (0..s.len()).map(|i| s.is_valid(i).then_some(i)))
-        }
-        DataType::Timestamp(..) => ints(&mut col.as_primitive::<TimestampMillisecondType>().iter()),
-        DataType::Int64 => ints(&mut col.as_primitive::<Int64Type>().iter()),
-        DataType::Int32 => ints(
-            &mut col
-                .as_primitive::<Int32Type>()
-                .iter()
-                .map(|v| v.map(i64::from)),
-        ),
-        other => {
-            return Err(CompactError::Source {
-                key: name.to_owned(),
-                why: format!("cannot sort by a {other} column"),
-            });
-        }
-    })
-}
-
-/// Concatenates the sources, sorts them by the table's key and, for rollups, merges the partials
-/// of equal keys (after widening windows as asked).
-fn merge(table: Table, batches: Vec<RecordBatch>, window: Window) -> Result<Merged, CompactError> {
-    let schema = batches
-        .first()
-        .map_or_else(|| read_schema(table), |b| b.schema());
-    let base = arrow::compute::concat_batches(&schema, &batches)?;
-    drop(batches);
-    let n = base.num_rows();
-    let rollup = matches!(table, Table::Rollup1m | Table::Rollup1h | Table::Rollup1d);
-    let windows: Option<Vec<i64>> = match window {
-        Window::Keep => None,
-        Window::Hour | Window::Day => {
-            let len = if window == Window::Hour {
-                HOUR_MS
-            } else {
-                DAY_MS
-            };
-            let col = column(&base, "window_start")?;
-            let ws = col.as_primitive::<TimestampMillisecondType>();
-            Some(
-                ws.values()
-                    .iter()
-                    .map(|w| w.div_euclid(len) * len)
-                    .collect(),
-            )
-        }
-    };
-    let (names, _) = sort_key(table);
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        if *name == "window_start"
-            && let Some(w) = &windows
-        {
-            keys.push(w.iter().map(|v| (*v as u64) ^ (1 << 63)).collect());
-        } else {
-            keys.push(column_keys(column(&base, name)?, name)?);
-        }
-    }
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        keys.iter()
-            .map(|k| k[a as usize].cmp(&k[b as usize]))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| a.cmp(&b))
-    });
-    if !rollup {
-        return Ok(Merged {
-            base,
-            order,
-            partials: None,
-            windows,
-        });
-    }
-    let columns = PartialColumns::of(&base).map_err(|why| CompactError::Source {
-        key: "rollup partials".into(),
-        why,
-    })?;
-    let partial = |i: usize| columns.get(i);
-    let same = |a: u32, b: u32| keys.iter().all(|k| k[a as usize] == k[b as usize]);
-    let mut groups: Vec<u32> = Vec::new();
-    let mut partials: Vec<Partial> = Vec::new();
-    for &row in &order {
-        match groups.last() {
-            Some(&head) if same(head, row) => {
-                partials
-                    .last_mut()
-                    .expect("a group has a partial")
-                    .merge(&partial(row as usize));
-            }
-            _ => {
-                groups.push(row);
-                partials.push(partial(row as usize));
-            }
-        }
-    }
-    Ok(Merged {
-        base,
-        order: groups,
-        partials: Some(partials),
-        windows,
-    })
-}
-
 /// Encodes what compaction writes for one partition of `table` from its source rows, in any
 /// order: sorted, rollup partials merged, with the compacted-file writer settings. The sources
 /// of `rollup_1h` are `rollup_1m` rows and those of `rollup_1d` are `rollup_1h` rows (windows
@@ -1253,14 +1176,18 @@ pub fn encode_compacted(
     sources: Vec<RecordBatch>,
     compacted_from: Option<&BTreeSet<String>>,
 ) -> Result<(Bytes, usize), CompactError> {
-    let window = match table {
-        Table::Rollup1h => Window::Hour,
-        Table::Rollup1d => Window::Day,
-        _ => Window::Keep,
-    };
-    let merged = merge(table, sources, window)?;
+    let schema = sources
+        .first()
+        .map_or_else(|| read_schema(table), |b| b.schema());
+    let mut merger =
+        merge::Merger::new(table, schema, DEFAULT_MERGE_MEMORY, merge::Meter::default())?;
+    for batch in &sources {
+        merger.push(batch)?;
+    }
+    drop(sources);
     let from = compacted_from.map(|names| serde_json::to_string(names).expect("names serialize"));
-    Ok((write_parquet(table, &merged, from)?, merged.rows()))
+    let (bytes, stats) = merger.finish(from)?;
+    Ok((bytes, stats.rows_out as usize))
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, CompactError> {
@@ -1300,60 +1227,6 @@ pub fn compacted_properties(
             .set_key_value_metadata(Some(vec![KeyValue::new(COMPACTED_FROM.to_owned(), from)]));
     }
     Ok(builder.build())
-}
-
-/// Writes merged rows as one Parquet file of `table`, in chunks (dictionaries back to strings).
-fn write_parquet(
-    table: Table,
-    merged: &Merged,
-    compacted_from: Option<String>,
-) -> Result<Bytes, CompactError> {
-    let schema = table.schema();
-    let (names, declared) = sort_key(table);
-    let props = compacted_properties(table, &schema, &names[..declared], compacted_from)?;
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
-    for (c, chunk) in merged.order.chunks(CHUNK_ROWS).enumerate() {
-        let at = c * CHUNK_ROWS;
-        let idx = UInt32Array::from(chunk.to_vec());
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let name = field.name().as_str();
-            let p = merged.partials.as_ref().map(|p| &p[at..at + chunk.len()]);
-            let f64s = |get: fn(&Partial) -> f64| -> ArrayRef {
-                Arc::new(Float64Array::from_iter_values(
-                    p.expect("rollup").iter().map(get),
-                ))
-            };
-            let ts = |it: Vec<i64>| -> ArrayRef {
-                Arc::new(TimestampMillisecondArray::from(it).with_timezone("UTC"))
-            };
-            let col: ArrayRef = match (name, p) {
-                ("count", Some(p)) => {
-                    Arc::new(Int64Array::from_iter_values(p.iter().map(|p| p.count)))
-                }
-                ("sum", Some(_)) => f64s(|p| p.sum),
-                ("min", Some(_)) => f64s(|p| p.min),
-                ("max", Some(_)) => f64s(|p| p.max),
-                ("first", Some(_)) => f64s(|p| p.first),
-                ("last", Some(_)) => f64s(|p| p.last),
-                ("first_ts", Some(p)) => ts(p.iter().map(|p| p.first_ts).collect()),
-                ("last_ts", Some(p)) => ts(p.iter().map(|p| p.last_ts).collect()),
-                ("window_start", _) if merged.windows.is_some() => {
-                    let w = merged.windows.as_ref().expect("checked");
-                    ts(chunk.iter().map(|&r| w[r as usize]).collect())
-                }
-                _ => {
-                    let taken = arrow::compute::take(column(&merged.base, name)?, &idx, None)?;
-                    arrow::compute::cast(&taken, field.data_type())?
-                }
-            };
-            columns.push(col);
-        }
-        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
-    }
-    writer.close()?;
-    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
