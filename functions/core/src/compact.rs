@@ -1785,4 +1785,283 @@ mod tests {
         assert_eq!(batch_origin("compacted-000001.parquet"), None);
         assert_eq!(batch_origin("metrics+0+tick-123.parquet"), None);
     }
+    /// Writes one batch of `n` messages of partition `partition`, one every `step_ms` from `t0`
+    /// (shifted by the partition, so raw keys are unique), over `vms` VMs: every partition holds
+    /// the same series and minutes, so `rollup_1m` partials of one key sit in many files.
+    async fn write_spread(
+        lake: &Lake,
+        partition: i32,
+        first: i64,
+        n: i64,
+        t0: i64,
+        step_ms: i64,
+        vms: i64,
+    ) {
+        let mut b = PartitionBatch::new(TOPIC, partition);
+        let limits = Validation {
+            max_past: Duration::from_secs(u32::MAX as u64),
+            ..Validation::default()
+        };
+        for i in 0..n {
+            let offset = first + i;
+            let ts = t0 + i * step_ms + partition as i64;
+            let value = format!(
+                r#"{{"v":1,"ts":{ts},"tags":{{"ns":"n","mcis":"m","vm":"vm-{vm:03}","csp":"aws"}},"metrics":{{"cpu_utilization":{cpu},"mem_used":{mem}}},"devices":{{"eth0":{{"bytes_in":{bytes}}}}}}}"#,
+                vm = offset % vms,
+                cpu = ((offset + partition as i64) * 7 % 100) as f64 + 0.25,
+                mem = offset * 1000 + partition as i64,
+                bytes = offset * 4096,
+            );
+            let rec = InputRecord {
+                topic: TOPIC,
+                partition,
+                offset,
+                timestamp_ms: ts,
+                key: None,
+                value: Some(value.as_bytes()),
+            };
+            b.push(&rec, ts, &limits);
+        }
+        let mut ledger = lake.ledger("aggregate", TOPIC, partition).await.unwrap();
+        ledger.settle().await.unwrap();
+        let mut tail = ledger.tail();
+        let objects = b.objects(&mut tail).unwrap();
+        let w = PartitionWrite {
+            topic: TOPIC.into(),
+            partition,
+            first_offset: first,
+            next_offset: first + n,
+            objects,
+            tail,
+        };
+        ledger.write(&w).await.unwrap();
+    }
+
+    /// 32 partitions with a batch each over all of hour 9 (then one later batch each, so the
+    /// hour-9 batches are settled).
+    async fn big_hour(lake: &Lake) {
+        for p in 0..32 {
+            write_spread(lake, p, 0, 360, H9, 10_000, 40).await;
+            write_spread(lake, p, 360, 1, H9 + 3 * HOUR_MS, 10_000, 40).await;
+        }
+    }
+
+    /// The decoded (Arrow) bytes of a table's live hour-9 rows.
+    async fn decoded_bytes(lake: &Lake, table: Table) -> usize {
+        let objs: Vec<ObjectMeta> = live(lake, table)
+            .await
+            .into_iter()
+            .filter(|o| o.location.as_ref().contains("hour=09"))
+            .collect();
+        read_all(lake.store().as_ref(), table, &objs)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum()
+    }
+
+    /// Reads one file and asserts its rows are in the table's sort-key order (strictly, for
+    /// rollups: one row per key); returns its row count.
+    async fn assert_sorted(lake: &Lake, table: Table, key: &str) -> usize {
+        use arrow::row::{RowConverter, SortField};
+        let meta = lake.store().head(&Path::from(key)).await.unwrap();
+        let batches = read_all(lake.store().as_ref(), table, &[meta])
+            .await
+            .unwrap();
+        let (names, _) = sort_key(table);
+        let schema = read_schema(table);
+        let converter = RowConverter::new(
+            names
+                .iter()
+                .map(|n| SortField::new(schema.field_with_name(n).unwrap().data_type().clone()))
+                .collect(),
+        )
+        .unwrap();
+        let mut previous: Option<arrow::row::OwnedRow> = None;
+        let mut n = 0;
+        for b in &batches {
+            let cols: Vec<ArrayRef> = names
+                .iter()
+                .map(|k| b.column_by_name(k).unwrap().clone())
+                .collect();
+            let rows = converter.convert_columns(&cols).unwrap();
+            for i in 0..rows.num_rows() {
+                if let Some(p) = &previous {
+                    let rollup = table != Table::Raw;
+                    let ok = if rollup {
+                        p.row() < rows.row(i)
+                    } else {
+                        p.row() <= rows.row(i)
+                    };
+                    assert!(ok, "{key}: row {n} is out of order");
+                }
+                previous = Some(rows.row(i).owned());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Runs the plan's merge of `table`'s hour 9 alone.
+    async fn merge_hour9(lake: &Lake, cfg: &CompactConfig, table: Table) -> CompactReport {
+        let plan = plan(lake, cfg).await.unwrap();
+        let m = plan
+            .merges
+            .iter()
+            .find(|m| m.table == table && m.hour.start_ms() == H9)
+            .expect("hour 9 is planned")
+            .clone();
+        let one = Plan {
+            merges: vec![m],
+            ..Default::default()
+        };
+        execute(lake, cfg, &one, |_| {}).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_hour_larger_than_the_merge_budget_spills_sorted_runs_and_keeps_every_row_once() {
+        let lake = lake();
+        big_hour(&lake).await;
+        let budget = 256 << 10;
+        let now = H9 + 3 * HOUR_MS + 11 * 60_000;
+        let cfg = CompactConfig {
+            merge_memory: budget,
+            ..cfg(now)
+        };
+        let hour9 = |rows: Vec<String>, at: usize| -> Vec<String> {
+            rows.into_iter()
+                .filter(|r| {
+                    let ts: i64 = r.split('|').nth(at).unwrap().parse().unwrap();
+                    (H9..H9 + HOUR_MS).contains(&ts)
+                })
+                .collect()
+        };
+
+        // raw: every row exactly once, sorted, through more than one spilled run.
+        let ts_at = Table::Raw.schema().index_of("ts").unwrap();
+        let before_raw = hour9(rows(&lake, Table::Raw).await, ts_at);
+        let raw_bytes = decoded_bytes(&lake, Table::Raw).await;
+        let report = merge_hour9(&lake, &cfg, Table::Raw).await;
+        println!(
+            "raw: {} rows, {} source bytes, {raw_bytes} decoded bytes, budget {budget}, {} runs, peak {}",
+            before_raw.len(),
+            report.bytes_before,
+            report.spilled_runs,
+            report.merge_peak_bytes
+        );
+        assert!(
+            raw_bytes > 4 * budget,
+            "the hour outgrows the budget: {raw_bytes}"
+        );
+        assert!(report.spilled_runs > 1, "{report:?}");
+        assert!(report.merge_peak_bytes > 0, "{report:?}");
+        assert!(
+            report.merge_peak_bytes <= budget as u64,
+            "peak {} over the budget {budget}",
+            report.merge_peak_bytes
+        );
+        assert_eq!(report.rows_written, before_raw.len() as u64);
+        assert_eq!(hour9(rows(&lake, Table::Raw).await, ts_at), before_raw);
+        let distinct: BTreeSet<&String> = before_raw.iter().collect();
+        assert_eq!(distinct.len(), before_raw.len(), "raw keys are unique here");
+        let n = assert_sorted(
+            &lake,
+            Table::Raw,
+            "raw/dt=2025-11-21/hour=09/compacted-000001.parquet",
+        )
+        .await;
+        assert_eq!(n, before_raw.len());
+
+        // rollup_1m: one key's partials sit in every file (so in several runs) and merge to one row.
+        let before_1m = merged_rollup(&lake, Table::Rollup1m, 60_000).await;
+        let rollup_bytes = decoded_bytes(&lake, Table::Rollup1m).await;
+        let report = merge_hour9(&lake, &cfg, Table::Rollup1m).await;
+        println!(
+            "rollup_1m: {} keys, {} source bytes, {rollup_bytes} decoded bytes, budget {budget}, {} runs, peak {}",
+            before_1m.len(),
+            report.bytes_before,
+            report.spilled_runs,
+            report.merge_peak_bytes
+        );
+        assert!(rollup_bytes > 4 * budget, "{rollup_bytes}");
+        assert!(report.spilled_runs > 1, "{report:?}");
+        assert!(report.merge_peak_bytes <= budget as u64, "{report:?}");
+        let after_1m = merged_rollup(&lake, Table::Rollup1m, 60_000).await;
+        assert_same_rollups(&after_1m, &before_1m);
+        let n = assert_sorted(
+            &lake,
+            Table::Rollup1m,
+            "rollup_1m/dt=2025-11-21/hour=09/compacted-000001.parquet",
+        )
+        .await;
+        let hour9_keys = before_1m.keys().filter(|k| k.3 < H9 + HOUR_MS).count();
+        assert_eq!(n, hour9_keys, "one row per series and minute");
+        assert_eq!(report.rows_written, hour9_keys as u64);
+
+        // rollup_1h and rollup_1d from it, in the same budget, agree with the minutes.
+        let report = compact(&lake, &cfg).await.unwrap();
+        assert_eq!(report.failed, 0, "{report:?}");
+        assert!(report.merge_peak_bytes <= budget as u64, "{report:?}");
+        let minutes_h = merged_rollup(&lake, Table::Rollup1m, HOUR_MS).await;
+        let hours = merged_rollup(&lake, Table::Rollup1h, HOUR_MS).await;
+        let closed: Rollups = minutes_h
+            .into_iter()
+            .filter(|(k, _)| k.3 < H9 + 2 * HOUR_MS)
+            .collect();
+        assert_same_rollups(&hours, &closed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spilled_and_in_memory_merges_write_the_same_rows() {
+        let now = H9 + 3 * HOUR_MS + 11 * 60_000;
+        let (small, large) = (lake(), lake());
+        big_hour(&small).await;
+        big_hour(&large).await;
+        let spilled = compact(
+            &small,
+            &CompactConfig {
+                merge_memory: 256 << 10,
+                ..cfg(now)
+            },
+        )
+        .await
+        .unwrap();
+        let in_memory = compact(&large, &cfg(now)).await.unwrap();
+        assert!(spilled.spilled_runs > 1, "{spilled:?}");
+        assert_eq!(in_memory.spilled_runs, 0, "{in_memory:?}");
+        assert!(in_memory.merge_peak_bytes <= DEFAULT_MERGE_MEMORY as u64);
+        assert_eq!(spilled.rows_written, in_memory.rows_written);
+        assert_eq!(
+            rows(&small, Table::Raw).await,
+            rows(&large, Table::Raw).await
+        );
+        for (table, len) in [
+            (Table::Rollup1m, 60_000),
+            (Table::Rollup1h, HOUR_MS),
+            (Table::Rollup1d, DAY_MS),
+        ] {
+            assert_same_rollups(
+                &merged_rollup(&small, table, len).await,
+                &merged_rollup(&large, table, len).await,
+            );
+        }
+        for key in [
+            "raw/dt=2025-11-21/hour=09/compacted-000001.parquet",
+            "rollup_1m/dt=2025-11-21/hour=09/compacted-000001.parquet",
+        ] {
+            let table = Table::from_name(key.split('/').next().unwrap()).unwrap();
+            assert_eq!(
+                assert_sorted(&small, table, key).await,
+                assert_sorted(&large, table, key).await
+            );
+            let from = |lake: Lake| async move {
+                let meta = lake.store().head(&Path::from(key)).await.unwrap();
+                compacted_from(lake.store().as_ref(), &meta, &FooterCache::default())
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(from(small.clone()).await, from(large.clone()).await);
+        }
+    }
 }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, AsArray as _, Float64Array, Int64Array, RecordBatch};
-use arrow::datatypes::{Float64Type, Int64Type, SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::{
+    DataType, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+};
 use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use bytes::Bytes;
 use damselfly_schemas::Table;
@@ -31,7 +33,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::ChunkReader;
 use tokio::io::AsyncWriteExt as _;
 
@@ -231,8 +233,10 @@ pub(super) struct Merger {
     read_rows: usize,
     row_bytes: usize,
     schema: SchemaRef,
+    run_schema: SchemaRef,
     key_columns: Vec<usize>,
     converter: RowConverter,
+    run_converter: RowConverter,
     rollup: bool,
     buffer: Vec<Buffered>,
     buffered: usize,
@@ -256,8 +260,24 @@ impl Merger {
             _ => Window::Keep,
         };
         let (names, _) = sort_key(table);
+        // Runs hold strings as plain strings: a dictionary decoded from a run's plain pages
+        // would take more memory than its values.
+        let run_schema = Arc::new(Schema::new_with_metadata(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Dictionary(_, values) => {
+                        f.as_ref().clone().with_data_type(values.as_ref().clone())
+                    }
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        ));
         let mut key_columns = Vec::with_capacity(names.len());
         let mut fields = Vec::with_capacity(names.len());
+        let mut run_fields = Vec::with_capacity(names.len());
         for name in names {
             let i = schema.index_of(name).map_err(|_| CompactError::Source {
                 key: (*name).to_owned(),
@@ -265,6 +285,7 @@ impl Merger {
             })?;
             key_columns.push(i);
             fields.push(SortField::new(schema.field(i).data_type().clone()));
+            run_fields.push(SortField::new(run_schema.field(i).data_type().clone()));
         }
         let budget = budget.max(MIN_MERGE_MEMORY);
         let dir = tempfile::Builder::new()
@@ -279,6 +300,8 @@ impl Merger {
             row_bytes: ROW_BYTES_GUESS,
             key_columns,
             converter: RowConverter::new(fields)?,
+            run_converter: RowConverter::new(run_fields)?,
+            run_schema,
             rollup: matches!(table, Table::Rollup1m | Table::Rollup1h | Table::Rollup1d),
             schema,
             buffer: Vec::new(),
@@ -544,6 +567,8 @@ impl Merger {
     fn run_properties(&self, rows: usize) -> WriterProperties {
         WriterProperties::builder()
             .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::None)
             .set_max_row_group_row_count(Some(rows))
             .set_data_page_row_count_limit(rows)
             .set_write_batch_size(rows.min(1024))
@@ -557,17 +582,25 @@ impl Merger {
             .path()
             .join(format!("run-{:06}.parquet", self.stats.spilled_runs));
         let rows: usize = self.buffer.iter().map(|b| b.batch.num_rows()).sum();
-        self.row_bytes = self.row_bytes.max(self.buffered.div_ceil(rows.max(1)));
+        let key_bytes: usize = self.buffer.iter().map(|b| b.rows.size()).sum();
         let file = File::create(&path).map_err(io("creating a sorted run"))?;
         let props = self.run_properties(self.read_rows);
-        let mut writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
+        let mut writer = ArrowWriter::try_new(file, self.run_schema.clone(), Some(props))?;
         let mut writer_held = self.meter.hold(0);
-        let schema = self.schema.clone();
+        let schema = self.run_schema.clone();
+        // The widest row written tells how many rows of each run a merge can hold at once.
+        let mut widest = 0;
         self.write_buffer(&schema, &mut |chunk| {
+            widest = widest.max(
+                chunk
+                    .get_array_memory_size()
+                    .div_ceil(chunk.num_rows().max(1)),
+            );
             writer.write(&chunk)?;
             writer_held.resize(writer.memory_size());
             Ok(())
         })?;
+        self.row_bytes = self.row_bytes.max(widest + key_bytes.div_ceil(rows.max(1)));
         writer.close()?;
         drop(writer_held);
         tracing::debug!(
@@ -584,12 +617,20 @@ impl Merger {
         Ok(())
     }
 
-    /// How many runs one pass merges: as many as the budget holds a batch of each (at least 2).
+    /// Rows read from each run at once when merging `k` runs: a merge holds at most about
+    /// `2k + 2` such batches (each run's current one, the ones finished before the pending
+    /// rows are written, and the rows being written), in half the budget.
+    fn rows_per_run(&self, k: usize) -> usize {
+        self.budget / 2 / ((2 * k + 2) * self.row_bytes)
+    }
+
+    /// How many runs one pass merges: as many as leave [`MIN_MERGE_ROWS`] per run (at least 2).
     fn fan_in(&self) -> usize {
-        let share = self.budget / 2;
-        (share / (MIN_MERGE_ROWS * self.row_bytes))
-            .saturating_sub(3)
-            .max(2)
+        let mut k = 2;
+        while self.rows_per_run(k + 1) >= MIN_MERGE_ROWS {
+            k += 1;
+        }
+        k
     }
 
     /// Merges and encodes everything pushed: the compacted file, whole, and what it took.
@@ -630,9 +671,10 @@ impl Merger {
                         .join(format!("pass-{:03}-{g:06}.parquet", self.stats.passes));
                     let file = File::create(&path).map_err(io("creating a merged run"))?;
                     let props = self.run_properties(self.read_rows);
-                    let mut writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
+                    let mut writer =
+                        ArrowWriter::try_new(file, self.run_schema.clone(), Some(props))?;
                     let mut writer_held = self.meter.hold(0);
-                    let schema = self.schema.clone();
+                    let schema = self.run_schema.clone();
                     self.merge_runs(group, &schema, &mut |chunk| {
                         writer.write(&chunk)?;
                         writer_held.resize(writer.memory_size());
@@ -671,10 +713,10 @@ impl Merger {
         sink: &mut dyn FnMut(RecordBatch) -> Result<(), CompactError>,
     ) -> Result<u64, CompactError> {
         let k = runs.len();
-        let rows_per_run = (self.budget / 2 / ((k + 3) * self.row_bytes)).max(MIN_MERGE_ROWS);
+        let rows_per_run = self.rows_per_run(k).max(MIN_MERGE_ROWS);
         let mut cursors = Vec::with_capacity(k);
         for path in runs {
-            cursors.push(Cursor::open(path, &self.schema, rows_per_run)?);
+            cursors.push(Cursor::open(path, &self.run_schema, rows_per_run)?);
         }
         // Batches the pending output rows point into: each cursor's current one and the ones
         // it finished since the last flush.
@@ -697,6 +739,7 @@ impl Merger {
         let mut merged: Vec<Partial> = Vec::new();
         let mut last_key: Option<OwnedRow> = None;
         let mut popped = 0usize;
+        let mut retired = false;
         let mut written = 0u64;
         let mut flush = |picks: &mut Vec<(usize, usize)>,
                          merged: &mut Vec<Partial>,
@@ -734,9 +777,10 @@ impl Merger {
                 merged.last_mut().expect("a group has a partial").merge(&p);
             } else {
                 // Flush only between keys, so a group's partials are complete when written.
-                if popped >= rows_per_run {
+                if popped >= rows_per_run || retired {
                     flush(&mut picks, &mut merged, &mut slots, &mut cursors)?;
                     popped = 0;
+                    retired = false;
                 }
                 picks.push((cursors[top].slot, cursors[top].pos));
                 if self.rollup {
@@ -747,7 +791,9 @@ impl Merger {
             popped += 1;
             cursors[top].pos += 1;
             if cursors[top].pos == cursors[top].len {
+                // The finished batch is held until the pending rows are written: soon.
                 cursors[top].advance(self, &mut slots)?;
+                retired = true;
             }
             if !cursors[top].live() {
                 heap.swap_remove(0);
@@ -827,7 +873,7 @@ impl Cursor {
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
-        let rows = m.converter.convert_columns(&keys)?;
+        let rows = m.run_converter.convert_columns(&keys)?;
         self.partials = if m.rollup {
             Some(Partials::of(&batch)?)
         } else {
