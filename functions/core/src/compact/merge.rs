@@ -45,14 +45,18 @@ use crate::rollup::Partial;
 /// Default memory budget of one partition's merge (`CompactConfig::merge_memory`).
 pub const DEFAULT_MERGE_MEMORY: usize = 64 << 20;
 
-/// The smallest budget a merge accepts; smaller settings are raised to it.
-pub const MIN_MERGE_MEMORY: usize = 64 << 10;
+/// The smallest budget a merge accepts; smaller settings are raised to it (below it the
+/// writers' and readers' fixed buffers would outweigh the rows).
+pub const MIN_MERGE_MEMORY: usize = 256 << 10;
 
 /// Rows per batch read from a source before the first spill tells the real width of a row.
 const ROW_BYTES_GUESS: usize = 128;
 
-/// The fewest rows per run a merge pass reads at once; fewer runs are merged per pass instead.
+/// The fewest rows per run a merge pass should read at once; fewer runs are merged per pass instead.
 const MIN_MERGE_ROWS: usize = 128;
+
+/// The fewest rows per run a merge pass reads at once even when the budget asks for fewer.
+const FLOOR_MERGE_ROWS: usize = 16;
 
 /// Bytes currently held by a merge and their high-water mark, shared by its fetches and merger.
 #[derive(Debug, Clone, Default)]
@@ -713,7 +717,7 @@ impl Merger {
         sink: &mut dyn FnMut(RecordBatch) -> Result<(), CompactError>,
     ) -> Result<u64, CompactError> {
         let k = runs.len();
-        let rows_per_run = self.rows_per_run(k).max(MIN_MERGE_ROWS);
+        let rows_per_run = self.rows_per_run(k).max(FLOOR_MERGE_ROWS);
         let mut cursors = Vec::with_capacity(k);
         for path in runs {
             cursors.push(Cursor::open(path, &self.run_schema, rows_per_run)?);
@@ -983,4 +987,245 @@ pub(super) async fn merge_objects(
     }
     drop(fetched);
     blocking(move || merger.finish(compacted_from)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    use object_store::PutPayload;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+
+    use super::*;
+
+    /// `n` rollup_1m rows of `vms` VMs over `minutes` minutes starting at row `from`; row `i`'s
+    /// partial is one sample of value `i`.
+    fn rollup_rows(from: usize, n: usize, vms: usize, minutes: usize) -> RecordBatch {
+        let schema = Table::Rollup1m.schema();
+        let ids: Vec<usize> = (from..from + n).collect();
+        let s = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|&i| f(i))))
+        };
+        let ts = |f: &dyn Fn(usize) -> i64, field: &str| -> ArrayRef {
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(ids.iter().map(|&i| f(i)))
+                    .with_data_type(schema.field_with_name(field).unwrap().data_type().clone()),
+            )
+        };
+        let window = |i: usize| ((i / vms) % minutes) as i64 * 60_000;
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "window_start" => ts(&window, "window_start"),
+                "vm" => s(&|i| format!("vm-{:04}", i % vms)),
+                "metric" => s(&|_| "cpu".into()),
+                "device" => s(&|_| String::new()),
+                "count" => Arc::new(Int64Array::from_iter_values(ids.iter().map(|_| 1))),
+                "sum" | "min" | "max" | "first" | "last" => Arc::new(
+                    Float64Array::from_iter_values(ids.iter().map(|&i| i as f64)),
+                ),
+                "first_ts" | "last_ts" => ts(&|i| window(i) + (i % 60) as i64, f.name()),
+                _ => s(&|_| "t".into()),
+            })
+            .collect();
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    /// Decodes a merged file's batches.
+    fn read(bytes: Bytes) -> Vec<RecordBatch> {
+        ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// (vm, window) -> (count, sum, min, max) of a rollup file's rows; asserts one row per key.
+    fn by_key(batches: &[RecordBatch]) -> BTreeMap<(String, i64), (i64, f64, f64, f64)> {
+        let mut out = BTreeMap::new();
+        let mut previous = None;
+        for b in batches {
+            let vm = b.column_by_name("vm").unwrap().as_string::<i32>();
+            let w = b
+                .column_by_name("window_start")
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>();
+            let p = Partials::of(b).unwrap();
+            for i in 0..b.num_rows() {
+                let key = (vm.value(i).to_owned(), w.value(i));
+                assert!(previous.as_ref() < Some(&key), "{key:?} after {previous:?}");
+                let q = p.get(i);
+                out.insert(key.clone(), (q.count, q.sum, q.min, q.max));
+                previous = Some(key);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rollup_partials_merge_across_runs_and_passes_in_the_smallest_budget() {
+        let (vms, minutes, per_batch, batches) = (50, 30, 500, 60);
+        let mut m = Merger::new(
+            Table::Rollup1m,
+            Table::Rollup1m.schema(),
+            MIN_MERGE_MEMORY,
+            Meter::default(),
+        )
+        .unwrap();
+        let mut want: BTreeMap<(String, i64), (i64, f64, f64, f64)> = BTreeMap::new();
+        for b in 0..batches {
+            let batch = rollup_rows(b * per_batch, per_batch, vms, minutes);
+            for i in b * per_batch..(b + 1) * per_batch {
+                let key = (
+                    format!("vm-{:04}", i % vms),
+                    ((i / vms) % minutes) as i64 * 60_000,
+                );
+                let e = want.entry(key).or_insert((0, 0.0, f64::MAX, f64::MIN));
+                e.0 += 1;
+                e.1 += i as f64;
+                e.2 = e.2.min(i as f64);
+                e.3 = e.3.max(i as f64);
+            }
+            m.push(&batch).unwrap();
+        }
+        let (bytes, stats) = m.finish(None).unwrap();
+        let got = by_key(&read(bytes));
+        assert_eq!(got, want);
+        assert_eq!(stats.rows_in, (per_batch * batches) as u64);
+        assert_eq!(stats.rows_out, (vms * minutes) as u64);
+        assert!(stats.spilled_runs > 2, "{stats:?}");
+        assert!(
+            stats.passes > 1,
+            "more runs than one pass merges: {stats:?}"
+        );
+        assert!(stats.peak_bytes <= MIN_MERGE_MEMORY as u64, "{stats:?}");
+    }
+
+    #[test]
+    fn hourly_windows_widen_before_sorting_and_merging() {
+        let mut m = Merger::new(
+            Table::Rollup1h,
+            Table::Rollup1m.schema(),
+            MIN_MERGE_MEMORY,
+            Meter::default(),
+        )
+        .unwrap();
+        // 120 minutes of 10 VMs: two hours.
+        for b in 0..40 {
+            m.push(&rollup_rows(b * 300, 300, 10, 120)).unwrap();
+        }
+        let (bytes, stats) = m.finish(None).unwrap();
+        let got = by_key(&read(bytes));
+        assert!(stats.spilled_runs > 1, "{stats:?}");
+        assert_eq!(got.len(), 10 * 2, "one row per VM and hour");
+        assert_eq!(got.values().map(|v| v.0).sum::<i64>(), 40 * 300);
+        assert!(got.keys().all(|(_, w)| w % HOUR_MS == 0));
+    }
+
+    #[test]
+    fn equal_raw_keys_keep_their_input_order_through_runs() {
+        let schema = Table::Raw.schema();
+        let mut m = Merger::new(
+            Table::Raw,
+            schema.clone(),
+            MIN_MERGE_MEMORY,
+            Meter::default(),
+        )
+        .unwrap();
+        let (batches, per_batch) = (40, 400);
+        for b in 0..batches {
+            let ids: Vec<usize> = (b * per_batch..(b + 1) * per_batch).collect();
+            let columns: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| -> ArrayRef {
+                    match f.name().as_str() {
+                        // 16 keys only: each repeats 1,000 times across every run.
+                        "ts" => Arc::new(
+                            TimestampMillisecondArray::from_iter_values(
+                                ids.iter().map(|&i| (i % 4) as i64),
+                            )
+                            .with_data_type(f.data_type().clone()),
+                        ),
+                        "vm" => Arc::new(StringArray::from_iter_values(
+                            ids.iter()
+                                .map(|&i| format!("vm-{}", i % 4 / 2 + i % 8 / 4 * 2)),
+                        )),
+                        "value" => Arc::new(Float64Array::from_iter_values(
+                            ids.iter().map(|&i| i as f64),
+                        )),
+                        _ => Arc::new(StringArray::from_iter_values(ids.iter().map(|_| "x"))),
+                    }
+                })
+                .collect();
+            m.push(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+                .unwrap();
+        }
+        let (bytes, stats) = m.finish(None).unwrap();
+        assert!(stats.spilled_runs > 1, "{stats:?}");
+        assert!(stats.peak_bytes <= MIN_MERGE_MEMORY as u64, "{stats:?}");
+        let mut seen: BTreeMap<(String, i64), f64> = BTreeMap::new();
+        let mut n = 0;
+        for b in read(bytes) {
+            let vm = b.column_by_name("vm").unwrap().as_string::<i32>();
+            let ts = b
+                .column_by_name("ts")
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>();
+            let v = b
+                .column_by_name("value")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                let key = (vm.value(i).to_owned(), ts.value(i));
+                if let Some(last) = seen.get(&key) {
+                    assert!(*last < v.value(i), "{key:?}: input order lost");
+                }
+                seen.insert(key, v.value(i));
+                n += 1;
+            }
+        }
+        assert_eq!(n, batches * per_batch);
+    }
+
+    #[tokio::test]
+    async fn objects_are_fetched_small_into_memory_and_large_to_disk() {
+        let store = InMemory::new();
+        let mut metas = Vec::new();
+        for (i, rows) in [5, 3_000, 5, 4_000].into_iter().enumerate() {
+            let batch = rollup_rows(i * 10_000, rows, 20, 60);
+            let (bytes, _) =
+                super::super::encode_compacted(Table::Rollup1m, vec![batch], None).unwrap();
+            let key = Path::from(format!("rollup_1m/dt=2025-11-21/hour=09/f{i}.parquet"));
+            store.put(&key, PutPayload::from(bytes)).await.unwrap();
+            metas.push(store.head(&key).await.unwrap());
+        }
+        let budget = 2 * MIN_MERGE_MEMORY;
+        let small = (budget / 8 / (super::super::CONCURRENCY + 1)) as u64;
+        let sizes: Vec<u64> = metas.iter().map(|m| m.size).collect();
+        assert!(
+            sizes.iter().filter(|&&s| s <= small).count() == 2,
+            "{sizes:?} vs {small}"
+        );
+        let (bytes, stats) = merge_objects(
+            &store,
+            Table::Rollup1m,
+            Table::Rollup1m,
+            &metas,
+            budget,
+            Some("[\"a\"]".into()),
+        )
+        .await
+        .unwrap();
+        // Each file is merged already: 5 + 1,200 + 5 + 1,200 rows (20 VMs x 60 minutes).
+        assert_eq!(stats.rows_in, 2_410);
+        assert_eq!(stats.sources_on_disk, 2, "{stats:?}");
+        assert!(stats.peak_bytes <= budget as u64, "{stats:?}");
+        let got = by_key(&read(bytes));
+        assert_eq!(got.values().map(|v| v.0).sum::<i64>(), 7_010);
+    }
 }
