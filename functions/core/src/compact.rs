@@ -21,6 +21,29 @@
 //! can never resurrect or lose rows inside a compacted file. Compacted files are created with a
 //! conditional PUT (If-None-Match), so two compactors racing on one hour cannot both win.
 //!
+//! Memory. A partition is merged in a bounded amount of memory, [`CompactConfig::merge_memory`]
+//! (`COMPACT_MERGE_MEMORY`, 64 MiB by default; see `merge.rs`): sources are decoded a few
+//! thousand rows at a time (sources above an eighth of the budget over the prefetch width are
+//! first streamed to a local temp file), and once the buffered rows pass half the budget they are
+//! sorted and spilled as a sorted run, an uncompressed Parquet file in a private temp directory.
+//! The runs are then k-way merged a batch per run at a time (in several passes when they are too
+//! many for one), merging `rollup_1m` partials of one series and minute across runs. An hour that
+//! fits never touches the disk. The budget counts the decoded rows and their sort keys, the sort
+//! order, the rows being written, the runs' writers and the small sources fetched ahead;
+//! [`CompactReport::merge_peak_bytes`] reports its high-water mark. It does not count Parquet's
+//! decoder buffers (about a page per column being read) or the compacted file itself: the file
+//! is encoded (into a temp file once runs were spilled) and then held whole in memory, because
+//! it is created by one conditional PUT and `object_store`'s multipart upload has no
+//! If-None-Match. So a run needs about the budget plus the compacted file in memory, and local
+//! disk (`TMPDIR`; Lambda's ephemeral storage) for the large sources, the runs (the hour's
+//! decoded size, uncompressed) and the compacted file. Sorting, merging and encoding run on
+//! tokio's blocking pool, never on an async worker; row positions are `usize`, not `u32`.
+//!
+//! A merge that fails or dies part way (a full disk, a crash mid-spill) leaves nothing behind in
+//! the lake: its temp files are local, in a directory removed when the merge ends or fails (a
+//! killed process leaves it to the next sandbox), and the lake is not touched until the
+//! compacted file's single conditional PUT, after which the protocol above takes over.
+//!
 //! `rollup_1h/dt=/hour=/1h.parquet` merges a closed hour's live `rollup_1m` rows into hour
 //! windows and `rollup_1d/dt=/hour=00/1d.parquet` merges a closed day's `rollup_1h` files into day
 //! windows; both are rebuilt, by one overwriting PUT, whenever their inputs changed. Only closed

@@ -1,18 +1,24 @@
 //! The bounded-memory merge behind compaction: sorted runs spilled to local temp files, then k-way merged.
 //!
-//! Rows come in a batch at a time (sources are decoded a few thousand rows at a time, larger
-//! sources first streamed to a local temp file). While the rows held stay under half the memory
-//! budget they are buffered with their sort keys in Arrow's row format; past it the buffer is
-//! sorted (rollup partials of equal keys merged) and written as a *run*, an uncompressed Parquet
-//! file in a private temp directory. At the end an hour that never spilled is sorted in memory
-//! and encoded straight away; otherwise the runs are merged, a batch per run at a time, in passes
-//! of at most as many runs as the budget can hold a batch of each, and the last pass encodes the
-//! compacted file into a temp file. Equal keys keep their input order (runs are merged in the
-//! order they were written), and rollup partials of equal keys are merged across runs.
+//! Rows come in a batch at a time (sources are decoded a few hundred to 64Ki rows at a time,
+//! larger sources first streamed to a local temp file). While the rows held stay under half the
+//! memory budget they are buffered with their sort keys in Arrow's row format; past it the
+//! buffer is sorted (rollup partials of equal keys merged) and written as a *run*, an
+//! uncompressed Parquet file with plain strings in a private temp directory. At the end an hour
+//! that never spilled is sorted in memory and encoded straight into the file's bytes; otherwise
+//! the runs are merged, a batch per run at a time, in passes of at most as many runs as half the
+//! budget holds `2k + 2` batches of, and the last pass encodes the compacted file into a temp
+//! file that is then read back whole for its PUT. Equal keys keep their input order (runs are
+//! merged in the order they were written, ties going to the earlier run), and rollup partials of
+//! equal keys are merged across runs (a run holds each key once, so a key spans at most one row
+//! per run; pending rows are only written between keys).
 //!
-//! Every buffer this module holds is counted by a [`Meter`]; [`MergeStats::peak_bytes`] is its
-//! high-water mark. Row positions are `usize` pairs (batch, row): nothing here is limited to
-//! 2^32 rows.
+//! Every buffer this module holds is counted by a [`Meter`]: buffered rows and keys, the sort
+//! order, the batch being written, the runs' writers, each run's current batch and keys and the
+//! batches finished but not yet written, and sources fetched into memory. [`MergeStats::peak_bytes`]
+//! is its high-water mark. Not counted: Parquet decoders' page buffers, the compacted file's writer
+//! and the compacted file itself (held whole by the caller). Row positions are `usize` pairs
+//! (batch, row): nothing here is limited to 2^32 rows.
 
 use std::fs::File;
 use std::path::{Path as FsPath, PathBuf};
@@ -982,7 +988,21 @@ pub(super) async fn merge_objects(
     let mut fetched = futures::stream::iter(sources.iter().enumerate())
         .map(|(i, o)| fetch(store, o, i, small, &dir, &meter))
         .buffered(super::CONCURRENCY);
-    while let Some(src) = fetched.try_next().await? {
+    loop {
+        let src = match fetched.try_next().await {
+            Ok(Some(src)) => src,
+            Ok(None) => break,
+            Err(e) => {
+                // Removing the temp directory is file-system work too: not on this thread.
+                drop(fetched);
+                let _ = blocking(move || {
+                    drop(merger);
+                    Ok(())
+                })
+                .await;
+                return Err(e);
+            }
+        };
         merger = blocking(move || merger.ingest(src).map(|()| merger)).await?;
     }
     drop(fetched);
