@@ -571,6 +571,10 @@ pub struct CompactArgs {
     /// rollup_1d=5y, dlq=30d, alarms=400d; `off` keeps a table forever.
     #[arg(long, env = "RETENTION", value_parser = damselfly_core::compact::Retention::parse)]
     pub retention: Option<damselfly_core::compact::Retention>,
+    /// Rows one partition's merge may buffer (e.g. 64MiB, 1GiB; at least 256KiB) before it spills
+    /// sorted runs to temp files; the compacted file itself is held whole besides it.
+    #[arg(long, env = "COMPACT_MERGE_MEMORY", default_value = "64MiB", value_parser = parse_merge_memory)]
+    pub merge_memory: usize,
     /// Print what would be merged and deleted, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -580,6 +584,16 @@ pub struct CompactArgs {
     /// Crash drill: write the compacted files and rollups, then stop before deleting anything.
     #[arg(long, hide = true)]
     pub halt_after_write: bool,
+}
+
+/// A merge budget: a byte size of at least [`damselfly_core::compact::MIN_MERGE_MEMORY`].
+fn parse_merge_memory(text: &str) -> Result<usize, String> {
+    let min = damselfly_core::compact::MIN_MERGE_MEMORY;
+    match damselfly_core::env::parse_byte_size(text).map(usize::try_from) {
+        Some(Ok(n)) if n >= min => Ok(n),
+        Some(_) => Err(format!("at least {} KiB, e.g. 64MiB", min >> 10)),
+        None => Err("not a byte size: write e.g. 64MiB, 512MiB or 1GiB".into()),
+    }
 }
 
 /// Options of `damselfly agent` (the same as the slim `damselfly-agent` binary).

@@ -31,6 +31,7 @@ pub async fn compact(args: CompactArgs, progress: &MultiProgress) -> anyhow::Res
         retention: args.retention.unwrap_or_default(),
         ledger_writer: damselfly_aggregate::handler::WRITER.to_owned(),
         halt_after_write: args.halt_after_write,
+        merge_memory: args.merge_memory,
     };
     tracing::debug!(lake = %lake.location(), now_ms = cfg.now_ms, retention = %cfg.retention, "planning compaction");
     let spinner = output::bar(progress, None, "planning");

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use damselfly_core::compact::{DEFAULT_GRACE, DEFAULT_LOOKBACK, Retention};
+use damselfly_core::compact::{
+    DEFAULT_GRACE, DEFAULT_LOOKBACK, DEFAULT_MERGE_MEMORY, MIN_MERGE_MEMORY, Retention,
+};
 
 /// Settings of the compaction function.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +17,9 @@ pub struct Config {
     pub lookback: Duration,
     /// Per-table retention (`RETENTION`, e.g. `raw=30d,rollup_1m=90d`; unnamed tables keep their defaults).
     pub retention: Retention,
+    /// Bytes of rows one partition's merge may hold before it spills sorted runs to local temp
+    /// files (`COMPACT_MERGE_MEMORY`, e.g. `256MiB`; default 64 MiB, at least 256 KiB).
+    pub merge_memory: usize,
 }
 
 /// A configuration problem, naming the variable and how to fix it.
@@ -47,11 +52,28 @@ impl Config {
                 fix: "use TABLE=AGE pairs such as raw=30d,rollup_1m=90d,rollup_1d=off",
             })?,
         };
+        const MEMORY_FIX: &str = "use a byte size such as 64MiB or 512MiB (at least 256KiB), well under the function's memory: the compacted file is held whole besides it";
+        let memory_var = set("COMPACT_MERGE_MEMORY");
+        let merge_memory = damselfly_core::env::byte_size(
+            "COMPACT_MERGE_MEMORY",
+            memory_var.clone(),
+            DEFAULT_MERGE_MEMORY as u64,
+            MEMORY_FIX,
+        )?;
+        if merge_memory < MIN_MERGE_MEMORY as u64 {
+            return Err(ConfigError::Invalid {
+                var: "COMPACT_MERGE_MEMORY",
+                value: memory_var.unwrap_or_default(),
+                why: "smaller than the merge's fixed buffers".into(),
+                fix: MEMORY_FIX,
+            });
+        }
         Ok(Self {
             lake,
             grace: duration("COMPACT_GRACE", DEFAULT_GRACE)?,
             lookback: duration("COMPACT_LOOKBACK", DEFAULT_LOOKBACK)?,
             retention,
+            merge_memory: usize::try_from(merge_memory).unwrap_or(usize::MAX),
         })
     }
 }
@@ -75,13 +97,16 @@ mod tests {
         assert_eq!(c.grace, DEFAULT_GRACE);
         assert_eq!(c.lookback, DEFAULT_LOOKBACK);
         assert_eq!(c.retention, Retention::default());
+        assert_eq!(c.merge_memory, DEFAULT_MERGE_MEMORY);
         let c = cfg(&[
             ("LAKE", "/l"),
             ("RETENTION", "raw=7d"),
             ("COMPACT_GRACE", "15m"),
+            ("COMPACT_MERGE_MEMORY", "512MiB"),
         ])
         .unwrap();
         assert_eq!(c.grace, Duration::from_secs(900));
+        assert_eq!(c.merge_memory, 512 << 20);
         assert_eq!(c.retention, Retention::parse("raw=7d").unwrap());
     }
 
@@ -103,5 +128,16 @@ mod tests {
             e.contains("COMPACT_GRACE=\"soon\"") && e.contains("30m"),
             "{e}"
         );
+        let e = cfg(&[("LAKE", "/l"), ("COMPACT_MERGE_MEMORY", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("COMPACT_MERGE_MEMORY=\"lots\" is invalid") && e.contains("64MiB"),
+            "{e}"
+        );
+        let e = cfg(&[("LAKE", "/l"), ("COMPACT_MERGE_MEMORY", "1KiB")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("256KiB"), "{e}");
     }
 }

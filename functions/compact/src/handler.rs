@@ -100,6 +100,7 @@ impl Compactor {
             grace: self.config.grace,
             lookback: self.config.lookback,
             retention: self.config.retention.clone(),
+            merge_memory: self.config.merge_memory,
             ..CompactConfig::at(now_ms)
         };
         let plan = compact::plan(&self.lake, &cfg).await?;
@@ -119,6 +120,8 @@ impl Compactor {
             rollups_1d = report.rollups_1d,
             expired = report.partitions_expired,
             waiting = report.waiting,
+            spilled_runs = report.spilled_runs,
+            merge_peak_bytes = report.merge_peak_bytes,
             failed = report.failed,
             "compaction done"
         );

@@ -21,6 +21,29 @@
 //! can never resurrect or lose rows inside a compacted file. Compacted files are created with a
 //! conditional PUT (If-None-Match), so two compactors racing on one hour cannot both win.
 //!
+//! Memory. A partition is merged in a bounded amount of memory, [`CompactConfig::merge_memory`]
+//! (`COMPACT_MERGE_MEMORY`, 64 MiB by default; see `merge.rs`): sources are decoded a few
+//! thousand rows at a time (sources above an eighth of the budget over the prefetch width are
+//! first streamed to a local temp file), and once the buffered rows pass half the budget they are
+//! sorted and spilled as a sorted run, an uncompressed Parquet file in a private temp directory.
+//! The runs are then k-way merged a batch per run at a time (in several passes when they are too
+//! many for one), merging `rollup_1m` partials of one series and minute across runs. An hour that
+//! fits never touches the disk. The budget counts the decoded rows and their sort keys, the sort
+//! order, the rows being written, the runs' writers and the small sources fetched ahead;
+//! [`CompactReport::merge_peak_bytes`] reports its high-water mark. It does not count Parquet's
+//! decoder buffers (about a page per column being read) or the compacted file itself: the file
+//! is encoded (into a temp file once runs were spilled) and then held whole in memory, because
+//! it is created by one conditional PUT and `object_store`'s multipart upload has no
+//! If-None-Match. So a run needs about the budget plus the compacted file in memory, and local
+//! disk (`TMPDIR`; Lambda's ephemeral storage) for the large sources, the runs (the hour's
+//! decoded size, uncompressed) and the compacted file. Sorting, merging and encoding run on
+//! tokio's blocking pool, never on an async worker; row positions are `usize`, not `u32`.
+//!
+//! A merge that fails or dies part way (a full disk, a crash mid-spill) leaves nothing behind in
+//! the lake: its temp files are local, in a directory removed when the merge ends or fails (a
+//! killed process leaves it to the next sandbox), and the lake is not touched until the
+//! compacted file's single conditional PUT, after which the protocol above takes over.
+//!
 //! `rollup_1h/dt=/hour=/1h.parquet` merges a closed hour's live `rollup_1m` rows into hour
 //! windows and `rollup_1d/dt=/hour=00/1d.parquet` merges a closed day's `rollup_1h` files into day
 //! windows; both are rebuilt, by one overwriting PUT, whenever their inputs changed. Only closed
@@ -31,13 +54,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray as _, Float64Array, Int64Array, RecordBatch,
-    TimestampMillisecondArray, UInt32Array,
-};
-use arrow::datatypes::{
-    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
-};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use damselfly_schemas::Table;
 use damselfly_schemas::paths::{
@@ -46,17 +64,28 @@ use damselfly_schemas::paths::{
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::encode::{self, EncodeError, PartialColumns};
+use crate::encode::{self, EncodeError};
 use crate::lake::{Lake, LakeError};
 use crate::ledger::{PartitionState, STAGING_PREFIX, state_key};
-use crate::rollup::Partial;
+
+// What only the tests' whole-partition reads and checks use.
+#[cfg(test)]
+use arrow::array::AsArray as _;
+#[cfg(test)]
+use arrow::datatypes::TimestampMillisecondType;
+#[cfg(test)]
+use parquet::arrow::ArrowWriter;
+#[cfg(test)]
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+
+mod merge;
+
+pub use merge::{DEFAULT_MERGE_MEMORY, MIN_MERGE_MEMORY};
 
 /// Parquet key-value metadata of a compacted file: a JSON array of the file names it replaces.
 pub const COMPACTED_FROM: &str = "damselfly.compacted_from";
@@ -133,6 +162,19 @@ pub enum CompactError {
     /// Writer settings could not be built (a bug).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A local temp file of the merge (a sorted run, a source's copy) could not be written or read.
+    #[error(
+        "{what}: {source} (the merge's temp files are on local disk: check TMPDIR's free space)"
+    )]
+    Spill {
+        /// What the merge was doing.
+        what: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The merge's blocking task panicked or was cancelled (a bug, or the runtime shutting down).
+    #[error("merge task: {0}")]
+    Task(String),
 }
 
 impl From<object_store::Error> for CompactError {
@@ -263,6 +305,9 @@ pub struct CompactConfig {
     pub ledger_writer: String,
     /// Crash drill: write compacted files and rollups, then stop before deleting anything.
     pub halt_after_write: bool,
+    /// Bytes one partition's merge may hold in decoded rows before it spills sorted runs to
+    /// local temp files (at least [`MIN_MERGE_MEMORY`]; the compacted file itself is held whole).
+    pub merge_memory: usize,
 }
 
 impl CompactConfig {
@@ -275,6 +320,7 @@ impl CompactConfig {
             retention: Retention::default(),
             ledger_writer: DEFAULT_LEDGER_WRITER.to_owned(),
             halt_after_write: false,
+            merge_memory: DEFAULT_MERGE_MEMORY,
         }
     }
 
@@ -400,6 +446,10 @@ pub struct CompactReport {
     /// Steps (a partition's merge, a rollup, an expiry) that failed and were skipped; each is
     /// logged with its error, and the next run tries it again.
     pub failed: u64,
+    /// Sorted runs spilled to local temp files by merges that outgrew their memory budget.
+    pub spilled_runs: u64,
+    /// The most bytes any one merge of the run held in buffered rows (see [`CompactConfig::merge_memory`]).
+    pub merge_peak_bytes: u64,
 }
 
 /// Compacted files' `compacted_from` lists, by (key, size, modification time): compacted files never change.
@@ -822,14 +872,14 @@ pub async fn execute(
     }
     let cache = FooterCache::default();
     for hour in &plan.rollups_1h {
-        match rollup_hour(store, *hour, &cache).await {
+        match rollup_hour(store, cfg, *hour, &cache, &mut report).await {
             Ok(()) => report.rollups_1h += 1,
             Err(e) => failed(&mut report, hour.dir(Table::Rollup1h), e),
         }
         on_step(Step::Rollup1h(*hour));
     }
     for day in &plan.rollups_1d {
-        match rollup_day(store, *day).await {
+        match rollup_day(store, cfg, *day, &mut report).await {
             Ok(()) => report.rollups_1d += 1,
             Err(e) => failed(&mut report, day.dir(Table::Rollup1d), e),
         }
@@ -879,7 +929,17 @@ async fn merge_partition(
             .map(|o| file_name(&o.location).to_owned())
             .collect();
         names.remove("");
-        let batches = match read_all(store, m.table, &m.sources).await {
+        let from = serde_json::to_string(&names).expect("names serialize");
+        let merged = merge::merge_objects(
+            store,
+            m.table,
+            m.table,
+            &m.sources,
+            cfg.merge_memory,
+            Some(from),
+        )
+        .await;
+        let (bytes, stats) = match merged {
             Err(CompactError::Lake(LakeError::Store(object_store::Error::NotFound {
                 path,
                 ..
@@ -890,7 +950,8 @@ async fn merge_partition(
             }
             other => other?,
         };
-        let (bytes, rows) = encode_compacted(m.table, batches, Some(&names))?;
+        note_merge(report, &stats);
+        let rows = stats.rows_out;
         let key = Path::from(compacted_object_key(m.table, m.hour, m.generation));
         let size = bytes.len() as u64;
         match put_create(store, &key, bytes).await {
@@ -909,13 +970,16 @@ async fn merge_partition(
             bytes_before = m.sources.iter().map(|o| o.size).sum::<u64>(),
             bytes_after = size,
             rows,
+            spilled_runs = stats.spilled_runs,
+            merge_passes = stats.passes,
+            peak_bytes = stats.peak_bytes,
             "partition compacted"
         );
         report.partitions_compacted += 1;
         report.files_merged += m.sources.len() as u64;
         report.bytes_before += m.sources.iter().map(|o| o.size).sum::<u64>();
         report.bytes_after += size;
-        report.rows_written += rows as u64;
+        report.rows_written += rows;
         delete.extend(m.sources.iter().map(|o| o.location.clone()));
     }
     if !cfg.halt_after_write {
@@ -924,11 +988,19 @@ async fn merge_partition(
     Ok(())
 }
 
+/// Counts a merge's spilled runs and peak memory in the report.
+fn note_merge(report: &mut CompactReport, stats: &merge::MergeStats) {
+    report.spilled_runs += stats.spilled_runs;
+    report.merge_peak_bytes = report.merge_peak_bytes.max(stats.peak_bytes);
+}
+
 /// Builds one hour's `rollup_1h` from its live `rollup_1m` files.
 async fn rollup_hour(
     store: &dyn ObjectStore,
+    cfg: &CompactConfig,
     hour: HourPartition,
     cache: &FooterCache,
+    report: &mut CompactReport,
 ) -> Result<(), CompactError> {
     let dir = Path::from(hour.dir(Table::Rollup1m));
     let live: Vec<ObjectMeta> = list_live(store, Some(&dir), cache)
@@ -937,15 +1009,28 @@ async fn rollup_hour(
         .into_iter()
         .filter(|o| o.location.as_ref().ends_with(".parquet"))
         .collect();
-    let batches = read_all(store, Table::Rollup1m, &live).await?;
-    let (bytes, _) = encode_compacted(Table::Rollup1h, batches, None)?;
+    let (bytes, stats) = merge::merge_objects(
+        store,
+        Table::Rollup1m,
+        Table::Rollup1h,
+        &live,
+        cfg.merge_memory,
+        None,
+    )
+    .await?;
+    note_merge(report, &stats);
     let key = rollup_object_key(Table::Rollup1h, hour).expect("rollup_1h has a key");
     put(store, &key, bytes).await?;
     Ok(())
 }
 
 /// Builds one day's `rollup_1d` from its hours' `rollup_1h`.
-async fn rollup_day(store: &dyn ObjectStore, day: HourPartition) -> Result<(), CompactError> {
+async fn rollup_day(
+    store: &dyn ObjectStore,
+    cfg: &CompactConfig,
+    day: HourPartition,
+    report: &mut CompactReport,
+) -> Result<(), CompactError> {
     let dir = Path::from(day.dir(Table::Rollup1h));
     let dir = Path::from(parent(&dir));
     let hours: Vec<ObjectMeta> = store
@@ -953,8 +1038,16 @@ async fn rollup_day(store: &dyn ObjectStore, day: HourPartition) -> Result<(), C
         .try_filter(|o| futures::future::ready(file_name(&o.location) == "1h.parquet"))
         .try_collect()
         .await?;
-    let batches = read_all(store, Table::Rollup1h, &hours).await?;
-    let (bytes, _) = encode_compacted(Table::Rollup1d, batches, None)?;
+    let (bytes, stats) = merge::merge_objects(
+        store,
+        Table::Rollup1h,
+        Table::Rollup1d,
+        &hours,
+        cfg.merge_memory,
+        None,
+    )
+    .await?;
+    note_merge(report, &stats);
     let key = rollup_object_key(Table::Rollup1d, day).expect("rollup_1d has a key");
     put(store, &key, bytes).await?;
     Ok(())
@@ -1025,7 +1118,9 @@ fn read_schema(table: Table) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Reads every source of a table (a few at a time, in key order) into record batches.
+/// Reads every source of a table (a few at a time, in key order) into record batches: whole, in
+/// memory, so only for tests (compaction reads through [`merge::merge_objects`]).
+#[cfg(test)]
 async fn read_all(
     store: &dyn ObjectStore,
     table: Table,
@@ -1070,21 +1165,6 @@ enum Window {
     Day,
 }
 
-/// Rows ready to write: an order over the concatenated sources and, for rollups, the merged
-/// partial and window of every output row.
-struct Merged {
-    base: RecordBatch,
-    order: Vec<u32>,
-    partials: Option<Vec<Partial>>,
-    windows: Option<Vec<i64>>,
-}
-
-impl Merged {
-    fn rows(&self) -> usize {
-        self.order.len()
-    }
-}
-
 /// The key a table's rows are sorted (and, for rollups, merged) by; the first `declared` are
 /// recorded as the file's sorting columns.
 fn sort_key(table: Table) -> (&'static [&'static str], usize) {
@@ -1109,140 +1189,6 @@ fn sort_key(table: Table) -> (&'static [&'static str], usize) {
     }
 }
 
-/// Order-preserving integer keys for one column: ranks for strings, offset integers for numbers.
-fn column_keys(col: &ArrayRef, name: &str) -> Result<Vec<u64>, CompactError> {
-    let ints = |it: &mut dyn Iterator<Item = Option<i64>>| -> Vec<u64> {
-        it.map(|v| v.map_or(0, |v| (v as u64) ^ (1 << 63)))
-            .collect()
-    };
-    let ranked = |values: Vec<Option<&str>>, keys: &mut dyn Iterator<Item = Option<usize>>| {
-        let mut distinct: Vec<&str> = values.iter().flatten().copied().collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let rank: Vec<u64> = values
-            .iter()
-            .map(|v| {
-                v.map_or(0, |v| {
-                    distinct.binary_search(&v).expect("present") as u64 + 1
-                })
-            })
-            .collect();
-        keys.map(|k| k.map_or(0, |k| rank[k])).collect::<Vec<u64>>()
-    };
-    Ok(match col.data_type() {
-        DataType::Dictionary(..) => {
-            let dict = col.as_dictionary::<Int32Type>();
-            let values = dict.values().as_string::<i32>();
-            let vals: Vec<Option<&str>> = values.iter().collect();
-            let keys = dict.keys();
-            ranked(vals, &mut keys.iter().map(|k| k.map(|k| k as usize)))
-        }
-        DataType::Utf8 => {
-            let s = col.as_string::<i32>();
-            let vals: Vec<Option<&str>> = s.iter().collect();
-            ranked(vals, &mut (0..s.len()).map(|i| s.is_valid(i).then_some(i)))
-        }
-        DataType::Timestamp(..) => ints(&mut col.as_primitive::<TimestampMillisecondType>().iter()),
-        DataType::Int64 => ints(&mut col.as_primitive::<Int64Type>().iter()),
-        DataType::Int32 => ints(
-            &mut col
-                .as_primitive::<Int32Type>()
-                .iter()
-                .map(|v| v.map(i64::from)),
-        ),
-        other => {
-            return Err(CompactError::Source {
-                key: name.to_owned(),
-                why: format!("cannot sort by a {other} column"),
-            });
-        }
-    })
-}
-
-/// Concatenates the sources, sorts them by the table's key and, for rollups, merges the partials
-/// of equal keys (after widening windows as asked).
-fn merge(table: Table, batches: Vec<RecordBatch>, window: Window) -> Result<Merged, CompactError> {
-    let schema = batches
-        .first()
-        .map_or_else(|| read_schema(table), |b| b.schema());
-    let base = arrow::compute::concat_batches(&schema, &batches)?;
-    drop(batches);
-    let n = base.num_rows();
-    let rollup = matches!(table, Table::Rollup1m | Table::Rollup1h | Table::Rollup1d);
-    let windows: Option<Vec<i64>> = match window {
-        Window::Keep => None,
-        Window::Hour | Window::Day => {
-            let len = if window == Window::Hour {
-                HOUR_MS
-            } else {
-                DAY_MS
-            };
-            let col = column(&base, "window_start")?;
-            let ws = col.as_primitive::<TimestampMillisecondType>();
-            Some(
-                ws.values()
-                    .iter()
-                    .map(|w| w.div_euclid(len) * len)
-                    .collect(),
-            )
-        }
-    };
-    let (names, _) = sort_key(table);
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        if *name == "window_start"
-            && let Some(w) = &windows
-        {
-            keys.push(w.iter().map(|v| (*v as u64) ^ (1 << 63)).collect());
-        } else {
-            keys.push(column_keys(column(&base, name)?, name)?);
-        }
-    }
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        keys.iter()
-            .map(|k| k[a as usize].cmp(&k[b as usize]))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| a.cmp(&b))
-    });
-    if !rollup {
-        return Ok(Merged {
-            base,
-            order,
-            partials: None,
-            windows,
-        });
-    }
-    let columns = PartialColumns::of(&base).map_err(|why| CompactError::Source {
-        key: "rollup partials".into(),
-        why,
-    })?;
-    let partial = |i: usize| columns.get(i);
-    let same = |a: u32, b: u32| keys.iter().all(|k| k[a as usize] == k[b as usize]);
-    let mut groups: Vec<u32> = Vec::new();
-    let mut partials: Vec<Partial> = Vec::new();
-    for &row in &order {
-        match groups.last() {
-            Some(&head) if same(head, row) => {
-                partials
-                    .last_mut()
-                    .expect("a group has a partial")
-                    .merge(&partial(row as usize));
-            }
-            _ => {
-                groups.push(row);
-                partials.push(partial(row as usize));
-            }
-        }
-    }
-    Ok(Merged {
-        base,
-        order: groups,
-        partials: Some(partials),
-        windows,
-    })
-}
-
 /// Encodes what compaction writes for one partition of `table` from its source rows, in any
 /// order: sorted, rollup partials merged, with the compacted-file writer settings. The sources
 /// of `rollup_1h` are `rollup_1m` rows and those of `rollup_1d` are `rollup_1h` rows (windows
@@ -1253,14 +1199,18 @@ pub fn encode_compacted(
     sources: Vec<RecordBatch>,
     compacted_from: Option<&BTreeSet<String>>,
 ) -> Result<(Bytes, usize), CompactError> {
-    let window = match table {
-        Table::Rollup1h => Window::Hour,
-        Table::Rollup1d => Window::Day,
-        _ => Window::Keep,
-    };
-    let merged = merge(table, sources, window)?;
+    let schema = sources
+        .first()
+        .map_or_else(|| read_schema(table), |b| b.schema());
+    let mut merger =
+        merge::Merger::new(table, schema, DEFAULT_MERGE_MEMORY, merge::Meter::default())?;
+    for batch in &sources {
+        merger.push(batch)?;
+    }
+    drop(sources);
     let from = compacted_from.map(|names| serde_json::to_string(names).expect("names serialize"));
-    Ok((write_parquet(table, &merged, from)?, merged.rows()))
+    let (bytes, stats) = merger.finish(from)?;
+    Ok((bytes, stats.rows_out as usize))
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, CompactError> {
@@ -1300,60 +1250,6 @@ pub fn compacted_properties(
             .set_key_value_metadata(Some(vec![KeyValue::new(COMPACTED_FROM.to_owned(), from)]));
     }
     Ok(builder.build())
-}
-
-/// Writes merged rows as one Parquet file of `table`, in chunks (dictionaries back to strings).
-fn write_parquet(
-    table: Table,
-    merged: &Merged,
-    compacted_from: Option<String>,
-) -> Result<Bytes, CompactError> {
-    let schema = table.schema();
-    let (names, declared) = sort_key(table);
-    let props = compacted_properties(table, &schema, &names[..declared], compacted_from)?;
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
-    for (c, chunk) in merged.order.chunks(CHUNK_ROWS).enumerate() {
-        let at = c * CHUNK_ROWS;
-        let idx = UInt32Array::from(chunk.to_vec());
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let name = field.name().as_str();
-            let p = merged.partials.as_ref().map(|p| &p[at..at + chunk.len()]);
-            let f64s = |get: fn(&Partial) -> f64| -> ArrayRef {
-                Arc::new(Float64Array::from_iter_values(
-                    p.expect("rollup").iter().map(get),
-                ))
-            };
-            let ts = |it: Vec<i64>| -> ArrayRef {
-                Arc::new(TimestampMillisecondArray::from(it).with_timezone("UTC"))
-            };
-            let col: ArrayRef = match (name, p) {
-                ("count", Some(p)) => {
-                    Arc::new(Int64Array::from_iter_values(p.iter().map(|p| p.count)))
-                }
-                ("sum", Some(_)) => f64s(|p| p.sum),
-                ("min", Some(_)) => f64s(|p| p.min),
-                ("max", Some(_)) => f64s(|p| p.max),
-                ("first", Some(_)) => f64s(|p| p.first),
-                ("last", Some(_)) => f64s(|p| p.last),
-                ("first_ts", Some(p)) => ts(p.iter().map(|p| p.first_ts).collect()),
-                ("last_ts", Some(p)) => ts(p.iter().map(|p| p.last_ts).collect()),
-                ("window_start", _) if merged.windows.is_some() => {
-                    let w = merged.windows.as_ref().expect("checked");
-                    ts(chunk.iter().map(|&r| w[r as usize]).collect())
-                }
-                _ => {
-                    let taken = arrow::compute::take(column(&merged.base, name)?, &idx, None)?;
-                    arrow::compute::cast(&taken, field.data_type())?
-                }
-            };
-            columns.push(col);
-        }
-        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
-    }
-    writer.close()?;
-    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
@@ -1911,5 +1807,284 @@ mod tests {
         );
         assert_eq!(batch_origin("compacted-000001.parquet"), None);
         assert_eq!(batch_origin("metrics+0+tick-123.parquet"), None);
+    }
+    /// Writes one batch of `n` messages of partition `partition`, one every `step_ms` from `t0`
+    /// (shifted by the partition, so raw keys are unique), over `vms` VMs: every partition holds
+    /// the same series and minutes, so `rollup_1m` partials of one key sit in many files.
+    async fn write_spread(
+        lake: &Lake,
+        partition: i32,
+        first: i64,
+        n: i64,
+        t0: i64,
+        step_ms: i64,
+        vms: i64,
+    ) {
+        let mut b = PartitionBatch::new(TOPIC, partition);
+        let limits = Validation {
+            max_past: Duration::from_secs(u32::MAX as u64),
+            ..Validation::default()
+        };
+        for i in 0..n {
+            let offset = first + i;
+            let ts = t0 + i * step_ms + partition as i64;
+            let value = format!(
+                r#"{{"v":1,"ts":{ts},"tags":{{"ns":"n","mcis":"m","vm":"vm-{vm:03}","csp":"aws"}},"metrics":{{"cpu_utilization":{cpu},"mem_used":{mem}}},"devices":{{"eth0":{{"bytes_in":{bytes}}}}}}}"#,
+                vm = offset % vms,
+                cpu = ((offset + partition as i64) * 7 % 100) as f64 + 0.25,
+                mem = offset * 1000 + partition as i64,
+                bytes = offset * 4096,
+            );
+            let rec = InputRecord {
+                topic: TOPIC,
+                partition,
+                offset,
+                timestamp_ms: ts,
+                key: None,
+                value: Some(value.as_bytes()),
+            };
+            b.push(&rec, ts, &limits);
+        }
+        let mut ledger = lake.ledger("aggregate", TOPIC, partition).await.unwrap();
+        ledger.settle().await.unwrap();
+        let mut tail = ledger.tail();
+        let objects = b.objects(&mut tail).unwrap();
+        let w = PartitionWrite {
+            topic: TOPIC.into(),
+            partition,
+            first_offset: first,
+            next_offset: first + n,
+            objects,
+            tail,
+        };
+        ledger.write(&w).await.unwrap();
+    }
+
+    /// 32 partitions with a batch each over all of hour 9 (then one later batch each, so the
+    /// hour-9 batches are settled).
+    async fn big_hour(lake: &Lake) {
+        for p in 0..32 {
+            write_spread(lake, p, 0, 360, H9, 10_000, 40).await;
+            write_spread(lake, p, 360, 1, H9 + 3 * HOUR_MS, 10_000, 40).await;
+        }
+    }
+
+    /// The decoded (Arrow) bytes of a table's live hour-9 rows.
+    async fn decoded_bytes(lake: &Lake, table: Table) -> usize {
+        let objs: Vec<ObjectMeta> = live(lake, table)
+            .await
+            .into_iter()
+            .filter(|o| o.location.as_ref().contains("hour=09"))
+            .collect();
+        read_all(lake.store().as_ref(), table, &objs)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum()
+    }
+
+    /// Reads one file and asserts its rows are in the table's sort-key order (strictly, for
+    /// rollups: one row per key); returns its row count.
+    async fn assert_sorted(lake: &Lake, table: Table, key: &str) -> usize {
+        use arrow::row::{RowConverter, SortField};
+        let meta = lake.store().head(&Path::from(key)).await.unwrap();
+        let batches = read_all(lake.store().as_ref(), table, &[meta])
+            .await
+            .unwrap();
+        let (names, _) = sort_key(table);
+        let schema = read_schema(table);
+        let converter = RowConverter::new(
+            names
+                .iter()
+                .map(|n| SortField::new(schema.field_with_name(n).unwrap().data_type().clone()))
+                .collect(),
+        )
+        .unwrap();
+        let mut previous: Option<arrow::row::OwnedRow> = None;
+        let mut n = 0;
+        for b in &batches {
+            let cols: Vec<ArrayRef> = names
+                .iter()
+                .map(|k| b.column_by_name(k).unwrap().clone())
+                .collect();
+            let rows = converter.convert_columns(&cols).unwrap();
+            for i in 0..rows.num_rows() {
+                if let Some(p) = &previous {
+                    let rollup = table != Table::Raw;
+                    let ok = if rollup {
+                        p.row() < rows.row(i)
+                    } else {
+                        p.row() <= rows.row(i)
+                    };
+                    assert!(ok, "{key}: row {n} is out of order");
+                }
+                previous = Some(rows.row(i).owned());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Runs the plan's merge of `table`'s hour 9 alone.
+    async fn merge_hour9(lake: &Lake, cfg: &CompactConfig, table: Table) -> CompactReport {
+        let plan = plan(lake, cfg).await.unwrap();
+        let m = plan
+            .merges
+            .iter()
+            .find(|m| m.table == table && m.hour.start_ms() == H9)
+            .expect("hour 9 is planned")
+            .clone();
+        let one = Plan {
+            merges: vec![m],
+            ..Default::default()
+        };
+        execute(lake, cfg, &one, |_| {}).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_hour_larger_than_the_merge_budget_spills_sorted_runs_and_keeps_every_row_once() {
+        let lake = lake();
+        big_hour(&lake).await;
+        let budget = 256 << 10;
+        let now = H9 + 3 * HOUR_MS + 11 * 60_000;
+        let cfg = CompactConfig {
+            merge_memory: budget,
+            ..cfg(now)
+        };
+        let hour9 = |rows: Vec<String>, at: usize| -> Vec<String> {
+            rows.into_iter()
+                .filter(|r| {
+                    let ts: i64 = r.split('|').nth(at).unwrap().parse().unwrap();
+                    (H9..H9 + HOUR_MS).contains(&ts)
+                })
+                .collect()
+        };
+
+        // raw: every row exactly once, sorted, through more than one spilled run.
+        let ts_at = Table::Raw.schema().index_of("ts").unwrap();
+        let before_raw = hour9(rows(&lake, Table::Raw).await, ts_at);
+        let raw_bytes = decoded_bytes(&lake, Table::Raw).await;
+        let report = merge_hour9(&lake, &cfg, Table::Raw).await;
+        println!(
+            "raw: {} rows, {} source bytes, {raw_bytes} decoded bytes, budget {budget}, {} runs, peak {}",
+            before_raw.len(),
+            report.bytes_before,
+            report.spilled_runs,
+            report.merge_peak_bytes
+        );
+        assert!(
+            raw_bytes > 4 * budget,
+            "the hour outgrows the budget: {raw_bytes}"
+        );
+        assert!(report.spilled_runs > 1, "{report:?}");
+        assert!(report.merge_peak_bytes > 0, "{report:?}");
+        assert!(
+            report.merge_peak_bytes <= budget as u64,
+            "peak {} over the budget {budget}",
+            report.merge_peak_bytes
+        );
+        assert_eq!(report.rows_written, before_raw.len() as u64);
+        assert_eq!(hour9(rows(&lake, Table::Raw).await, ts_at), before_raw);
+        let distinct: BTreeSet<&String> = before_raw.iter().collect();
+        assert_eq!(distinct.len(), before_raw.len(), "raw keys are unique here");
+        let n = assert_sorted(
+            &lake,
+            Table::Raw,
+            "raw/dt=2025-11-21/hour=09/compacted-000001.parquet",
+        )
+        .await;
+        assert_eq!(n, before_raw.len());
+
+        // rollup_1m: one key's partials sit in every file (so in several runs) and merge to one row.
+        let before_1m = merged_rollup(&lake, Table::Rollup1m, 60_000).await;
+        let rollup_bytes = decoded_bytes(&lake, Table::Rollup1m).await;
+        let report = merge_hour9(&lake, &cfg, Table::Rollup1m).await;
+        println!(
+            "rollup_1m: {} keys, {} source bytes, {rollup_bytes} decoded bytes, budget {budget}, {} runs, peak {}",
+            before_1m.len(),
+            report.bytes_before,
+            report.spilled_runs,
+            report.merge_peak_bytes
+        );
+        assert!(rollup_bytes > 4 * budget, "{rollup_bytes}");
+        assert!(report.spilled_runs > 1, "{report:?}");
+        assert!(report.merge_peak_bytes <= budget as u64, "{report:?}");
+        let after_1m = merged_rollup(&lake, Table::Rollup1m, 60_000).await;
+        assert_same_rollups(&after_1m, &before_1m);
+        let n = assert_sorted(
+            &lake,
+            Table::Rollup1m,
+            "rollup_1m/dt=2025-11-21/hour=09/compacted-000001.parquet",
+        )
+        .await;
+        let hour9_keys = before_1m.keys().filter(|k| k.3 < H9 + HOUR_MS).count();
+        assert_eq!(n, hour9_keys, "one row per series and minute");
+        assert_eq!(report.rows_written, hour9_keys as u64);
+
+        // rollup_1h and rollup_1d from it, in the same budget, agree with the minutes.
+        let report = compact(&lake, &cfg).await.unwrap();
+        assert_eq!(report.failed, 0, "{report:?}");
+        assert!(report.merge_peak_bytes <= budget as u64, "{report:?}");
+        let minutes_h = merged_rollup(&lake, Table::Rollup1m, HOUR_MS).await;
+        let hours = merged_rollup(&lake, Table::Rollup1h, HOUR_MS).await;
+        let closed: Rollups = minutes_h
+            .into_iter()
+            .filter(|(k, _)| k.3 < H9 + 2 * HOUR_MS)
+            .collect();
+        assert_same_rollups(&hours, &closed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spilled_and_in_memory_merges_write_the_same_rows() {
+        let now = H9 + 3 * HOUR_MS + 11 * 60_000;
+        let (small, large) = (lake(), lake());
+        big_hour(&small).await;
+        big_hour(&large).await;
+        let spilled = compact(
+            &small,
+            &CompactConfig {
+                merge_memory: 256 << 10,
+                ..cfg(now)
+            },
+        )
+        .await
+        .unwrap();
+        let in_memory = compact(&large, &cfg(now)).await.unwrap();
+        assert!(spilled.spilled_runs > 1, "{spilled:?}");
+        assert_eq!(in_memory.spilled_runs, 0, "{in_memory:?}");
+        assert!(in_memory.merge_peak_bytes <= DEFAULT_MERGE_MEMORY as u64);
+        assert_eq!(spilled.rows_written, in_memory.rows_written);
+        assert_eq!(
+            rows(&small, Table::Raw).await,
+            rows(&large, Table::Raw).await
+        );
+        for (table, len) in [
+            (Table::Rollup1m, 60_000),
+            (Table::Rollup1h, HOUR_MS),
+            (Table::Rollup1d, DAY_MS),
+        ] {
+            assert_same_rollups(
+                &merged_rollup(&small, table, len).await,
+                &merged_rollup(&large, table, len).await,
+            );
+        }
+        for key in [
+            "raw/dt=2025-11-21/hour=09/compacted-000001.parquet",
+            "rollup_1m/dt=2025-11-21/hour=09/compacted-000001.parquet",
+        ] {
+            let table = Table::from_name(key.split('/').next().unwrap()).unwrap();
+            assert_eq!(
+                assert_sorted(&small, table, key).await,
+                assert_sorted(&large, table, key).await
+            );
+            let from = |lake: Lake| async move {
+                let meta = lake.store().head(&Path::from(key)).await.unwrap();
+                compacted_from(lake.store().as_ref(), &meta, &FooterCache::default())
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(from(small.clone()).await, from(large.clone()).await);
+        }
     }
 }

@@ -54,3 +54,63 @@ pub fn duration(
         }),
     }
 }
+
+/// Parses a byte size: `64MiB`, `512 KiB`, `1GiB`, `500MB` or a plain number of bytes.
+pub fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// A byte-size variable (`64MiB`, `512KiB`, a number of bytes), or `default` when it is not set.
+pub fn byte_size(
+    var: &'static str,
+    value: Option<String>,
+    default: u64,
+    fix: &'static str,
+) -> Result<u64, EnvError> {
+    match value {
+        None => Ok(default),
+        Some(v) => parse_byte_size(&v).ok_or_else(|| EnvError::Invalid {
+            var,
+            value: v,
+            why: "not a byte size".into(),
+            fix,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_units_or_without() {
+        assert_eq!(parse_byte_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_byte_size(" 512 KiB "), Some(512 << 10));
+        assert_eq!(parse_byte_size("4096"), Some(4096));
+        assert_eq!(parse_byte_size("1 GB"), Some(1_000_000_000));
+        assert_eq!(parse_byte_size("lots"), None);
+        assert_eq!(parse_byte_size("12 parsecs"), None);
+        let e = byte_size("X", Some("big".into()), 1, "use e.g. 64MiB").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "X=\"big\" is invalid (not a byte size): use e.g. 64MiB"
+        );
+        assert_eq!(byte_size("X", None, 7, "").unwrap(), 7);
+    }
+}
