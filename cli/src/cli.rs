@@ -386,6 +386,14 @@ pub struct RunArgs {
     /// Reject samples further than this in the future.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_future: Duration,
+    /// A counter series silent this long leaves its partition's state (its next sample has no
+    /// rate), so the state holds the live fleet.
+    #[arg(long, env = "DAMSELFLY_TAIL_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tail_expiry: Duration,
+    /// Most counter series one partition's state keeps; past it the ones seen longest ago are
+    /// forgotten, with a warning (a flood of made-up VMs or devices cannot grow it).
+    #[arg(long, env = "DAMSELFLY_MAX_TAIL_SERIES", default_value_t = damselfly_aggregate::config::DEFAULT_MAX_TAIL_SERIES)]
+    pub max_tail_series: usize,
     /// The alarm function's rules and notification target.
     #[command(flatten, next_help_heading = "Alarm function")]
     pub alarm: AlarmTargetArgs,

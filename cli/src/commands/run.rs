@@ -164,7 +164,10 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
         max_future: args.max_future,
         ..Validation::default()
     };
-    let handler = async || Ok(Aggregate::new(Lake::open(lake(&args))?, limits));
+    let handler = async || {
+        Ok(Aggregate::new(Lake::open(lake(&args))?, limits)
+            .with_tail_limits(args.tail_expiry, args.max_tail_series))
+    };
     let function = HostedAggregate::new(
         Target::new(
             handler,

@@ -94,11 +94,21 @@ impl Aggregate {
 
     /// Opens the configured lake.
     pub fn from_config(config: &Config) -> Result<Self, LakeError> {
-        Ok(Self {
-            tail_expiry: config.tail_expiry,
-            max_tail_series: config.max_tail_series,
-            ..Self::new(Lake::open(&config.lake)?, config.limits.clone())
-        })
+        Ok(Self::new(Lake::open(&config.lake)?, config.limits.clone())
+            .with_tail_limits(config.tail_expiry, config.max_tail_series))
+    }
+
+    /// The handler with another counter-tail expiry and cap per partition (see [`Config`]).
+    pub fn with_tail_limits(
+        self,
+        tail_expiry: std::time::Duration,
+        max_tail_series: usize,
+    ) -> Self {
+        Self {
+            tail_expiry,
+            max_tail_series,
+            ..self
+        }
     }
 
     /// The lake this handler writes.
