@@ -7,13 +7,10 @@
 mod common;
 use common::*;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use damselfly_core::Lake;
-use damselfly_schemas::MetricMessage;
-use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::Value;
@@ -25,47 +22,6 @@ fn lake_conformance_on_localstack_s3() {
     let lake = Lake::open(&url).unwrap();
     rt().block_on(damselfly_core::conformance::run_all(&lake, "s3", true))
         .unwrap();
-}
-
-/// Every sample on the topic as `vm|metric|device|ts` -> value, read with a throwaway group.
-fn published_samples(
-    brokers: &str,
-    topic: &str,
-    expected_messages: usize,
-) -> BTreeMap<String, f64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-verify"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut samples = BTreeMap::new();
-    let (mut messages, deadline) = (0, Instant::now() + Duration::from_secs(90));
-    while messages < expected_messages && Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let msg = MetricMessage::from_json(m.unwrap().payload().unwrap()).unwrap();
-        messages += 1;
-        let rows = msg.metrics.iter().map(|(k, v)| ("", k, v));
-        let dev = msg
-            .devices
-            .iter()
-            .flat_map(|(d, ms)| ms.iter().map(move |(k, v)| (d.as_str(), k, v)));
-        for (device, metric, value) in rows.chain(dev) {
-            samples.insert(
-                format!("{}|{metric}|{device}|{}", msg.tags.vm, msg.ts),
-                *value,
-            );
-        }
-    }
-    assert_eq!(
-        messages, expected_messages,
-        "read back every published message"
-    );
-    samples
 }
 
 fn spawn(args: &[&str]) -> Child {
@@ -186,43 +142,9 @@ fn sigkilled_aggregate_stores_every_sample_exactly_once() {
         String::from_utf8_lossy(&last.stdout)
     );
 
-    let expected = published_samples(&brokers, &topic, vms * intervals);
     let local = tempfile::tempdir().unwrap();
     copy_lake(&lake, local.path());
-    let stored = duckdb(
-        local.path(),
-        "SELECT vm || '|' || metric || '|' || device || '|' || CAST(epoch_ms(ts) AS VARCHAR) AS k, value, count(*) AS n \
-         FROM raw GROUP BY ALL ORDER BY k",
-    );
-    let dupes: Vec<&Value> = stored
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["n"] != 1)
-        .collect();
-    assert!(
-        dupes.is_empty(),
-        "samples stored more than once: {:?}",
-        &dupes[..dupes.len().min(5)]
-    );
-    let stored: BTreeMap<String, f64> = stored
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["k"].as_str().unwrap().to_owned(),
-                r["value"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    let missing = expected.keys().filter(|k| !stored.contains_key(*k)).count();
-    let extra = stored.keys().filter(|k| !expected.contains_key(*k)).count();
-    assert_eq!((missing, extra), (0, 0), "lake and topic differ");
-    assert_eq!(
-        stored, expected,
-        "every (vm, metric, device, ts) has the published value"
-    );
+    assert_lake_holds_the_topic(&brokers, &topic, vms * intervals, local.path());
 
     // rollup_1m agrees with a recomputation from raw.
     let disagree = duckdb(
@@ -503,4 +425,135 @@ fn batches_given_up_in_a_lake_outage_are_redriven_exactly_once() {
         "a replay finds every record in the lake: {replay}"
     );
     assert_eq!(raw_counts_by_ns(&lake), (all, all), "and doubles nothing");
+}
+
+/// A flood of made-up VMs and devices on Apache Kafka: messages past the per-message device limit
+/// go to dlq with the reason, everything else lands once, and every partition's state stays at the
+/// configured counter-series cap (`--max-tail-series`) however many series the flood invents.
+#[test]
+#[ignore = "needs the local stack (Apache Kafka + LocalStack S3): run tests/run"]
+fn a_cardinality_flood_is_bounded_and_counted() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+
+    let brokers = env("KAFKA_BROKERS");
+    let id = run_id();
+    let topic = format!("flood-{id}");
+    let lake = format!("s3://{}/tests/flood-{id}", env("LAKE_BUCKET"));
+    let partitions = 2;
+    create_topic(&brokers, &topic, partitions);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let ts = now_ms() - 60_000;
+    let message = |vm: &str, devices: &[String]| {
+        let devices: Vec<String> = devices
+            .iter()
+            .map(|d| format!(r#""{d}":{{"bytes_in":1}}"#))
+            .collect();
+        format!(
+            r#"{{"v":1,"ts":{ts},"tags":{{"ns":"flood","mcis":"m","vm":"{vm}"}},"devices":{{{}}}}}"#,
+            devices.join(",")
+        )
+    };
+    let mut sent = Vec::new();
+    // 4,000 made-up VMs with one counter each, 4 messages at the device limit, 3 past it.
+    for i in 0..4_000 {
+        sent.push((
+            format!("vm-{i}"),
+            message(&format!("vm-{i}"), &["eth0".into()]),
+        ));
+    }
+    for (j, n) in [
+        (0, 1_024),
+        (1, 1_024),
+        (2, 1_024),
+        (3, 1_024),
+        (4, 1_025),
+        (5, 1_025),
+        (6, 1_025),
+    ] {
+        let devices: Vec<String> = (0..n).map(|d| format!("dev-{j}-{d}")).collect();
+        sent.push((format!("host-{j}"), message(&format!("host-{j}"), &devices)));
+    }
+    for (key, payload) in &sent {
+        loop {
+            match producer.send(BaseRecord::to(&topic).key(key).payload(payload)) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    producer.poll(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let cap = 1_000;
+    let summary = damselfly(&[
+        "run",
+        "aggregate",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--group",
+        &topic,
+        "--lake",
+        &lake,
+        "--batch-size",
+        "500",
+        "--max-tail-series",
+        &cap.to_string(),
+        "--until-caught-up",
+        "--json",
+    ]);
+    eprintln!("flood: {summary}");
+    let accepted = 4_000 + 4 * 1_024;
+    assert_eq!(summary["records"], sent.len(), "{summary}");
+    assert_eq!(
+        summary["rejected"], 3,
+        "the messages past the limit: {summary}"
+    );
+    assert_eq!(summary["samples"], accepted, "{summary}");
+
+    let local = tempfile::tempdir().unwrap();
+    copy_lake(&lake, local.path());
+    assert_eq!(
+        raw_counts(local.path()),
+        (accepted, accepted),
+        "everything within the limits once"
+    );
+    let dlq = duckdb(
+        local.path(),
+        "SELECT count(*) AS n FROM dlq WHERE reason LIKE '%1025 devices, over the limit of 1024%'",
+    );
+    assert_eq!(
+        dlq[0]["n"], 3,
+        "each rejected message in dlq with its reason"
+    );
+
+    let lake = Lake::open(&lake).unwrap();
+    for p in 0..partitions {
+        let key = object_store::path::Path::from(damselfly_core::ledger::state_key(
+            "aggregate",
+            &topic,
+            p,
+        ));
+        let (state, _) = rt()
+            .block_on(lake.read_state::<damselfly_core::ledger::PartitionState>(&key))
+            .unwrap();
+        let state = state.expect("a state per partition");
+        let series = state.tail.0.len();
+        let bytes = serde_json::to_vec(&state).unwrap().len();
+        eprintln!("partition {p}: {series} counter series in a {bytes}-byte state");
+        assert_eq!(
+            series, cap,
+            "partition {p}'s state holds the cap, not the flood"
+        );
+        assert!(
+            bytes < cap * 200,
+            "partition {p}'s state stays small: {bytes} bytes"
+        );
+    }
 }
