@@ -511,4 +511,5 @@ fn a_remote_function_running_past_the_invoke_timeout_doubles_nothing() {
         (samples, samples),
         "every sample once, the zombie instance's write included"
     );
+    common::assert_lake_holds_the_topic(&brokers, &topic, messages as usize, local.path());
 }

@@ -406,5 +406,6 @@ fn failover(fault: Fault, protocol: &str) {
         (samples, samples),
         "every sample of {messages} messages exactly once ({fault:?}, {protocol})"
     );
+    assert_lake_holds_the_topic(&brokers, &topic, messages as usize, local.path());
     eprintln!("passed in {:.1}s", started.elapsed().as_secs_f64());
 }

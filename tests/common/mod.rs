@@ -5,16 +5,20 @@
 pub mod agent;
 pub mod broker;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use damselfly_core::Lake;
+use damselfly_schemas::MetricMessage;
 use futures::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
 use serde_json::Value;
 
 /// Samples in one simulated message: the whole metric catalog.
@@ -243,4 +247,84 @@ print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every sample on the topic as `vm|metric|device|ts` -> value, read with a throwaway group.
+pub fn published_samples(
+    brokers: &str,
+    topic: &str,
+    expected_messages: usize,
+) -> BTreeMap<String, f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-verify"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut samples = BTreeMap::new();
+    let (mut messages, deadline) = (0, Instant::now() + Duration::from_secs(90));
+    while messages < expected_messages && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = MetricMessage::from_json(m.unwrap().payload().unwrap()).unwrap();
+        messages += 1;
+        let rows = msg.metrics.iter().map(|(k, v)| ("", k, v));
+        let dev = msg
+            .devices
+            .iter()
+            .flat_map(|(d, ms)| ms.iter().map(move |(k, v)| (d.as_str(), k, v)));
+        for (device, metric, value) in rows.chain(dev) {
+            samples.insert(
+                format!("{}|{metric}|{device}|{}", msg.tags.vm, msg.ts),
+                *value,
+            );
+        }
+    }
+    assert_eq!(
+        messages, expected_messages,
+        "read back every published message"
+    );
+    samples
+}
+
+/// Every raw sample of a local lake copy as `vm|metric|device|ts` -> value, asserting none is
+/// stored twice.
+pub fn stored_samples(lake_dir: &Path) -> BTreeMap<String, f64> {
+    let stored = duckdb(
+        lake_dir,
+        "SELECT vm || '|' || metric || '|' || device || '|' || CAST(epoch_ms(ts) AS VARCHAR) AS k, value, count(*) AS n \
+         FROM raw GROUP BY ALL ORDER BY k",
+    );
+    let rows = stored.as_array().unwrap();
+    let dupes: Vec<&Value> = rows.iter().filter(|r| r["n"] != 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "samples stored more than once: {:?}",
+        &dupes[..dupes.len().min(5)]
+    );
+    rows.iter()
+        .map(|r| {
+            (
+                r["k"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that a local lake copy holds every sample of the first `messages` messages of `topic`
+/// once, with its published value, and nothing else: the checksum of exactly once.
+pub fn assert_lake_holds_the_topic(brokers: &str, topic: &str, messages: usize, lake_dir: &Path) {
+    let expected = published_samples(brokers, topic, messages);
+    let stored = stored_samples(lake_dir);
+    let missing = expected.keys().filter(|k| !stored.contains_key(*k)).count();
+    let extra = stored.keys().filter(|k| !expected.contains_key(*k)).count();
+    assert_eq!((missing, extra), (0, 0), "lake and topic differ");
+    assert_eq!(
+        stored, expected,
+        "every (vm, metric, device, ts) has the published value"
+    );
 }
