@@ -581,25 +581,12 @@ fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-/// Parses "256MiB", "1 GiB", "500MB", "4096" into bytes.
+/// Parses "256MiB", "1 GiB", "500MB", "4096" into bytes (the `bytesize` crate's syntax).
 pub fn parse_byte_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => return None,
-    };
-    number.checked_mul(factor)
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .ok()
+        .map(|b| b.as_u64())
 }
 
 #[cfg(test)]
