@@ -266,30 +266,6 @@ fn a_replay_from_the_earliest_offset_doubles_nothing() {
     );
 }
 
-/// Publishes `vms` simulated VMs for `seconds` one-second intervals under namespace `ns`, so that
-/// phases published within the same seconds stay distinct samples; returns the messages.
-fn simulate_ns(brokers: &str, topic: &str, ns: &str, vms: u64, seconds: u64) -> u64 {
-    let out = damselfly(&[
-        "simulate",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--vms",
-        &vms.to_string(),
-        "--interval",
-        "1s",
-        "--duration",
-        &format!("{seconds}s"),
-        "--ns",
-        ns,
-        "--no-pace",
-        "--json",
-    ]);
-    assert_eq!(out["published"], vms * seconds, "{out}");
-    vms * seconds
-}
-
 /// Rows of `raw` and distinct (ns, vm, metric, device, ts) in a copy of `lake`.
 fn raw_counts_by_ns(lake: &str) -> (u64, u64) {
     let local = tempfile::tempdir().unwrap();

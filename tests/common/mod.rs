@@ -133,6 +133,12 @@ pub fn damselfly_without(unset: &[&str], args: &[&str]) -> Value {
 /// Publishes `vms` simulated VMs for `seconds` one-second intervals, as fast as the broker takes
 /// them (timestamps ending now); returns the messages, asserting all were acknowledged.
 pub fn simulate(brokers: &str, topic: &str, vms: u64, seconds: u64) -> u64 {
+    simulate_ns(brokers, topic, "ns01", vms, seconds)
+}
+
+/// [`simulate`] under namespace `ns`, so that fleets published within the same seconds stay
+/// distinct samples (VM names do not depend on it; the `ns` tag does).
+pub fn simulate_ns(brokers: &str, topic: &str, ns: &str, vms: u64, seconds: u64) -> u64 {
     let out = damselfly(&[
         "simulate",
         "--brokers",
@@ -145,6 +151,8 @@ pub fn simulate(brokers: &str, topic: &str, vms: u64, seconds: u64) -> u64 {
         "1s",
         "--duration",
         &format!("{seconds}s"),
+        "--ns",
+        ns,
         "--no-pace",
         "--json",
     ]);
