@@ -380,6 +380,24 @@ pub struct RunArgs {
     /// records, errors, retries, invocation latency, scaling events).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The aggregate function's limits.
+    #[command(flatten)]
+    pub aggregate: AggregateArgs,
+    /// The alarm function's rules and notification target.
+    #[command(flatten, next_help_heading = "Alarm function")]
+    pub alarm: AlarmTargetArgs,
+    /// Run the alarm tick (NO_DATA, late periods, repeats, pending retries) this often, as the
+    /// cloud's schedule would.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Alarm function")]
+    pub tick_every: Duration,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The in-process aggregate function's limits, shared by `run` and `redrive`.
+#[derive(Debug, Clone, Args)]
+pub struct AggregateArgs {
     /// Reject samples older than this.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub max_past: Duration,
@@ -394,16 +412,21 @@ pub struct RunArgs {
     /// forgotten, with a warning (a flood of made-up VMs or devices cannot grow it).
     #[arg(long, env = "DAMSELFLY_MAX_TAIL_SERIES", default_value_t = damselfly_aggregate::config::DEFAULT_MAX_TAIL_SERIES)]
     pub max_tail_series: usize,
-    /// The alarm function's rules and notification target.
-    #[command(flatten, next_help_heading = "Alarm function")]
-    pub alarm: AlarmTargetArgs,
-    /// Run the alarm tick (NO_DATA, late periods, repeats, pending retries) this often, as the
-    /// cloud's schedule would.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Alarm function")]
-    pub tick_every: Duration,
-    /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl AggregateArgs {
+    /// The aggregate function writing to the lake at `lake` with these limits.
+    pub fn handler(&self, lake: &str) -> anyhow::Result<damselfly_aggregate::Aggregate> {
+        let limits = damselfly_core::Validation {
+            max_past: self.max_past,
+            max_future: self.max_future,
+            ..damselfly_core::Validation::default()
+        };
+        Ok(
+            damselfly_aggregate::Aggregate::new(damselfly_core::Lake::open(lake)?, limits)
+                .with_tail_limits(self.tail_expiry, self.max_tail_series),
+        )
+    }
 }
 
 /// `damselfly redrive <function> --from ...`.
@@ -437,12 +460,10 @@ pub struct RedriveArgs {
     /// Invocations of one batch before it counts as failed and stays where it is.
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
-    /// Reject samples older than this (a redrive replays old batches: raise it past their age).
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    pub max_past: Duration,
-    /// Reject samples further than this in the future.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    pub max_future: Duration,
+    /// The aggregate function's limits (a redrive replays old batches: raise --max-past past
+    /// their age).
+    #[command(flatten)]
+    pub aggregate: AggregateArgs,
     /// The alarm function's rules and notification target.
     #[command(flatten, next_help_heading = "Alarm function")]
     pub alarm: AlarmTargetArgs,

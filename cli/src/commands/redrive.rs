@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use damselfly_aggregate::Aggregate;
-use damselfly_core::{Lake, Validation};
 use damselfly_runner::{Function, OnFailure, RedriveOptions, RedriveStats};
 use indicatif::MultiProgress;
 
@@ -21,12 +19,7 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
     };
     Ok(match args.function {
         FunctionName::Aggregate => {
-            let limits = Validation {
-                max_past: args.max_past,
-                max_future: args.max_future,
-                ..Validation::default()
-            };
-            let handler = async || Ok(Aggregate::new(Lake::open(&lake())?, limits));
+            let handler = async || args.aggregate.handler(&lake());
             HostedAggregate::new(
                 Target::new(
                     handler,

@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use damselfly_aggregate::Aggregate;
-use damselfly_core::{Lake, Validation};
 use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use indicatif::MultiProgress;
 use serde::Serialize;
@@ -159,15 +157,7 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
 async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let config = runner_config(&args)?;
     config.validate()?;
-    let limits = Validation {
-        max_past: args.max_past,
-        max_future: args.max_future,
-        ..Validation::default()
-    };
-    let handler = async || {
-        Ok(Aggregate::new(Lake::open(lake(&args))?, limits)
-            .with_tail_limits(args.tail_expiry, args.max_tail_series))
-    };
+    let handler = async || args.aggregate.handler(lake(&args));
     let function = HostedAggregate::new(
         Target::new(
             handler,

@@ -109,6 +109,12 @@ pub struct RedriveSummary {
 }
 
 impl RedriveStats {
+    /// Counts a batch the function processed.
+    fn redriven(&self, event: &KafkaEvent) {
+        self.redriven.fetch_add(1, Relaxed);
+        self.records.fetch_add(record_count(event), Relaxed);
+    }
+
     /// The counts as a summary.
     pub fn summary(&self) -> RedriveSummary {
         RedriveSummary {
@@ -249,8 +255,7 @@ async fn redrive_store(
                 let to = redriven_key(&key);
                 store.copy(&key, &to).await?;
                 store.delete(&key).await?;
-                stats.redriven.fetch_add(1, Relaxed);
-                stats.records.fetch_add(record_count(&event), Relaxed);
+                stats.redriven(&event);
                 tracing::info!(%key, moved_to = %to, records = record_count(&event), "batch redriven");
             }
             Err(e) => {
@@ -334,8 +339,7 @@ async fn redrive_topic(
             match invoke(function, &event, opts).await {
                 Ok(()) => {
                     commit(&consumer, topic, p, next)?;
-                    stats.redriven.fetch_add(1, Relaxed);
-                    stats.records.fetch_add(record_count(&event), Relaxed);
+                    stats.redriven(&event);
                     tracing::info!(
                         topic,
                         partition = p,
