@@ -2,7 +2,8 @@
 //! partition's state object, and only then published; a writer that lost its partition can never
 //! make different data visible, and offsets the lake already holds are never written again.
 //!
-//! Per topic-partition the state object (`_state/{writer}/{topic}+{partition}.json`) records the
+//! Per topic-partition the state object (`_state/{writer}/{topic}+{partition}.json`, JSON
+//! compressed with zstd; plain JSON states, written before issue 25, are read too) records the
 //! latest *decided* batch: its offsets `[first, next)`, the final keys of its objects, where they
 //! are staged, whether they are published, and the counter [`Tail`] after it. Decided batches
 //! form a chain: each is decided by a conditional put (If-Match on the version read, If-None-Match
@@ -391,6 +392,28 @@ async fn publish(lake: &Lake, state: &PartitionState) -> Result<usize, LakeError
     Ok(state.keys.len())
 }
 
+/// The first bytes of a zstd frame; JSON never starts with them.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// zstd level of state objects: the fastest, since a state is written twice per batch.
+const STATE_ZSTD_LEVEL: i32 = 1;
+
+/// A state object's bytes: its JSON, zstd-compressed.
+fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(state).expect("state serializes");
+    zstd::bulk::compress(&json, STATE_ZSTD_LEVEL).expect("zstd compresses an in-memory buffer")
+}
+
+/// A state from its object's bytes: zstd-compressed JSON, or plain JSON as written before.
+fn decode_state<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.starts_with(&ZSTD_MAGIC) {
+        let json = zstd::stream::decode_all(bytes).map_err(|e| format!("zstd: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// Deletes objects, logging rather than failing: leftovers of staging are harmless.
 async fn delete_quietly(lake: &Lake, keys: Vec<Path>) {
     for k in keys {
@@ -434,7 +457,8 @@ impl Lake {
             .await
     }
 
-    /// Reads a JSON state object and its version; `(None, None)` when absent.
+    /// Reads a state object (zstd-compressed or plain JSON) and its version; `(None, None)` when
+    /// absent.
     pub async fn read_state<T: serde::de::DeserializeOwned>(
         &self,
         key: &Path,
@@ -446,11 +470,10 @@ impl Lake {
                     version: got.meta.version.clone(),
                 };
                 let bytes = got.bytes().await?;
-                let state =
-                    serde_json::from_slice(&bytes).map_err(|e| LakeError::CorruptState {
-                        key: key.to_string(),
-                        why: e.to_string(),
-                    })?;
+                let state = decode_state(&bytes).map_err(|why| LakeError::CorruptState {
+                    key: key.to_string(),
+                    why,
+                })?;
                 Ok((Some(state), Some(version)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok((None, None)),
@@ -458,7 +481,8 @@ impl Lake {
         }
     }
 
-    /// Writes a JSON state object only if it is still at `version` (or still absent); returns the
+    /// Writes a state object (zstd-compressed JSON) only if it is still at `version` (or still
+    /// absent); returns the
     /// new version. A local directory cannot compare-and-swap: there the write is made under the
     /// lake's writer lock, which this process takes on its first state write (and an error names
     /// the process that holds it).
@@ -468,7 +492,7 @@ impl Lake {
         state: &T,
         version: Version,
     ) -> Result<Version, LakeError> {
-        let body = PutPayload::from(serde_json::to_vec(state).expect("state serializes"));
+        let body = PutPayload::from(encode_state(state));
         if let Some(dir) = self.locked_dir() {
             crate::lake::writer_lock(dir)?;
             let r = self.store().put(key, body).await?;
@@ -498,5 +522,73 @@ impl Lake {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn state(next_offset: i64) -> PartitionState {
+        PartitionState {
+            first_offset: 0,
+            next_offset,
+            gaps: vec![(0, 3)],
+            keys: BTreeSet::from(["raw/dt=2026-12-07/hour=04/m+0+3.parquet".to_owned()]),
+            complete: true,
+            staging: None,
+            tail: Tail::default(),
+            tail_undo: TailUndo::default(),
+        }
+    }
+
+    fn lake() -> (Lake, Arc<object_store::memory::InMemory>) {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        (
+            Lake::with_store(
+                crate::lake::LakeLocation::Local("/mem".into()),
+                store.clone(),
+            ),
+            store,
+        )
+    }
+
+    #[tokio::test]
+    async fn states_are_written_compressed_and_read_back() {
+        let (lake, store) = lake();
+        let key = Path::from(state_key("aggregate", "metrics", 0));
+        let v = lake.put_state(&key, &state(10), None).await.unwrap();
+        let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert!(bytes.starts_with(&ZSTD_MAGIC), "a zstd frame");
+        let (read, version) = lake.read_state::<PartitionState>(&key).await.unwrap();
+        assert_eq!(read.unwrap().next_offset, 10);
+        assert_eq!(version, v);
+    }
+
+    #[tokio::test]
+    async fn plain_json_states_of_earlier_versions_are_read() {
+        let (lake, store) = lake();
+        let key = Path::from(state_key("aggregate", "metrics", 1));
+        let json = serde_json::to_vec(&state(42)).unwrap();
+        store.put(&key, PutPayload::from(json)).await.unwrap();
+        let (read, _) = lake.read_state::<PartitionState>(&key).await.unwrap();
+        let read = read.unwrap();
+        assert_eq!((read.next_offset, read.gaps), (42, vec![(0, 3)]));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_compressed_state_is_a_clear_error() {
+        let (lake, store) = lake();
+        let key = Path::from(state_key("aggregate", "metrics", 2));
+        let mut bytes = encode_state(&state(7));
+        bytes.truncate(bytes.len() / 2);
+        store.put(&key, PutPayload::from(bytes)).await.unwrap();
+        let err = lake.read_state::<PartitionState>(&key).await.unwrap_err();
+        assert!(
+            matches!(err, LakeError::CorruptState { ref why, .. } if why.starts_with("zstd")),
+            "{err}"
+        );
     }
 }
