@@ -5,6 +5,7 @@ mod aggregate;
 mod alarm;
 mod api;
 mod fleet;
+mod lambda;
 mod prometheus;
 mod runner;
 mod simulate;
@@ -21,7 +22,9 @@ enum Bench {
     /// Decode + rate + roll up + Parquet encode on one core, against DuckDB doing the same job.
     Aggregate(aggregate::Args),
     /// N simulated VMs through Apache Kafka, aggregate and alarm into LocalStack, for growing N (issue 9).
-    Fleet(fleet::Args),
+    Fleet(Box<fleet::Args>),
+    /// The aggregate and alarm Lambda binaries under a local Runtime API: peak RSS on a typical and a 6 MB batch.
+    Lambda(lambda::Args),
     /// The metric API's p50/p99 for 5-minute and 24-hour queries over a week of rollups, against DuckDB.
     Api(api::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Agent(args) => agent::run(&args),
         Bench::Api(args) => api::run(&args),
         Bench::Fleet(args) => fleet::run(&args),
+        Bench::Lambda(args) => lambda::run(&args),
         Bench::Runner(args) => runner::run(&args),
         Bench::Simulate(args) => simulate::run(&args),
     }
