@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 12;
 const THRESHOLD: u64 = 100;
 const SCALE_INTERVAL: Duration = Duration::from_secs(1);
+/// Up to this lag the runner stays at one worker (`--activation-lag`); past it the lag asks for
+/// the cap in one decision. Without it the first decision could come while the burst was still
+/// being published and ask for 11, and the twelfth worker then waited for the rebalance to settle:
+/// the test measured the broker's rebalance under load, not the controller (a CI run saw 3.9 s).
+const ACTIVATION: u64 = PARTITIONS as u64 * THRESHOLD - 1;
+
+/// Workers the controller wants for `lag` (its rule: min below the activation, else one per
+/// threshold, at most one per partition).
+fn wanted(lag: i64) -> u64 {
+    let lag = lag.max(0) as u64;
+    if lag <= ACTIVATION {
+        1
+    } else {
+        lag.div_ceil(THRESHOLD).min(PARTITIONS as u64)
+    }
+}
 
 /// A child process killed when the test ends, passing or not.
 struct KillOnDrop(Option<std::process::Child>);
@@ -115,6 +131,7 @@ fn burst(protocol: &str) {
         ])
         .args(["--lag-threshold", &THRESHOLD.to_string()])
         .args(["--min-workers", "1", "--max-workers", "12"])
+        .args(["--activation-lag", &ACTIVATION.to_string()])
         .args(["--scale-interval", "1s", "--cooldown", "4s"])
         .args(["--batch-size", "50", "--batching-window", "100ms", "--json"])
         .args(["--group-protocol", protocol])
@@ -172,7 +189,7 @@ fn burst(protocol: &str) {
     let mut peak: Option<Sample> = None;
     loop {
         if let Some(s) = sample(&mut timeline) {
-            if crossed.is_none() && s.lag as u64 > THRESHOLD {
+            if crossed.is_none() && s.lag.max(0) as u64 > ACTIVATION {
                 crossed = Some(s.at);
             }
             if peak.is_none_or(|p| s.workers > p.workers) {
@@ -198,9 +215,9 @@ fn burst(protocol: &str) {
         render(&timeline)
     );
 
-    // Out: the burst's lag (far above 12 x threshold) asks for the cap; the first sample at 12
-    // workers comes within two scale intervals (plus a scrape period) of the crossing.
-    let crossed = crossed.expect("the lag crossed the threshold");
+    // Out: past the activation the burst's lag asks for the cap; the first sample at 12 workers
+    // comes within two scale intervals (plus a scrape period) of the crossing.
+    let crossed = crossed.expect("the lag crossed the activation threshold");
     let at_cap = timeline
         .iter()
         .find(|s| s.workers == PARTITIONS as u64)
@@ -211,11 +228,11 @@ fn burst(protocol: &str) {
         at_cap.at - crossed,
         render(&timeline)
     );
-    // In: only after the wanted count, ceil(lag / threshold), has stayed below the workers for
-    // the cool-down (4 s, less a scrape period): the controller keeps the highest recent want.
+    // In: only after the wanted count has stayed below the workers for the cool-down (4 s, less
+    // a scrape period): the controller keeps the highest recent want.
     let wanted_fewer = timeline
         .iter()
-        .find(|s| s.at > at_cap.at && (s.lag.max(0) as u64).div_ceil(THRESHOLD) < PARTITIONS as u64)
+        .find(|s| s.at > at_cap.at && wanted(s.lag) < PARTITIONS as u64)
         .expect("the lag drained");
     let first_in = timeline
         .iter()
