@@ -575,18 +575,16 @@ mod tests {
             .collect();
         let s = h.handle(event(flood)).await.unwrap();
         assert_eq!(s.stats.samples, 2_000);
-        let state: damselfly_core::ledger::PartitionState = serde_json::from_slice(
-            &store
-                .get(&object_store::path::Path::from(
+        // Read as the ledger stores it (zstd-compressed JSON), through a lake of its own.
+        let state: damselfly_core::ledger::PartitionState =
+            Lake::with_store(LakeLocation::Local("/mem".into()), store.clone())
+                .read_state(&object_store::path::Path::from(
                     damselfly_core::ledger::state_key(WRITER, "metrics", 1),
                 ))
                 .await
                 .unwrap()
-                .bytes()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+                .0
+                .expect("the partition's state");
         assert_eq!(state.tail.0.len(), 500);
         assert!(
             state
