@@ -22,15 +22,18 @@ const SCALE_INTERVAL: Duration = Duration::from_secs(1);
 /// the test measured the broker's rebalance under load, not the controller (a CI run saw 3.9 s).
 const ACTIVATION: u64 = PARTITIONS as u64 * THRESHOLD - 1;
 
-/// Workers the controller wants for `lag` (its rule: min below the activation, else one per
-/// threshold, at most one per partition).
+/// Workers the controller wants for `lag`: the runner's own rule, with the test's settings.
 fn wanted(lag: i64) -> u64 {
-    let lag = lag.max(0) as u64;
-    if lag <= ACTIVATION {
-        1
-    } else {
-        lag.div_ceil(THRESHOLD).min(PARTITIONS as u64)
-    }
+    let scaling = damselfly_runner::ScalingConfig {
+        min_workers: 1,
+        max_workers: PARTITIONS as usize,
+        lag_threshold: THRESHOLD,
+        activation_lag: ACTIVATION,
+        ..Default::default()
+    };
+    let desired =
+        damselfly_runner::scale::desired_workers(lag.max(0) as u64, PARTITIONS as usize, &scaling);
+    desired as u64
 }
 
 /// A child process killed when the test ends, passing or not.

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use damselfly_agent::Fleet;
+use damselfly_agent::run::now_ms;
 use damselfly_runner::config::MAX_PAYLOAD_BYTES;
 use damselfly_runner::event::{kafka_event, lambda_json};
 use rdkafka::Timestamp;
@@ -126,7 +128,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     sys::empty_dir(&args.out)?;
     let rules = args.out.join("rules.json");
     std::fs::write(&rules, crate::alarm::BENCH_RULES)?;
-    let run_id = chrono_ms();
+    let run_id = now_ms();
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
     for &function in &args.functions {
@@ -154,13 +156,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     print_table(args, &rows);
     Ok(())
-}
-
-/// Milliseconds since the epoch, to name a run.
-fn chrono_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 /// Starts the binary under the local Runtime API and feeds it both sizes, `repeat` times each.
@@ -191,7 +186,7 @@ async fn measure(
     let mut fleet = Fleet::new(MAX_RECORDS, 25, "bench");
     // Samples of the last minutes, as a live fleet sends (the function rejects far-off times).
     let step = args.interval.as_millis().max(1) as i64;
-    let mut ts = (chrono_ms() as i64 / step - 2 * args.repeat as i64) * step;
+    let mut ts = (now_ms() / step - 2 * args.repeat as i64) * step;
     let mut offset = 0_i64;
     let mut rows = Vec::new();
     for (batch, cap) in [("typical", args.typical_records), ("largest", MAX_RECORDS)] {
@@ -295,6 +290,8 @@ struct RuntimeApi {
     addr: std::net::SocketAddr,
     shared: Arc<Shared>,
     done: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Reply)>>,
+    /// The next invocation's request id.
+    next_id: AtomicU64,
 }
 
 /// State the Runtime API's routes share.
@@ -332,12 +329,13 @@ impl RuntimeApi {
             addr,
             shared,
             done: tokio::sync::Mutex::new(done),
+            next_id: AtomicU64::new(0),
         })
     }
 
     /// Queues one event and waits for its result; the time runs from hand-over to the result.
     async fn invoke(&self, event: Vec<u8>, timeout: Duration) -> anyhow::Result<Outcome> {
-        let id = format!("bench-{}", chrono_ms());
+        let id = format!("bench-{}", self.next_id.fetch_add(1, Relaxed));
         self.shared.send.send((id.clone(), event))?;
         let mut done = self.done.lock().await;
         let (got, result) = tokio::time::timeout(timeout, done.recv())

@@ -61,6 +61,7 @@
 //! are read too: an incomplete one is undone (its objects removed, its tail rewound) and its
 //! offsets written anew.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -406,12 +407,12 @@ fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
 
 /// A state from its object's bytes: zstd-compressed JSON, or plain JSON as written before.
 fn decode_state<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    if bytes.starts_with(&ZSTD_MAGIC) {
-        let json = zstd::stream::decode_all(bytes).map_err(|e| format!("zstd: {e}"))?;
-        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    let json = if bytes.starts_with(&ZSTD_MAGIC) {
+        Cow::Owned(zstd::stream::decode_all(bytes).map_err(|e| format!("zstd: {e}"))?)
     } else {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
-    }
+        Cow::Borrowed(bytes)
+    };
+    serde_json::from_slice(&json).map_err(|e| e.to_string())
 }
 
 /// Deletes objects, logging rather than failing: leftovers of staging are harmless.
@@ -482,10 +483,9 @@ impl Lake {
     }
 
     /// Writes a state object (zstd-compressed JSON) only if it is still at `version` (or still
-    /// absent); returns the
-    /// new version. A local directory cannot compare-and-swap: there the write is made under the
-    /// lake's writer lock, which this process takes on its first state write (and an error names
-    /// the process that holds it).
+    /// absent); returns the new version. A local directory cannot compare-and-swap: there the
+    /// write is made under the lake's writer lock, which this process takes on its first state
+    /// write (and an error names the process that holds it).
     pub async fn put_state<T: Serialize>(
         &self,
         key: &Path,
