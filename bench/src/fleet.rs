@@ -59,7 +59,7 @@ pub struct Args {
         default_value = "50,100,1000,5000,10000,20000"
     )]
     vms: Vec<usize>,
-    /// After the last size, keep doubling while every goal holds (and the budget allows).
+    /// Stop after the last size (by default the sweep keeps doubling while every goal holds and the budget allows).
     #[arg(long)]
     no_ramp: bool,
     /// Collection interval.

@@ -189,7 +189,7 @@ impl Aggregate {
             );
         }
         let mut summary = summary;
-        let before = ledger.tail();
+        let before = ledger.take_tail();
         let (limits, now_ms) = (self.limits.clone(), chrono::Utc::now().timestamp_millis());
         let (expiry, max_series) = (self.tail_expiry, self.max_tail_series);
         let (batch, objects, tail) = tokio::task::spawn_blocking(move || {
@@ -224,7 +224,7 @@ impl Aggregate {
             objects,
             tail,
         };
-        summary.objects = ledger.write(&write).await?.written;
+        summary.objects = ledger.write(write).await?.written;
         Ok(summary)
     }
 }

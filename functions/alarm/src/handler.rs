@@ -23,7 +23,7 @@ use damselfly_core::alarm::{
     AlarmState, EvalConfig, Evaluator, Notification, RuleError, alarms_batch, samples,
 };
 use damselfly_core::encode::{EncodeError, batch_parquet};
-use damselfly_core::ledger::{STATE_PREFIX, Version};
+use damselfly_core::ledger::{STATE_PREFIX, StateObject, Version};
 use damselfly_core::{InputRecord, Lake, LakeError, Validation};
 use damselfly_schemas::Table;
 use damselfly_schemas::paths::{HourPartition, batch_object_key};
@@ -53,6 +53,9 @@ pub struct PartitionAlarms {
     #[serde(default)]
     pub pending: Vec<Pending>,
 }
+
+/// Stored as zstd-compressed JSON.
+impl StateObject for PartitionAlarms {}
 
 /// A notification waiting to be delivered.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -178,7 +178,7 @@ mod tests {
             objects: b.objects(&mut Default::default()).unwrap(),
             tail: Default::default(),
         };
-        lake.write_exactly_once(damselfly_aggregate::handler::WRITER, &w)
+        lake.write_exactly_once(damselfly_aggregate::handler::WRITER, w)
             .await
             .unwrap();
     }

@@ -1301,7 +1301,7 @@ mod tests {
         }
         let mut ledger = lake.ledger("aggregate", TOPIC, partition).await.unwrap();
         ledger.settle().await.unwrap();
-        let mut tail = ledger.tail();
+        let mut tail = ledger.take_tail();
         let objects = b.objects(&mut tail).unwrap();
         let w = PartitionWrite {
             topic: TOPIC.into(),
@@ -1311,7 +1311,7 @@ mod tests {
             objects,
             tail,
         };
-        ledger.write(&w).await.unwrap();
+        ledger.write(w).await.unwrap();
     }
 
     async fn live(lake: &Lake, table: Table) -> Vec<ObjectMeta> {
@@ -1847,7 +1847,7 @@ mod tests {
         }
         let mut ledger = lake.ledger("aggregate", TOPIC, partition).await.unwrap();
         ledger.settle().await.unwrap();
-        let mut tail = ledger.tail();
+        let mut tail = ledger.take_tail();
         let objects = b.objects(&mut tail).unwrap();
         let w = PartitionWrite {
             topic: TOPIC.into(),
@@ -1857,7 +1857,7 @@ mod tests {
             objects,
             tail,
         };
-        ledger.write(&w).await.unwrap();
+        ledger.write(w).await.unwrap();
     }
 
     /// 32 partitions with a batch each over all of hour 9 (then one later batch each, so the

@@ -78,8 +78,8 @@ async fn write(lake: &Lake, topic: &str, first: i64, next: i64) -> Result<Writte
     if fresh.is_empty() {
         return Ok(written);
     }
-    let w = encode_offsets(topic, &fresh, &mut ledger.tail());
-    written.report = Some(ledger.write(&w).await.map_err(|e| e.to_string())?);
+    let w = encode_offsets(topic, &fresh, &mut ledger.take_tail());
+    written.report = Some(ledger.write(w).await.map_err(|e| e.to_string())?);
     Ok(written)
 }
 

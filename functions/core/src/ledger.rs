@@ -2,9 +2,9 @@
 //! partition's state object, and only then published; a writer that lost its partition can never
 //! make different data visible, and offsets the lake already holds are never written again.
 //!
-//! Per topic-partition the state object (`_state/{writer}/{topic}+{partition}.json`, JSON
-//! compressed with zstd; plain JSON states, written before issue 25, are read too) records the
-//! latest *decided* batch: its offsets `[first, next)`, the final keys of its objects, where they
+//! Per topic-partition the state object (`_state/{writer}/{topic}+{partition}.json`; its bytes
+//! are described at [`StateObject`], and the key keeps its suffix so that states written before
+//! are found) records the latest *decided* batch: its offsets `[first, next)`, the final keys of its objects, where they
 //! are staged, whether they are published, and the counter [`Tail`] after it. Decided batches
 //! form a chain: each is decided by a conditional put (If-Match on the version read, If-None-Match
 //! for the first), so for every offset at most one decision ever exists, and everything below the
@@ -102,8 +102,9 @@ pub struct PartitionState {
     /// the earlier protocol, whose objects went straight to their final keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<String>,
-    /// The last sample of every counter series after the batch.
-    #[serde(default)]
+    /// The last sample of every counter series after the batch: stored in binary after the state's
+    /// JSON (see [`StateObject`]), never in it; older states that hold it in their JSON are read.
+    #[serde(default, skip_serializing)]
     pub tail: Tail,
     /// What the batch changed in the tail (written by the earlier protocol, to undo its attempts).
     #[serde(default, skip_serializing_if = "TailUndo::is_empty")]
@@ -278,17 +279,18 @@ impl Ledger<'_> {
         self.previous.as_ref().is_some_and(|p| p.holds(offset))
     }
 
-    /// The counter tail the next batch starts from.
-    pub fn tail(&self) -> Tail {
+    /// The counter tail the next batch starts from, moved out of the state read (call it once,
+    /// after [`settle`](Self::settle)).
+    pub fn take_tail(&mut self) -> Tail {
         self.previous
-            .as_ref()
-            .map(|p| p.tail.clone())
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.tail))
             .unwrap_or_default()
     }
 
     /// Stages, decides and publishes the batch (steps 4-7, after [`settle`](Self::settle)); the
     /// lake must hold none of its records (see [`holds`](Self::holds)).
-    pub async fn write(mut self, w: &PartitionWrite) -> Result<WriteReport, LakeError> {
+    pub async fn write(mut self, mut w: PartitionWrite) -> Result<WriteReport, LakeError> {
         let mut report = self.settle().await?;
         if self.holds(w.first_offset) {
             return Err(LakeError::Overlap {
@@ -314,9 +316,11 @@ impl Ledger<'_> {
             keys: w.objects.iter().map(|o| o.key.clone()).collect(),
             complete: false,
             staging: Some(prefix.clone()),
-            tail: w.tail.clone(),
+            tail: std::mem::take(&mut w.tail),
             tail_undo: TailUndo::default(),
         };
+        // Both writes of the state below carry the same tail: encode it once.
+        let tail_frame = tail_frame(&state.tail);
         let staged: Vec<LakeObject> = w
             .objects
             .iter()
@@ -330,7 +334,11 @@ impl Ledger<'_> {
             delete_quietly(self.lake, staged_keys).await;
             return Err(e);
         }
-        let version = match self.lake.put_state(&self.key, &state, self.version).await {
+        let version = match self
+            .lake
+            .put_state_bytes(&self.key, state.encode_with_tail(&tail_frame), self.version)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 // Undecided: the staged objects are nobody's. (A put that failed after it was
@@ -346,7 +354,11 @@ impl Ledger<'_> {
         publish(self.lake, &state).await?;
         state.complete = true;
         state.staging = None;
-        match self.lake.put_state(&self.key, &state, version).await {
+        match self
+            .lake
+            .put_state_bytes(&self.key, state.encode_with_tail(&tail_frame), version)
+            .await
+        {
             // Someone else saw our decision staged and published it for us meanwhile.
             Ok(_) | Err(LakeError::Conflict { .. }) => {}
             Err(e) => return Err(e),
@@ -399,20 +411,160 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// zstd level of state objects: the fastest, since a state is written twice per batch.
 const STATE_ZSTD_LEVEL: i32 = 1;
 
-/// A state object's bytes: its JSON, zstd-compressed.
-fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
-    let json = serde_json::to_vec(state).expect("state serializes");
-    zstd::bulk::compress(&json, STATE_ZSTD_LEVEL).expect("zstd compresses an in-memory buffer")
+/// The first bytes of a [`PartitionState`] with a binary tail, once decompressed (format 1).
+const BINARY_STATE_MAGIC: &[u8; 5] = b"DFST\x01";
+
+/// Bytes one tail series takes in the binary form besides its key: length, time, value.
+const SERIES_FIXED_BYTES: usize = 4 + 8 + 8;
+
+/// How a state object is stored in the lake: its JSON compressed with zstd, unless the type says
+/// otherwise; plain JSON, as written before issue 25, is read too.
+///
+/// [`PartitionState`] keeps its counter tail (tens of thousands of series per partition, read once
+/// and written twice per batch) out of the JSON, in a binary form that is an order of magnitude
+/// cheaper to write and read than JSON's escaped keys and decimal floats. Its object is two zstd
+/// frames back to back, which decompress as one stream:
+/// 1. `DFST`, format byte 1, the JSON's length (u32 LE) and the state's JSON without its tail;
+/// 2. the number of series (u32 LE), then per series its key's length (u32 LE), the key (UTF-8),
+///    the time in ms (i64 LE) and the value (f64 LE bits).
+///
+/// The second frame depends on the tail alone, so a batch's two state writes share one.
+pub trait StateObject: Serialize + serde::de::DeserializeOwned {
+    /// The object's bytes.
+    fn encode_state(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("state serializes");
+        compress(&json)
+    }
+
+    /// The state from its object's bytes; `Err` says what is wrong with them.
+    fn decode_state(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(&decompress(bytes)?).map_err(|e| e.to_string())
+    }
 }
 
-/// A state from its object's bytes: zstd-compressed JSON, or plain JSON as written before.
-fn decode_state<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let json = if bytes.starts_with(&ZSTD_MAGIC) {
-        Cow::Owned(zstd::stream::decode_all(bytes).map_err(|e| format!("zstd: {e}"))?)
+impl StateObject for PartitionState {
+    fn encode_state(&self) -> Vec<u8> {
+        let mut bytes = self.header_frame();
+        bytes.extend_from_slice(&tail_frame(&self.tail));
+        bytes
+    }
+
+    fn decode_state(bytes: &[u8]) -> Result<Self, String> {
+        let body = decompress(bytes)?;
+        let Some(rest) = body.strip_prefix(BINARY_STATE_MAGIC) else {
+            // JSON with the tail inside, as written before the binary form.
+            return serde_json::from_slice(&body).map_err(|e| e.to_string());
+        };
+        let mut r = Reader(rest);
+        let header_len = r.u32()? as usize;
+        let mut state: PartitionState =
+            serde_json::from_slice(r.take(header_len)?).map_err(|e| e.to_string())?;
+        let count = r.u32()? as usize;
+        // Bounded by what the bytes can hold, so a damaged count cannot allocate without limit.
+        let mut tail = std::collections::HashMap::with_capacity_and_hasher(
+            count.min(r.0.len() / SERIES_FIXED_BYTES),
+            ahash::RandomState::new(),
+        );
+        for _ in 0..count {
+            let key_len = r.u32()? as usize;
+            let key = std::str::from_utf8(r.take(key_len)?)
+                .map_err(|e| format!("tail key: {e}"))?
+                .to_owned();
+            let ts = i64::from_le_bytes(r.array()?);
+            let value = f64::from_bits(u64::from_le_bytes(r.array()?));
+            tail.insert(key, (ts, value));
+        }
+        if !r.0.is_empty() {
+            return Err(format!("{} bytes after the tail", r.0.len()));
+        }
+        state.tail = Tail(tail);
+        Ok(state)
+    }
+}
+
+impl PartitionState {
+    /// The first zstd frame of the state's object: the magic and the JSON without the tail.
+    fn header_frame(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("state serializes");
+        let mut body = Vec::with_capacity(BINARY_STATE_MAGIC.len() + 4 + json.len());
+        body.extend_from_slice(BINARY_STATE_MAGIC);
+        body.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        body.extend_from_slice(&json);
+        compress(&body)
+    }
+
+    /// The state's object with a tail frame made earlier from this state's tail.
+    fn encode_with_tail(&self, tail_frame: &[u8]) -> Vec<u8> {
+        let mut bytes = self.header_frame();
+        bytes.extend_from_slice(tail_frame);
+        bytes
+    }
+}
+
+/// The second zstd frame of a [`PartitionState`]'s object: its tail in binary.
+fn tail_frame(tail: &Tail) -> Vec<u8> {
+    let keys: usize = tail.0.keys().map(String::len).sum();
+    let mut body = Vec::with_capacity(4 + keys + tail.0.len() * SERIES_FIXED_BYTES);
+    body.extend_from_slice(&(tail.0.len() as u32).to_le_bytes());
+    for (key, (ts, value)) in &tail.0 {
+        body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        body.extend_from_slice(key.as_bytes());
+        body.extend_from_slice(&ts.to_le_bytes());
+        body.extend_from_slice(&value.to_bits().to_le_bytes());
+    }
+    compress(&body)
+}
+
+/// Reads the binary form front to back; running out of bytes is an error naming the field.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!(
+                "truncated: {n} bytes wanted, {} left",
+                self.0.len()
+            ));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+}
+
+/// zstd-compresses a state's bytes with this thread's reused context.
+fn compress(body: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with_borrow_mut(|c| {
+        let c = match c {
+            Some(c) => c,
+            None => c.insert(zstd::bulk::Compressor::new(STATE_ZSTD_LEVEL).expect("zstd context")),
+        };
+        c.compress(body)
+            .expect("zstd compresses an in-memory buffer")
+    })
+}
+
+/// A state object's bytes decompressed; plain JSON (written before issue 25) passes as it is.
+fn decompress(bytes: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    if bytes.starts_with(&ZSTD_MAGIC) {
+        Ok(Cow::Owned(
+            zstd::stream::decode_all(bytes).map_err(|e| format!("zstd: {e}"))?,
+        ))
     } else {
-        Cow::Borrowed(bytes)
-    };
-    serde_json::from_slice(&json).map_err(|e| e.to_string())
+        Ok(Cow::Borrowed(bytes))
+    }
 }
 
 /// Deletes objects, logging rather than failing: leftovers of staging are harmless.
@@ -450,7 +602,7 @@ impl Lake {
     pub async fn write_exactly_once(
         &self,
         writer: &str,
-        w: &PartitionWrite,
+        w: PartitionWrite,
     ) -> Result<WriteReport, LakeError> {
         self.ledger(writer, &w.topic, w.partition)
             .await?
@@ -458,9 +610,8 @@ impl Lake {
             .await
     }
 
-    /// Reads a state object (zstd-compressed or plain JSON) and its version; `(None, None)` when
-    /// absent.
-    pub async fn read_state<T: serde::de::DeserializeOwned>(
+    /// Reads a state object (see [`StateObject`]) and its version; `(None, None)` when absent.
+    pub async fn read_state<T: StateObject>(
         &self,
         key: &Path,
     ) -> Result<(Option<T>, Version), LakeError> {
@@ -471,7 +622,7 @@ impl Lake {
                     version: got.meta.version.clone(),
                 };
                 let bytes = got.bytes().await?;
-                let state = decode_state(&bytes).map_err(|why| LakeError::CorruptState {
+                let state = T::decode_state(&bytes).map_err(|why| LakeError::CorruptState {
                     key: key.to_string(),
                     why,
                 })?;
@@ -482,17 +633,28 @@ impl Lake {
         }
     }
 
-    /// Writes a state object (zstd-compressed JSON) only if it is still at `version` (or still
+    /// Writes a state object (see [`StateObject`]) only if it is still at `version` (or still
     /// absent); returns the new version. A local directory cannot compare-and-swap: there the
     /// write is made under the lake's writer lock, which this process takes on its first state
     /// write (and an error names the process that holds it).
-    pub async fn put_state<T: Serialize>(
+    pub async fn put_state<T: StateObject>(
         &self,
         key: &Path,
         state: &T,
         version: Version,
     ) -> Result<Version, LakeError> {
-        let body = PutPayload::from(encode_state(state));
+        self.put_state_bytes(key, state.encode_state(), version)
+            .await
+    }
+
+    /// [`put_state`](Self::put_state) of an encoded state.
+    async fn put_state_bytes(
+        &self,
+        key: &Path,
+        bytes: Vec<u8>,
+        version: Version,
+    ) -> Result<Version, LakeError> {
+        let body = PutPayload::from(bytes);
         if let Some(dir) = self.locked_dir() {
             crate::lake::writer_lock(dir)?;
             let r = self.store().put(key, body).await?;
@@ -567,6 +729,90 @@ mod tests {
         assert_eq!(version, v);
     }
 
+    fn with_tail(n: usize) -> PartitionState {
+        let mut s = state(3_000);
+        for i in 0..n {
+            s.tail.set(
+                &format!("vm-{i:05}"),
+                "bytes_in",
+                if i % 2 == 0 { "eth0" } else { "wlan-é" },
+                (1_765_000_000_000 - i as i64, -0.0 + i as f64 * 1.37e9),
+            );
+        }
+        s.tail.set("vm-x", "reads", "", (i64::MIN, f64::MAX));
+        s
+    }
+
+    #[tokio::test]
+    async fn the_tail_round_trips_in_binary_outside_the_json() {
+        let (lake, store) = lake();
+        let key = Path::from(state_key("aggregate", "metrics", 3));
+        let written = with_tail(2_000);
+        lake.put_state(&key, &written, None).await.unwrap();
+        let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+        let body = decompress(&bytes).unwrap();
+        assert!(body.starts_with(BINARY_STATE_MAGIC));
+        let json_len = u32::from_le_bytes(body[5..9].try_into().unwrap()) as usize;
+        let json: serde_json::Value = serde_json::from_slice(&body[9..9 + json_len]).unwrap();
+        assert!(json.get("tail").is_none(), "no tail in the JSON: {json}");
+        let (read, _) = lake.read_state::<PartitionState>(&key).await.unwrap();
+        let read = read.unwrap();
+        assert_eq!(read.tail.0.len(), 2_001);
+        assert_eq!(read, written);
+        assert_eq!(
+            read.tail.last("vm-x", "reads", ""),
+            Some((i64::MIN, f64::MAX))
+        );
+    }
+
+    #[test]
+    fn a_batch_shares_one_tail_frame_between_its_two_state_writes() {
+        let s = with_tail(10);
+        let frame = tail_frame(&s.tail);
+        let whole = s.encode_with_tail(&frame);
+        assert!(whole.ends_with(&frame));
+        assert_eq!(PartitionState::decode_state(&whole).unwrap(), s);
+    }
+
+    #[tokio::test]
+    async fn compressed_json_states_with_their_tail_inside_are_read() {
+        let (lake, store) = lake();
+        let key = Path::from(state_key("aggregate", "metrics", 4));
+        // The form written between the zstd change and the binary tail.
+        let mut json = serde_json::to_value(state(9)).unwrap();
+        json["tail"] = serde_json::json!({"vm-1\u{1f}bytes_in\u{1f}eth0": [1000, 5.5]});
+        let bytes = zstd::bulk::compress(&serde_json::to_vec(&json).unwrap(), 1).unwrap();
+        store.put(&key, PutPayload::from(bytes)).await.unwrap();
+        let (read, _) = lake.read_state::<PartitionState>(&key).await.unwrap();
+        let read = read.unwrap();
+        assert_eq!(read.next_offset, 9);
+        assert_eq!(
+            read.tail.last("vm-1", "bytes_in", "eth0"),
+            Some((1000, 5.5))
+        );
+    }
+
+    #[test]
+    fn a_damaged_binary_tail_is_a_clear_error_not_an_allocation() {
+        let s = with_tail(3);
+        let body = decompress(&s.encode_state()).unwrap().into_owned();
+        // Cut inside the last series.
+        let cut = compress(&body[..body.len() - 5]);
+        let why = PartitionState::decode_state(&cut).unwrap_err();
+        assert!(why.starts_with("truncated"), "{why}");
+        // A series count far beyond the bytes.
+        let json_len = u32::from_le_bytes(body[5..9].try_into().unwrap()) as usize;
+        let mut huge = body.clone();
+        huge[9 + json_len..13 + json_len].copy_from_slice(&u32::MAX.to_le_bytes());
+        let why = PartitionState::decode_state(&compress(&huge)).unwrap_err();
+        assert!(why.starts_with("truncated"), "{why}");
+        // Bytes after the last series.
+        let mut long = body;
+        long.push(0);
+        let why = PartitionState::decode_state(&compress(&long)).unwrap_err();
+        assert_eq!(why, "1 bytes after the tail");
+    }
+
     #[tokio::test]
     async fn plain_json_states_of_earlier_versions_are_read() {
         let (lake, store) = lake();
@@ -582,7 +828,7 @@ mod tests {
     async fn a_damaged_compressed_state_is_a_clear_error() {
         let (lake, store) = lake();
         let key = Path::from(state_key("aggregate", "metrics", 2));
-        let mut bytes = encode_state(&state(7));
+        let mut bytes = state(7).encode_state();
         bytes.truncate(bytes.len() / 2);
         store.put(&key, PutPayload::from(bytes)).await.unwrap();
         let err = lake.read_state::<PartitionState>(&key).await.unwrap_err();

@@ -379,7 +379,7 @@ mod tests {
             objects: batch.objects(&mut Default::default()).unwrap(),
             tail: Default::default(),
         };
-        lake.write_exactly_once("aggregate", &write).await.unwrap();
+        lake.write_exactly_once("aggregate", write).await.unwrap();
     }
 
     async fn answer(lake: &Lake, sql: &str) -> String {
@@ -557,7 +557,7 @@ mod tests {
             objects: batch.objects(&mut Default::default()).unwrap(),
             tail: Default::default(),
         };
-        lake.write_exactly_once("aggregate", &write).await.unwrap();
+        lake.write_exactly_once("aggregate", write).await.unwrap();
     }
 
     #[tokio::test]
