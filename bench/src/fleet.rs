@@ -119,9 +119,13 @@ pub struct Args {
     /// Where time series, logs and summaries go (emptied first).
     #[arg(long, default_value = "bench/out/fleet")]
     out: PathBuf,
-    /// The helper scripts (sqs_watch.py, lake_stats.py, plot.py); the plots are written here.
+    /// The helper scripts (sqs_watch.py, lake_stats.py, plot.py).
     #[arg(long, default_value = "bench/fleet")]
     scripts: PathBuf,
+    /// Where the plots are written [default: the scripts directory, whose plots the README links;
+    /// give a scratch directory for ad-hoc runs so the committed plots stay the sweep's].
+    #[arg(long)]
+    plots: Option<PathBuf>,
     /// localstack/up's run directory (kafka.pid and localstack.pid: their CPU and memory are sampled).
     #[arg(long, default_value = "localstack/.run")]
     stack_run: PathBuf,
@@ -279,10 +283,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     print_table(args, &env.conn, &rows, started.elapsed());
+    let plots = args.plots.as_ref().unwrap_or(&env.scripts);
+    std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
     let plot = Command::new(&env.python)
         .arg(env.scripts.join("plot.py"))
         .arg(&env.out)
-        .arg(&env.scripts)
+        .arg(plots)
         .status()
         .context("running plot.py")?;
     if !plot.success() {
