@@ -106,6 +106,7 @@ impl LakeLocation {
             if bucket.is_empty() {
                 return Err(bad("no bucket name"));
             }
+            check_bucket_name(bucket).map_err(|why| bad(&why))?;
             return Ok(Self::S3 {
                 bucket: bucket.to_owned(),
                 prefix: prefix.trim_matches('/').to_owned(),
@@ -122,7 +123,8 @@ impl LakeLocation {
         Ok(Self::Local(abs))
     }
 
-    /// The URL of the store's root as a query engine registers it (`file:///` or `s3://bucket`).
+    /// The URL of the store's root as a query engine registers it (`file:///` or `s3://bucket`);
+    /// it always parses as a URL, as [`LakeLocation::parse`] admits only valid bucket names.
     pub fn store_url(&self) -> String {
         match self {
             Self::Local(_) => "file:///".to_owned(),
@@ -313,6 +315,28 @@ impl Lake {
     }
 }
 
+/// Checks a bucket name against S3's rules for general purpose buckets (3-63 characters; lower
+/// case letters, digits, `.` and `-`; a letter or digit at each end; no `..`; not an IP address),
+/// so that a name such as `b:x` or `My_Bucket` is refused here, not by a panic or a 400 later.
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    let rule = "bucket names are 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit";
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-';
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !(3..=63).contains(&bucket.len())
+        || !bucket.chars().all(ok_char)
+        || !ends_ok(bucket.chars().next())
+        || !ends_ok(bucket.chars().last())
+    {
+        return Err(format!("bucket {bucket:?}: {rule}"));
+    }
+    if bucket.contains("..") || bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(format!(
+            "bucket {bucket:?}: no '..' and not an IP address ({rule})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,15 +344,15 @@ mod tests {
     #[test]
     fn parses_lake_urls() {
         assert_eq!(
-            LakeLocation::parse("s3://b/lake/").unwrap(),
+            LakeLocation::parse("s3://bkt/lake/").unwrap(),
             LakeLocation::S3 {
-                bucket: "b".into(),
+                bucket: "bkt".into(),
                 prefix: "lake".into()
             }
         );
         assert_eq!(
-            LakeLocation::parse("s3://b").unwrap().table_url("raw"),
-            "s3://b/raw/"
+            LakeLocation::parse("s3://bkt").unwrap().table_url("raw"),
+            "s3://bkt/raw/"
         );
         assert_eq!(
             LakeLocation::parse("file:///tmp/l").unwrap(),
@@ -345,5 +369,34 @@ mod tests {
         );
         assert!(LakeLocation::parse("file://rel/x").is_err());
         assert!(LakeLocation::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn refuses_bucket_names_s3_would_and_keeps_store_urls_parseable() {
+        for bad in [
+            "s3://b:x/lake",
+            "s3://user@bkt/lake",
+            "s3://My_Bucket",
+            "s3://ab",
+            "s3://-bkt",
+            "s3://bkt-",
+            "s3://a..b",
+            "s3://192.168.1.2/x",
+            "s3://bkt?x=1",
+        ] {
+            let err = LakeLocation::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("bucket"), "{bad}: {err}");
+        }
+        let long = format!("s3://{}", "a".repeat(64));
+        assert!(LakeLocation::parse(&long).is_err());
+        for good in [
+            "s3://damselfly-lake/x",
+            "s3://my.lake.2024",
+            &format!("s3://{}", "a".repeat(63)),
+        ] {
+            let loc = LakeLocation::parse(good).unwrap();
+            let url = url::Url::parse(&loc.store_url()).unwrap();
+            assert_eq!(url.scheme(), "s3", "{good}");
+        }
     }
 }
