@@ -353,9 +353,15 @@ pub struct RunArgs {
     /// (Lambda's BisectBatchOnFunctionError).
     #[arg(long, help_heading = "Failure handling")]
     pub bisect_on_error: bool,
+    /// A function error of type NonRetryable fails its batch at once (to --on-failure) instead of
+    /// being retried. Not what Lambda does: its event source mapping retries every function error
+    /// up to --max-retry-attempts, as the runner does without this flag.
+    #[arg(long, help_heading = "Failure handling")]
+    pub fail_fast_non_retryable: bool,
     /// Where a batch goes, with its error, attempts and timestamps, when its retries are exhausted
-    /// or its error is not retryable: kafka://TOPIC, s3://BUCKET/PREFIX or file:///DIR. Without
-    /// it such a batch stops the runner instead of being skipped.
+    /// (or its error is not retryable, with --fail-fast-non-retryable): kafka://TOPIC,
+    /// s3://BUCKET/PREFIX or file:///DIR. Without it such a batch stops the runner instead of
+    /// being skipped.
     #[arg(long, help_heading = "Failure handling")]
     pub on_failure: Option<damselfly_runner::OnFailure>,
     /// Fewest workers (consumer-group members in this process); 0 idles until lag passes --activation-lag.

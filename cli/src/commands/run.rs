@@ -34,6 +34,7 @@ fn runner_config(args: &RunArgs) -> anyhow::Result<RunnerConfig> {
         max_retry_attempts: args.max_retry_attempts.0,
         max_record_age: args.max_record_age.0,
         bisect_on_error: args.bisect_on_error,
+        fail_fast_non_retryable: args.fail_fast_non_retryable,
         on_failure: args.on_failure.clone(),
         starting_position: args.starting_position,
         scaling: ScalingConfig {

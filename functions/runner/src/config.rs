@@ -56,6 +56,10 @@ pub struct RunnerConfig {
     pub max_record_age: Option<Duration>,
     /// Split a failing batch in halves to isolate the bad records (Lambda's BisectBatchOnFunctionError).
     pub bisect_on_error: bool,
+    /// A function error of type `NonRetryable` fails its batch at once (to
+    /// [`on_failure`](Self::on_failure)) instead of being retried. Not Lambda's behaviour: its
+    /// event source mapping retries every function error up to MaximumRetryAttempts; off by default.
+    pub fail_fast_non_retryable: bool,
     /// Where a failed batch goes before its offsets are committed; `None` stops the runner instead.
     pub on_failure: Option<OnFailure>,
     /// Where a group without committed offsets starts.
@@ -85,6 +89,7 @@ impl RunnerConfig {
             max_retry_attempts: None,
             max_record_age: None,
             bisect_on_error: false,
+            fail_fast_non_retryable: false,
             on_failure: None,
             starting_position: StartingPosition::Earliest,
             scaling: ScalingConfig::default(),
@@ -298,7 +303,8 @@ impl fmt::Display for StartingPosition {
     }
 }
 
-/// Where a batch goes when its retries are exhausted or its error is not retryable.
+/// Where a batch goes when its retries are exhausted, or at once when its error is not retryable
+/// and [`RunnerConfig::fail_fast_non_retryable`] is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnFailure {
     /// A Kafka topic on the same brokers: one message per failed batch.

@@ -31,7 +31,8 @@ pub enum Condition {
     RetryAttemptsExhausted,
     /// The batch's oldest record passed the maximum record age.
     RecordAgeExceeded,
-    /// The function reported an error that retrying cannot fix.
+    /// The function reported an error that retrying cannot fix, and the runner was told to fail
+    /// such batches at once (`fail_fast_non_retryable`; Lambda itself has no such condition).
     NonRetryableError,
 }
 

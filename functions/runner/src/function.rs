@@ -15,7 +15,8 @@ pub trait Function: Send + Sync + 'static {
 pub struct FunctionError {
     /// What went wrong, as the function reports it.
     pub message: String,
-    /// Whether retrying the same batch may succeed.
+    /// Whether retrying the same batch may succeed. The runner retries either kind, as Lambda's
+    /// event source mapping does; only with `fail_fast_non_retryable` does `false` skip retries.
     pub retryable: bool,
 }
 

@@ -778,7 +778,7 @@ impl Worker {
                 retryable: e.retryable,
                 at: first_at.map(|f| (f, now)),
             };
-            if !e.retryable {
+            if !e.retryable && self.config.fail_fast_non_retryable {
                 return Attempted::Failed(failure(Condition::NonRetryableError));
             }
             if self

@@ -193,18 +193,30 @@ fn record_ids(failed: &serde_json::Value) -> Vec<Id> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_batch_goes_to_the_on_failure_destination_and_later_batches_continue() {
+    poison_batch_exhausts_its_retries(true).await;
+}
+
+/// Like Lambda's event source mapping, the runner retries a `NonRetryable` function error too,
+/// unless told otherwise (`fail_fast_non_retryable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_retryable_error_is_retried_like_any_function_error_by_default() {
+    poison_batch_exhausts_its_retries(false).await;
+}
+
+async fn poison_batch_exhausts_its_retries(retryable: bool) {
     init_logs();
-    let (_cluster, brokers) = cluster("poison", 2);
-    publish_with_poison(&brokers, "poison", 2, 30);
+    let topic = if retryable { "poison" } else { "poison-fatal" };
+    let (_cluster, brokers) = cluster(topic, 2);
+    publish_with_poison(&brokers, topic, 2, 30);
     let dir = tempfile::tempdir().unwrap();
     let f = Arc::new(Poison {
         log: Log::default(),
-        retryable: true,
+        retryable,
     });
     let config = RunnerConfig {
         max_retry_attempts: Some(2),
         on_failure: Some(OnFailure::Dir(dir.path().to_owned())),
-        ..config(&brokers, "poison", "g")
+        ..config(&brokers, topic, "g")
     };
     let summary = tokio::time::timeout(
         Duration::from_secs(60),
@@ -254,7 +266,8 @@ async fn a_poison_batch_goes_to_the_on_failure_destination_and_later_batches_con
     }
     assert!(counts.contains_key(&(0, 29)), "later batches continued");
     f.log.assert_ordered();
-    assert_eq!(committed(&brokers, "g", "poison", 2), vec![30, 30]);
+    assert_eq!(committed(&brokers, "g", topic, 2), vec![30, 30]);
+    assert_eq!(f.log.failed.lock().unwrap().len(), 3, "1 + 2 retries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,10 +279,14 @@ async fn without_a_destination_the_runner_stops_rather_than_skip() {
         log: Log::default(),
         retryable: false,
     });
+    let config = RunnerConfig {
+        fail_fast_non_retryable: true,
+        ..config(&brokers, "stuck", "g")
+    };
     let err = tokio::time::timeout(
         Duration::from_secs(60),
         damselfly_runner::run(
-            &config(&brokers, "stuck", "g"),
+            &config,
             f.clone(),
             Arc::new(Stats::default()),
             std::future::pending(),
@@ -281,7 +298,11 @@ async fn without_a_destination_the_runner_stops_rather_than_skip() {
     assert!(matches!(err, RunnerError::Failed { .. }), "{err}");
     assert!(err.to_string().contains("cannot digest poison"), "{err}");
     let failed = f.log.failed.lock().unwrap().clone();
-    assert_eq!(failed.len(), 1, "non-retryable: invoked once");
+    assert_eq!(
+        failed.len(),
+        1,
+        "non-retryable with fail-fast: invoked once"
+    );
     let first_failed = failed[0][0].1;
     let committed = committed(&brokers, "g", "stuck", 1)[0];
     assert!(
@@ -308,6 +329,7 @@ async fn bisection_isolates_the_one_bad_record() {
     let config = RunnerConfig {
         batch_size: 16,
         bisect_on_error: true,
+        fail_fast_non_retryable: true,
         on_failure: Some(OnFailure::Dir(dir.path().to_owned())),
         ..config(&brokers, "bisect", "g")
     };
@@ -410,6 +432,7 @@ async fn a_failed_batch_can_go_to_a_kafka_topic() {
         retryable: false,
     });
     let config = RunnerConfig {
+        fail_fast_non_retryable: true,
         on_failure: Some(OnFailure::Kafka {
             topic: "failed".into(),
         }),

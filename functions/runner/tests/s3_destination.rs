@@ -64,8 +64,9 @@ async fn a_non_retryable_batch_lands_in_s3_as_a_lambda_failure_record() {
         }),
     );
     let config = RunnerConfig {
-        // Retries are allowed, but a non-retryable error must not use them.
+        // Retries are allowed, but with fail-fast a non-retryable error must not use them.
         max_retry_attempts: Some(5),
+        fail_fast_non_retryable: true,
         on_failure: Some(
             format!("s3://{bucket}/{prefix}/")
                 .parse::<OnFailure>()
