@@ -6,6 +6,7 @@
 //! earliest offset in a fresh consumer group; its clock runs from the first record it receives to
 //! the last one it has processed, so group joins and the caught-up check are not counted.
 
+use damselfly_contract::Retryable as _;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

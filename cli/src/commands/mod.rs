@@ -12,6 +12,7 @@ mod simulate;
 mod sql;
 mod vm;
 
+use damselfly_contract::Retryable as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

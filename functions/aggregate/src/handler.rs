@@ -1,9 +1,8 @@
 //! The aggregate handler: Lambda's Kafka event -> core batches -> lake objects, written before it returns.
 
-use std::collections::BTreeMap;
-
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
-use base64::Engine as _;
+use damselfly_contract::event::decode_base64;
+use damselfly_contract::{Partition, Retryable};
 use damselfly_core::encode::EncodeError;
 use damselfly_core::ledger::PartitionWrite;
 use damselfly_core::{
@@ -72,14 +71,11 @@ pub enum HandlerError {
     Event(String),
 }
 
-impl HandlerError {
-    /// Whether retrying the same batch may succeed.
-    pub fn is_retryable(&self) -> bool {
+impl Retryable for HandlerError {
+    fn is_retryable(&self) -> bool {
         matches!(self, HandlerError::Lake(_) | HandlerError::Task(_))
     }
 }
-
-damselfly_core::lambda_diagnostic!(HandlerError);
 
 impl Aggregate {
     /// A handler writing to `lake` with the given validation limits (and the default tail expiry).
@@ -132,12 +128,11 @@ impl Aggregate {
     /// because the lake already holds it; returns once all is written, each topic-partition under
     /// the lake's exactly-once protocol.
     pub async fn handle(&self, event: KafkaEvent) -> Result<AggregateSummary, HandlerError> {
-        let groups = group_event(event);
         let mut summary = AggregateSummary::default();
         let written = futures::future::try_join_all(
-            groups
+            damselfly_contract::partitions(event)
                 .into_iter()
-                .map(|(group, records)| self.write_partition(group, records)),
+                .map(|p| self.write_partition(p)),
         )
         .await?;
         for s in written {
@@ -158,16 +153,15 @@ impl Aggregate {
 
     /// Settles the partition's previous write, drops the records the lake already holds, encodes
     /// the rest from the partition's counter tail and writes them.
-    async fn write_partition(
-        &self,
-        group: String,
-        records: Vec<KafkaRecord>,
-    ) -> Result<AggregateSummary, HandlerError> {
-        let Some(head) = records.first() else {
+    async fn write_partition(&self, p: Partition) -> Result<AggregateSummary, HandlerError> {
+        let Partition {
+            topic,
+            partition,
+            records,
+        } = p;
+        if records.is_empty() {
             return Ok(AggregateSummary::default());
-        };
-        let topic = record_topic(head, &group).to_owned();
-        let partition = head.partition as i32;
+        }
         let mut ledger = self.lake.ledger(WRITER, &topic, partition).await?;
         let settled = ledger.settle().await?;
         let total = records.len();
@@ -192,8 +186,9 @@ impl Aggregate {
         let before = ledger.take_tail();
         let (limits, now_ms) = (self.limits.clone(), chrono::Utc::now().timestamp_millis());
         let (expiry, max_series) = (self.tail_expiry, self.max_tail_series);
+        let name = topic.clone();
         let (batch, objects, tail) = tokio::task::spawn_blocking(move || {
-            let batch = decode_partition(&group, &fresh, now_ms, &limits);
+            let batch = decode_partition(&name, partition, &fresh, now_ms, &limits);
             let mut tail = before;
             let objects = batch.objects(&mut tail)?;
             let expired = tail.expire(expiry);
@@ -229,38 +224,18 @@ impl Aggregate {
     }
 }
 
-/// Groups an event's records by `topic-partition`, each group in offset order.
-pub fn group_event(event: KafkaEvent) -> BTreeMap<String, Vec<KafkaRecord>> {
-    // BTreeMap: deterministic processing order whatever the event's map order.
-    let mut groups: BTreeMap<String, Vec<KafkaRecord>> = event.records.into_iter().collect();
-    for records in groups.values_mut() {
-        records.sort_by_key(|r| r.offset);
-    }
-    groups
-}
-
-/// A record's topic: its own field, else the event group's name without the partition.
-fn record_topic<'a>(r: &'a KafkaRecord, group: &'a str) -> &'a str {
-    r.topic
-        .as_deref()
-        .unwrap_or_else(|| group.rsplit_once('-').map_or(group, |(t, _)| t))
-}
-
 /// Decodes one topic-partition's records, in offset order, into a batch (CPU work, no I/O).
 pub fn decode_partition(
-    group: &str,
+    topic: &str,
+    partition: i32,
     records: &[KafkaRecord],
     now_ms: i64,
     limits: &Validation,
 ) -> PartitionBatch {
-    let (topic, partition) = match records.first() {
-        Some(r) => (record_topic(r, group), r.partition as i32),
-        None => (group, 0),
-    };
     let mut b = PartitionBatch::new(topic, partition);
     for r in records {
-        let key = r.key.as_deref().map(b64);
-        let value = r.value.as_deref().map(b64);
+        let key = r.key.as_deref().map(decode_base64);
+        let value = r.value.as_deref().map(decode_base64);
         let rec = |key, value| InputRecord {
             topic,
             partition,
@@ -283,13 +258,10 @@ pub fn decode_partition(
     b
 }
 
-fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    base64::engine::general_purpose::STANDARD.decode(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use std::sync::Arc;
 
     use arrow_array::{Array, Int64Array, StringArray};

@@ -15,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
     // JSON first: a record timestamp the event types cannot hold must not fail the whole event.
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
-        async move { handler.handle_json(event.payload).await }
+        async move {
+            handler
+                .handle_json(event.payload)
+                .await
+                .map_err(damselfly_contract::diagnostic)
+        }
     }))
     .await
     .map_err(anyhow::Error::from_boxed)

@@ -17,8 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
-use base64::Engine as _;
+use aws_lambda_events::event::kafka::KafkaEvent;
+use damselfly_contract::event::decode_base64;
+use damselfly_contract::{Partition, Retryable};
 use damselfly_core::alarm::{
     AlarmState, EvalConfig, Evaluator, Notification, RuleError, alarms_batch, samples,
 };
@@ -114,14 +115,11 @@ pub enum HandlerError {
     Event(String),
 }
 
-impl HandlerError {
-    /// Whether retrying the same batch may succeed.
-    pub fn is_retryable(&self) -> bool {
+impl Retryable for HandlerError {
+    fn is_retryable(&self) -> bool {
         !matches!(self, HandlerError::Encode(_) | HandlerError::Event(_))
     }
 }
-
-damselfly_core::lambda_diagnostic!(HandlerError);
 
 /// The alarm function with its lake, rules and notifier.
 #[derive(Debug, Clone)]
@@ -191,7 +189,12 @@ impl Alarm {
         let now = chrono_now_ms();
         let limits = Validation::default();
         let mut summary = AlarmSummary::default();
-        for ((topic, partition), records) in partitions(event) {
+        for Partition {
+            topic,
+            partition,
+            records,
+        } in damselfly_contract::partitions(event)
+        {
             let first = records.first().map_or(0, |r| r.offset);
             let (mut evaluated, mut undecodable) = (0, 0);
             let history = HistoryKey::Batch { first };
@@ -199,7 +202,8 @@ impl Alarm {
                 .update(&topic, partition, &history, |state| {
                     let mut notes = Vec::new();
                     for r in &records {
-                        let (key, value) = (r.key.as_deref().map(b64), r.value.as_deref().map(b64));
+                        let key = r.key.as_deref().map(decode_base64);
+                        let value = r.value.as_deref().map(decode_base64);
                         let (Ok(key), Ok(value)) = (key.transpose(), value.transpose()) else {
                             undecodable += 1;
                             continue;
@@ -463,29 +467,6 @@ enum HistoryKey {
     Tick { now_ms: i64 },
 }
 
-/// The event's records by (topic, partition), each in offset order.
-fn partitions(event: KafkaEvent) -> BTreeMap<(String, i32), Vec<KafkaRecord>> {
-    let mut out: BTreeMap<(String, i32), Vec<KafkaRecord>> = BTreeMap::new();
-    for (group, records) in event.records {
-        let fallback_topic = group
-            .rsplit_once('-')
-            .map_or(group.as_str(), |(t, _)| t)
-            .to_owned();
-        for r in records {
-            let topic = r.topic.clone().unwrap_or_else(|| fallback_topic.clone());
-            out.entry((topic, r.partition as i32)).or_default().push(r);
-        }
-    }
-    for records in out.values_mut() {
-        records.sort_by_key(|r| r.offset);
-    }
-    out
-}
-
-fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    base64::engine::general_purpose::STANDARD.decode(s)
-}
-
 fn chrono_now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -493,6 +474,8 @@ fn chrono_now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lambda_events::event::kafka::KafkaRecord;
+    use base64::Engine as _;
     use std::sync::Arc;
 
     use aws_lambda_events::encodings::MillisecondTimestamp;

@@ -15,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
     let handler = Arc::new(Alarm::from_config(&config).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
-        async move { handler.handle_any(event.payload).await }
+        async move {
+            handler
+                .handle_any(event.payload)
+                .await
+                .map_err(damselfly_contract::diagnostic)
+        }
     }))
     .await
     .map_err(anyhow::Error::from_boxed)

@@ -45,9 +45,9 @@ pub enum HandlerError {
     Partial(u64),
 }
 
-impl HandlerError {
+impl damselfly_contract::Retryable for HandlerError {
     /// Whether invoking again with the same event may succeed.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         match self {
             HandlerError::Compact(e) => e.is_retryable(),
             HandlerError::Event(_) => false,
@@ -55,8 +55,6 @@ impl HandlerError {
         }
     }
 }
-
-damselfly_core::lambda_diagnostic!(HandlerError);
 
 impl Compactor {
     /// A handler over an opened lake.
@@ -142,6 +140,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use damselfly_contract::Retryable as _;
     use damselfly_core::ledger::PartitionWrite;
     use damselfly_core::{InputRecord, LakeLocation, PartitionBatch, Validation};
 

@@ -18,7 +18,6 @@ pub mod formats;
 pub mod lake;
 pub mod ledger;
 pub mod rates;
-pub mod retry;
 pub mod rollup;
 
 pub use batch::{BatchStats, PartitionBatch};

@@ -1,5 +1,6 @@
 //! On-failure destinations: a batch whose retries are exhausted is written there, with its error, before it is committed.
 
+use damselfly_contract::event::{partition_key, split_partition_key};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,7 +131,7 @@ impl FailedBatch {
             batch_size += 1;
             let ts = m.timestamp().to_millis().unwrap_or(0);
             records_info
-                .entry(format!("{}-{}", m.topic(), m.partition()))
+                .entry(partition_key(m.topic(), m.partition()))
                 .and_modify(|r| {
                     if m.offset() < r.first_record_offset {
                         (r.first_record_offset, r.first_record_timestamp) = (m.offset(), ts);
@@ -177,7 +178,8 @@ impl FailedBatch {
             .iter()
             .next()
             .map(|(tp, r)| {
-                let (topic, partition) = tp.rsplit_once('-').unwrap_or((tp, "0"));
+                let (topic, partition) = split_partition_key(tp);
+                let partition = partition.unwrap_or(0);
                 format!("{topic}+{partition}+{}", r.first_record_offset)
             })
             .unwrap_or_else(|| "empty".to_owned())

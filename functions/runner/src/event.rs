@@ -57,7 +57,10 @@ pub fn kafka_event<'a>(
     for m in messages {
         event
             .records
-            .entry(format!("{}-{}", m.topic(), m.partition()))
+            .entry(damselfly_contract::event::partition_key(
+                m.topic(),
+                m.partition(),
+            ))
             .or_default()
             .push(kafka_record(m));
     }

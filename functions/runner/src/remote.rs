@@ -1,5 +1,6 @@
 //! Invoking a function over Lambda's Invoke API: a deployed function on AWS, or the real binary under `cargo lambda watch`.
 
+use damselfly_contract::ErrorClass;
 use std::time::Duration;
 
 use aws_lambda_events::event::kafka::KafkaEvent;
@@ -191,10 +192,10 @@ fn function_error(kind: &str, result: &Value) -> FunctionError {
         .as_str()
         .map_or_else(|| result.to_string(), str::to_owned);
     let message = format!("{error_type}: {message}");
-    if error_type == "NonRetryable" {
-        FunctionError::fatal(message)
-    } else {
+    if ErrorClass::from_error_type(error_type).is_retryable() {
         FunctionError::retryable(message)
+    } else {
+        FunctionError::fatal(message)
     }
 }
 
