@@ -86,7 +86,7 @@ impl Function for Timed {
             .alarm
             .handle(event)
             .await
-            .map_err(|e| FunctionError::retryable(e.to_string()))?;
+            .map_err(|e| damselfly_runner::hosted::class_of(&e))?;
         let done = Instant::now();
         self.sent.fetch_add(summary.sent, Relaxed);
         let published = self.published.lock().expect("not poisoned");

@@ -6,7 +6,6 @@
 //! earliest offset in a fresh consumer group; its clock runs from the first record it receives to
 //! the last one it has processed, so group joins and the caught-up check are not counted.
 
-use damselfly_contract::Retryable as _;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,9 @@ use aws_lambda_events::event::kafka::KafkaEvent;
 use damselfly_agent::Fleet;
 use damselfly_aggregate::Aggregate;
 use damselfly_core::{Lake, Validation};
-use damselfly_runner::{Function, FunctionError, RunnerConfig, ScalingConfig, Stats};
+use damselfly_runner::{
+    Function, FunctionError, Hosted, RunnerConfig, ScalingConfig, Stats, Target,
+};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
@@ -382,20 +383,6 @@ impl Function for Noop {
     }
 }
 
-/// The aggregate handler, as `damselfly run aggregate` invokes it in-process.
-struct InProcess(Aggregate);
-
-#[async_trait::async_trait]
-impl Function for InProcess {
-    async fn invoke(&self, event: KafkaEvent) -> Result<serde_json::Value, FunctionError> {
-        match self.0.handle(event).await {
-            Ok(s) => Ok(serde_json::json!({ "samples": s.stats.samples })),
-            Err(e) if e.is_retryable() => Err(FunctionError::retryable(e.to_string())),
-            Err(e) => Err(FunctionError::fatal(e.to_string())),
-        }
-    }
-}
-
 /// The runner until caught up, invoking the no-op or the aggregate function.
 fn runner(
     args: &Args,
@@ -422,7 +409,11 @@ fn runner(
         std::fs::create_dir_all(&lake)?;
         let lake = Lake::open(lake.to_str().context("utf-8 path")?)?;
         let f = Arc::new(Timed {
-            inner: InProcess(Aggregate::new(lake, Validation::default())),
+            // The aggregate handler, hosted as `damselfly run aggregate` hosts it in-process.
+            inner: Hosted::new(Target::InProcess(Aggregate::new(
+                lake,
+                Validation::default(),
+            ))),
             records: AtomicU64::new(0),
             clock: Mutex::default(),
         });

@@ -18,7 +18,9 @@ use indicatif::MultiProgress;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use super::{HostedAggregate, HostedAlarm, Target};
+use damselfly_runner::{Hosted, Target};
+
+use super::{alarm_target, alarm_tick};
 use crate::cli::{AlarmTargetArgs, DemoArgs};
 use crate::output;
 
@@ -85,10 +87,10 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
     let brokers = cluster.bootstrap_servers();
     tracing::info!(%brokers, topic = TOPIC, partitions = PARTITIONS, "embedded broker up");
 
-    let function = HostedAggregate::new(Target::InProcess(Aggregate::new(
+    let function = Arc::new(Hosted::new(Target::InProcess(Aggregate::new(
         lake,
         Validation::default(),
-    )));
+    ))));
     let stats = Arc::new(Stats::default());
     // The first half of the intervals is published at once: a backlog. One worker per two
     // intervals of the fleet's messages makes the runner scale out for it, and back in (after a
@@ -150,7 +152,7 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
                 stats.records.load(Relaxed),
                 format!(
                     "messages, {} samples written | workers {} (peak {}), lag {}",
-                    f.samples.load(Relaxed),
+                    f.totals().stats.samples,
                     stats.workers.load(Relaxed),
                     stats.max_workers_seen.load(Relaxed),
                     if lag < 0 {
@@ -184,14 +186,15 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
 
     let sql = LakeSql::open(&args.lake).await?;
     let raw_rows = count(&sql, Table::Raw).await?;
+    let written = function.totals();
     let summary = DemoSummary {
         vms: args.vms,
         intervals: published_intervals,
         published,
         consumed: consumed.records,
-        samples_written: function.samples.load(Relaxed),
-        rejected: function.rejected.load(Relaxed),
-        objects: function.objects.load(Relaxed),
+        samples_written: written.stats.samples,
+        rejected: written.stats.rejected,
+        objects: written.objects as u64,
         raw_rows,
         lake: args.lake.clone(),
         seconds: started.elapsed().as_secs_f64(),
@@ -279,9 +282,9 @@ async fn run_alarms(
         outbox: outbox.display().to_string(),
         grace: Duration::from_secs(60),
     };
-    let function = HostedAlarm::new(Target::InProcess(
+    let function = Arc::new(Hosted::new(Target::InProcess(
         super::alarm::handler(&args.lake, ALARM_GROUP, &target).await?,
-    ));
+    )));
     let config = RunnerConfig {
         until_caught_up: true,
         scaling: ScalingConfig {
@@ -297,7 +300,7 @@ async fn run_alarms(
         super::tick(bar.clone(), move || {
             (
                 stats.records.load(Relaxed),
-                format!("messages, {} notifications", f.notifications.load(Relaxed)),
+                format!("messages, {} notifications", f.totals().notifications),
             )
         })
     };
@@ -316,7 +319,7 @@ async fn run_alarms(
     drop(ticker);
     bar.finish_and_clear();
     // One tick after catching up decides the periods that have ended (it adds to the totals).
-    function.tick().await?;
+    alarm_tick(&function).await?;
     let subjects = match std::fs::read_to_string(&outbox) {
         Ok(text) => text
             .lines()
@@ -325,10 +328,11 @@ async fn run_alarms(
             .collect(),
         Err(_) => Vec::new(),
     };
+    let totals = function.totals();
     Ok(AlarmRun {
-        notifications: function.notifications.load(Relaxed),
-        sent: function.sent.load(Relaxed),
-        target: function.target(),
+        notifications: totals.notifications,
+        sent: totals.sent,
+        target: alarm_target(&function),
         subjects,
     })
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use damselfly_runner::{Function, OnFailure, RedriveOptions, RedriveStats};
 use indicatif::MultiProgress;
 
-use super::{HostedAggregate, HostedAlarm, Target};
+use damselfly_runner::Hosted;
+
+use super::target;
 use crate::cli::{FunctionName, RedriveArgs};
 use crate::output;
 
@@ -20,15 +22,15 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
     Ok(match args.function {
         FunctionName::Aggregate => {
             let handler = async || args.aggregate.handler(&lake());
-            HostedAggregate::new(
-                Target::new(
+            Arc::new(Hosted::new(
+                target(
                     handler,
                     args.invoke_url.as_deref(),
                     "damselfly-aggregate",
                     damselfly_runner::remote::INVOKE_TIMEOUT,
                 )
                 .await?,
-            )
+            ))
         }
         FunctionName::Alarm => {
             let group = args
@@ -36,15 +38,15 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
                 .clone()
                 .unwrap_or_else(|| args.function.default_group().to_owned());
             let handler = async || super::alarm::handler(&lake(), &group, &args.alarm).await;
-            HostedAlarm::new(
-                Target::new(
+            Arc::new(Hosted::new(
+                target(
                     handler,
                     args.invoke_url.as_deref(),
                     "damselfly-alarm",
                     damselfly_runner::remote::INVOKE_TIMEOUT,
                 )
                 .await?,
-            )
+            ))
         }
     })
 }

@@ -7,7 +7,9 @@ use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use indicatif::MultiProgress;
 use serde::Serialize;
 
-use super::{HostedAggregate, HostedAlarm, Target};
+use damselfly_runner::Hosted;
+
+use super::{alarm_target, alarm_tick_every, target};
 use crate::cli::{FunctionName, RunArgs};
 use crate::output;
 
@@ -97,28 +99,29 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
     config.validate()?;
     let group = group(&args);
     let handler = async || super::alarm::handler(lake(&args), &group, &args.alarm).await;
-    let function = HostedAlarm::new(
-        Target::new(
+    let function = Arc::new(Hosted::new(
+        target(
             handler,
             args.invoke_url.as_deref(),
             "damselfly-alarm",
             args.invoke_timeout,
         )
         .await?,
-    );
-    let target = function.target();
-    let ticker_task = function.tick_every(args.tick_every);
+    ));
+    let notify_target = alarm_target(&function);
+    let ticker_task = alarm_tick_every(&function, args.tick_every);
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "alarm");
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
         super::tick(bar.clone(), move || {
+            let t = f.totals();
             let msg = format!(
                 "records, {} batches, {} notifications, {} sent, {} pending, lag {}",
                 stats.batches.load(Relaxed),
-                f.notifications.load(Relaxed),
-                f.sent.load(Relaxed),
-                f.pending.load(Relaxed),
+                t.notifications,
+                t.sent,
+                t.pending,
                 stats.lag.load(Relaxed).max(0),
             );
             (stats.records.load(Relaxed), msg)
@@ -130,13 +133,14 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
     drop(ticker);
     bar.finish_and_clear();
     let runner = runner?;
+    let t = function.totals();
     let s = RunAlarmSummary {
         runner,
-        evaluated: function.records.load(Relaxed),
-        notifications: function.notifications.load(Relaxed),
-        sent: function.sent.load(Relaxed),
-        pending: function.pending.load(Relaxed),
-        target,
+        evaluated: t.records,
+        notifications: t.notifications,
+        sent: t.sent,
+        pending: t.pending,
+        target: notify_target,
     };
     output::summary(
         args.json,
@@ -159,26 +163,27 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
     let config = runner_config(&args)?;
     config.validate()?;
     let handler = async || args.aggregate.handler(lake(&args));
-    let function = HostedAggregate::new(
-        Target::new(
+    let function = Arc::new(Hosted::new(
+        target(
             handler,
             args.invoke_url.as_deref(),
             "damselfly-aggregate",
             args.invoke_timeout,
         )
         .await?,
-    );
+    ));
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "aggregate");
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
         super::tick(bar.clone(), move || {
             let lag = stats.lag.load(Relaxed);
+            let t = f.totals();
             let msg = format!(
                 "records, {} batches, {} samples, {} rejected, {} failures, {} workers, lag {}",
                 stats.batches.load(Relaxed),
-                f.samples.load(Relaxed),
-                f.rejected.load(Relaxed),
+                t.stats.samples,
+                t.stats.rejected,
                 stats.failures.load(Relaxed),
                 stats.workers.load(Relaxed),
                 if lag < 0 {
@@ -194,12 +199,13 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
         damselfly_runner::run(&config, function.clone(), stats, super::shutdown_signal()).await?;
     drop(ticker);
     bar.finish_and_clear();
+    let t = function.totals();
     let s = RunAggregateSummary {
         runner,
-        samples: function.samples.load(Relaxed),
-        rejected: function.rejected.load(Relaxed),
-        objects: function.objects.load(Relaxed),
-        skipped: function.skipped.load(Relaxed),
+        samples: t.stats.samples,
+        rejected: t.stats.rejected,
+        objects: t.objects as u64,
+        skipped: t.skipped,
     };
     let failed = if s.runner.failed_batches > 0 {
         format!(

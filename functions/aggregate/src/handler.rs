@@ -1,5 +1,7 @@
 //! The aggregate handler: Lambda's Kafka event -> core batches -> lake objects, written before it returns.
 
+use std::future::Future;
+
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use damselfly_contract::event::decode_base64;
 use damselfly_contract::{Partition, Retryable};
@@ -8,7 +10,7 @@ use damselfly_core::ledger::PartitionWrite;
 use damselfly_core::{
     BatchStats, InputRecord, Lake, LakeError, PartitionBatch, Rejection, Validation,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Config;
 
@@ -22,7 +24,7 @@ pub struct Aggregate {
 }
 
 /// What one invocation did; returned to the caller as the function's JSON result.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AggregateSummary {
     /// Record, sample and rejection counts of the records written now.
     #[serde(flatten)]
@@ -51,6 +53,12 @@ impl std::ops::AddAssign for AggregateSummary {
     }
 }
 
+impl damselfly_contract::Summary for AggregateSummary {
+    fn merge(&mut self, later: &Self) {
+        *self += later.clone();
+    }
+}
+
 /// The name the aggregate function's state objects are kept under in the lake.
 pub const WRITER: &str = "aggregate";
 
@@ -74,6 +82,18 @@ pub enum HandlerError {
 impl Retryable for HandlerError {
     fn is_retryable(&self) -> bool {
         matches!(self, HandlerError::Lake(_) | HandlerError::Task(_))
+    }
+}
+
+impl damselfly_contract::Handler for Aggregate {
+    type Summary = AggregateSummary;
+    type Error = HandlerError;
+
+    fn handle(
+        &self,
+        event: KafkaEvent,
+    ) -> impl Future<Output = Result<AggregateSummary, HandlerError>> + Send {
+        Aggregate::handle(self, event)
     }
 }
 

@@ -79,7 +79,7 @@ impl Pending {
 }
 
 /// What one invocation did; returned as the function's JSON result.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AlarmSummary {
     /// Topic-partitions handled.
     pub partitions: usize,
@@ -118,6 +118,30 @@ pub enum HandlerError {
 impl Retryable for HandlerError {
     fn is_retryable(&self) -> bool {
         !matches!(self, HandlerError::Encode(_) | HandlerError::Event(_))
+    }
+}
+
+/// Running totals of invocations: every count adds up, except `pending`, which is the latest's.
+impl damselfly_contract::Summary for AlarmSummary {
+    fn merge(&mut self, later: &Self) {
+        self.partitions += later.partitions;
+        self.records += later.records;
+        self.undecodable += later.undecodable;
+        self.notifications += later.notifications;
+        self.sent += later.sent;
+        self.pending = later.pending;
+    }
+}
+
+impl damselfly_contract::Handler for Alarm {
+    type Summary = AlarmSummary;
+    type Error = HandlerError;
+
+    fn handle(
+        &self,
+        event: KafkaEvent,
+    ) -> impl std::future::Future<Output = Result<AlarmSummary, HandlerError>> + Send {
+        Alarm::handle(self, event)
     }
 }
 

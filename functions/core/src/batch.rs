@@ -32,7 +32,7 @@ pub struct DlqRow {
 }
 
 /// Counts describing a processed batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BatchStats {
     /// Records seen.
     pub records: u64,
