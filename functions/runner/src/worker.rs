@@ -165,6 +165,18 @@ pub(crate) struct WorkerContext {
 
 damselfly_kafka::client_context!(WorkerContext, hooks);
 
+/// Runs blocking work from inside a task: on a multi-threaded runtime through `block_in_place`,
+/// so that the worker thread's other tasks are not stalled behind a broker round trip; directly
+/// elsewhere (a current-thread runtime cannot hand its tasks over, and outside a runtime nothing
+/// waits).
+fn blocking_in_task<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let revoked: Option<Vec<Key>> = match rebalance {
@@ -200,7 +212,9 @@ impl ConsumerContext for WorkerContext {
             tpl
         };
         if pending.count() > 0 {
-            match consumer.commit(&pending, CommitMode::Sync) {
+            // The commit must finish before the partitions go, so it blocks; this callback runs
+            // inside a tokio task's poll, so other tasks move off this thread meanwhile.
+            match blocking_in_task(|| consumer.commit(&pending, CommitMode::Sync)) {
                 Ok(()) => tracing::debug!(
                     worker = self.id,
                     partitions = pending.count(),
