@@ -10,7 +10,7 @@ use damselfly_kafka::{
 };
 use serde::{Deserialize, Deserializer};
 
-use crate::collect::SkipLists;
+use crate::collect::{Patterns, SkipLists};
 
 /// Shortest collection interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -112,7 +112,8 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
 }
 
-/// Devices the collector leaves out. Patterns match whole names; `*` matches any run of characters.
+/// Devices the collector leaves out. Glob patterns (globset's syntax) match whole names; `*`
+/// matches any run of characters, `/` included.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectConfig {
@@ -437,6 +438,15 @@ impl AgentConfig {
                     "contains an empty pattern: remove it (use \"*\" to match everything)",
                 );
             }
+            if let Err(e) = Patterns::new(list) {
+                return invalid(
+                    field,
+                    format!("{list:?}"),
+                    &format!(
+                        "is not a list of glob patterns ({e}); \"*\" matches any run of characters, \"[\" opens a class"
+                    ),
+                );
+            }
         }
         if self.metadata.detect {
             if !self.metadata.endpoint.starts_with("http://") {
@@ -457,13 +467,21 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The skip lists the collector applies.
+    /// The skip lists the collector applies, compiled. A list that is not valid globs (which
+    /// [`AgentConfig::parse`] refuses) skips nothing, with a warning.
     pub fn skip_lists(&self) -> SkipLists {
+        let compile = |field: &str, list: &[String]| {
+            Patterns::new(list).unwrap_or_else(|e| {
+                tracing::warn!(field, error = %e, "skip list is not valid globs: nothing skipped");
+                Patterns::default()
+            })
+        };
+        let c = &self.collect;
         SkipLists {
-            fs_types: self.collect.skip_fs_types.clone(),
-            mount_points: self.collect.skip_mount_points.clone(),
-            block_devices: self.collect.skip_block_devices.clone(),
-            interfaces: self.collect.skip_interfaces.clone(),
+            fs_types: compile("collect.skip_fs_types", &c.skip_fs_types),
+            mount_points: compile("collect.skip_mount_points", &c.skip_mount_points),
+            block_devices: compile("collect.skip_block_devices", &c.skip_block_devices),
+            interfaces: compile("collect.skip_interfaces", &c.skip_interfaces),
         }
     }
 
@@ -714,6 +732,13 @@ mod tests {
         );
         let e = err(&format!("{MINIMAL}[collect]\nskip_interfaces = [\"\"]\n"));
         assert!(e.contains("`collect.skip_interfaces`"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[collect]\nskip_block_devices = [\"loop*\", \"nvme[0-9\"]\n"
+        ));
+        assert!(
+            e.contains("`collect.skip_block_devices`") && e.contains("not a list of glob patterns"),
+            "{e}"
+        );
         let e = err(&format!("{MINIMAL}[metadata]\nendpoint = \"https://x\"\n"));
         assert!(
             e.contains("`metadata.endpoint`") && e.contains("http://"),

@@ -37,9 +37,7 @@ pub(crate) fn parse_mounts(text: &str, skip: &SkipLists) -> Vec<Mount> {
     let mut by_source: BTreeMap<String, Mount> = BTreeMap::new();
     let mut out = Vec::new();
     for m in by_point.into_values() {
-        if SkipLists::any(&skip.fs_types, &m.fs_type)
-            || SkipLists::any(&skip.mount_points, &m.point)
-        {
+        if skip.fs_types.matches(&m.fs_type) || skip.mount_points.matches(&m.point) {
             continue;
         }
         if m.source.starts_with('/') {
@@ -147,8 +145,8 @@ overlay /var/lib/docker/overlay2/x/merged overlay rw 0 0
     fn skip() -> SkipLists {
         let c = crate::config::CollectConfig::default();
         SkipLists {
-            fs_types: c.skip_fs_types,
-            mount_points: vec!["/mnt/*".into()],
+            fs_types: super::super::Patterns::new(&c.skip_fs_types).unwrap(),
+            mount_points: super::super::Patterns::new(&["/mnt/*"]).unwrap(),
             ..SkipLists::default()
         }
     }

@@ -42,7 +42,7 @@ pub(crate) fn parse_diskstats(text: &str, skip: &SkipLists) -> Vec<(String, Disk
             };
             let name = f[2];
             let idle = io.ops_read == 0 && io.ops_write == 0;
-            (!idle && !SkipLists::any(&skip.block_devices, name)).then(|| (name.to_owned(), io))
+            (!idle && !skip.block_devices.matches(name)).then(|| (name.to_owned(), io))
         })
         .collect()
 }
@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn parses_counters_and_skips() {
         let skip = SkipLists {
-            block_devices: vec!["loop*".into()],
+            block_devices: super::super::Patterns::new(&["loop*"]).unwrap(),
             ..SkipLists::default()
         };
         let got = parse_diskstats(TEXT, &skip);

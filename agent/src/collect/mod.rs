@@ -19,43 +19,56 @@ use damselfly_schemas::{MetricMessage, Tags};
 
 pub use system::hostname;
 
-/// Devices the collector leaves out; patterns match whole names, `*` matches any run of characters.
+/// Devices the collector leaves out; each list's glob patterns match whole names.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SkipLists {
     /// File system types left out of `disk`.
-    pub fs_types: Vec<String>,
+    pub fs_types: Patterns,
     /// Mount points left out of `disk`.
-    pub mount_points: Vec<String>,
+    pub mount_points: Patterns,
     /// Block devices left out of `diskio`.
-    pub block_devices: Vec<String>,
+    pub block_devices: Patterns,
     /// Interfaces left out of `network`.
-    pub interfaces: Vec<String>,
+    pub interfaces: Patterns,
 }
 
-impl SkipLists {
-    fn any(patterns: &[String], name: &str) -> bool {
-        patterns.iter().any(|p| glob_match(p, name))
-    }
+/// Glob patterns (globset's syntax: `*` matches any run of characters, `/` included; `?`, `[...]`
+/// and `{a,b}` as usual), compiled once and matched against whole names.
+#[derive(Clone, Default)]
+pub struct Patterns {
+    source: Vec<String>,
+    set: globset::GlobSet,
 }
 
-/// Whether `name` matches `pattern` as a whole; `*` in the pattern matches any run of characters.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let mut parts: Vec<&str> = parts.collect();
-    let Some(last) = parts.pop() else {
-        return rest.is_empty(); // no `*` at all: exact match
-    };
-    for part in parts {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
+impl Patterns {
+    /// Compiles the patterns; the error names the first one that is not a valid glob.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, globset::Error> {
+        let mut set = globset::GlobSetBuilder::new();
+        for p in patterns {
+            set.add(globset::Glob::new(p.as_ref())?);
         }
+        Ok(Self {
+            source: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
+            set: set.build()?,
+        })
     }
-    rest.ends_with(last)
+
+    /// Whether any pattern matches the whole of `name`.
+    pub fn matches(&self, name: &str) -> bool {
+        self.set.is_match(name)
+    }
+}
+
+impl PartialEq for Patterns {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl std::fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
 }
 
 /// A source the collector could not read or understand; the rest of the collection still happens.
@@ -322,17 +335,25 @@ mod tests {
         (a.message, b.message)
     }
 
+    fn pat(p: &[&str]) -> Patterns {
+        Patterns::new(p).unwrap()
+    }
+
     #[test]
-    fn globs() {
-        assert!(glob_match("lo", "lo"));
-        assert!(!glob_match("lo", "lo0"));
-        assert!(glob_match("cgroup*", "cgroup2"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("veth*@*", "veth12@if3"));
-        assert!(glob_match("/snap/*", "/snap/core/1"));
-        assert!(!glob_match("/snap/*", "/snapx"));
-        assert!(glob_match("*.lxcfs", "fuse.lxcfs"));
-        assert!(!glob_match("a*b*c", "acb"));
+    fn globs_match_whole_names() {
+        assert!(pat(&["lo"]).matches("lo"));
+        assert!(!pat(&["lo"]).matches("lo0"));
+        assert!(pat(&["cgroup*"]).matches("cgroup2"));
+        assert!(pat(&["*"]).matches(""));
+        assert!(pat(&["veth*@*"]).matches("veth12@if3"));
+        assert!(pat(&["/snap/*"]).matches("/snap/core/1"));
+        assert!(!pat(&["/snap/*"]).matches("/snapx"));
+        assert!(pat(&["*.lxcfs"]).matches("fuse.lxcfs"));
+        assert!(!pat(&["a*b*c"]).matches("acb"));
+        assert!(pat(&["eth?", "ens[0-9]*"]).matches("ens5"));
+        assert!(!pat(&[]).matches("lo"));
+        let e = Patterns::new(&["ens[0-9"]).unwrap_err().to_string();
+        assert!(e.contains("ens[0-9"), "{e}");
     }
 
     #[test]
@@ -470,7 +491,7 @@ mod tests {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, _)| n.trim())
         {
-            let skipped = SkipLists::any(&skip.interfaces, name);
+            let skipped = skip.interfaces.matches(name);
             assert_eq!(!skipped, m.devices.contains_key(name), "interface {name}");
         }
         assert!(!m.devices.contains_key("lo"));
@@ -478,7 +499,7 @@ mod tests {
         let mounts = read("/proc/self/mounts").unwrap();
         for line in mounts.lines() {
             let f: Vec<&str> = line.split_ascii_whitespace().collect();
-            if SkipLists::any(&skip.fs_types, f[2]) {
+            if skip.fs_types.matches(f[2]) {
                 let reported = m
                     .devices
                     .get(f[1])
@@ -487,7 +508,7 @@ mod tests {
             }
         }
         for (device, metrics) in &m.devices {
-            assert!(!glob_match("loop*", device), "{device}");
+            assert!(!pat(&["loop*"]).matches(device), "{device}");
             if let Some(total) = metrics.get("disk_total") {
                 assert!(metrics["disk_used"] <= *total, "{device}");
                 assert!((0.0..=100.0).contains(&metrics["disk_utilization"]));
@@ -495,10 +516,10 @@ mod tests {
         }
         // Skipping everything leaves no device at all.
         let all = SkipLists {
-            fs_types: vec!["*".into()],
-            mount_points: vec![],
-            block_devices: vec!["*".into()],
-            interfaces: vec!["*".into()],
+            fs_types: pat(&["*"]),
+            mount_points: Patterns::default(),
+            block_devices: pat(&["*"]),
+            interfaces: pat(&["*"]),
         };
         let (m, _) = two(all);
         assert!(m.devices.is_empty(), "{:?}", m.devices.keys());

@@ -22,7 +22,7 @@ pub(crate) fn parse_net_dev(text: &str, skip: &SkipLists) -> Vec<(String, [u64; 
         .filter_map(|line| {
             let (name, rest) = line.split_once(':')?;
             let name = name.trim();
-            if name.is_empty() || SkipLists::any(&skip.interfaces, name) {
+            if name.is_empty() || skip.interfaces.matches(name) {
                 return None;
             }
             let v: Vec<u64> = rest
@@ -63,7 +63,7 @@ docker0:10 1 0 0 0 0 0 0 20 2 0 0 0 0 0 0
     #[test]
     fn parses_columns_and_skips() {
         let skip = SkipLists {
-            interfaces: vec!["lo".into(), "docker*".into()],
+            interfaces: super::super::Patterns::new(&["lo", "docker*"]).unwrap(),
             ..SkipLists::default()
         };
         let got = parse_net_dev(TEXT, &skip);
