@@ -32,11 +32,24 @@ use crate::config::AgentConfig;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 use crate::{PublishError, Publisher, PublisherConfig, imds};
 
-/// First wait after a failed resend; doubles up to [`MAX_BACKOFF`].
+/// First wait after a failed resend, before jitter; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Longest wait between resend attempts while the broker stays away.
+/// Longest wait between resend attempts while the broker stays away, before jitter.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Waits between failed resends: doubling from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], each stretched
+/// by a random factor in [1, 2), so that a fleet's agents, which lose the broker together, do not
+/// all come back to it in the same second.
+fn resend_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// Failed resends in a row after which the agent builds a new producer (see [`Outbox::with_rebuild`]).
 pub const REBUILD_AFTER: u32 = 3;
@@ -182,7 +195,8 @@ pub struct Outbox<T> {
     drain: Option<Drain>,
     probe: bool,
     retry_at: Option<Instant>,
-    backoff: Duration,
+    /// Waits between failed resends, until one succeeds.
+    delays: backon::ExponentialBackoff,
     /// The unsettled messages were taken back from the transport; cleared once none is left.
     purged: bool,
     spooling: bool,
@@ -208,7 +222,7 @@ impl<T: Transport> Outbox<T> {
             drain: None,
             probe: false,
             retry_at: None,
-            backoff: MIN_BACKOFF,
+            delays: resend_delays(),
             purged: false,
             spooling,
             dirty: false,
@@ -413,19 +427,19 @@ impl<T: Transport> Outbox<T> {
         if d.failed {
             self.failed_resends += 1;
             self.maybe_rebuild();
-            self.retry_at = Some(now + self.backoff);
+            let wait = self.delays.next().unwrap_or(MAX_BACKOFF);
+            self.retry_at = Some(now + wait);
             tracing::info!(
                 resent = d.ok_prefix,
-                retry_in_ms = self.backoff.as_millis() as u64,
+                retry_in_ms = wait.as_millis() as u64,
                 backlog = self.spool.len(),
                 "resending the spool failed: probing again later"
             );
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             self.probe = true;
         } else {
             self.failed_resends = 0;
             self.retry_at = None;
-            self.backoff = MIN_BACKOFF;
+            self.delays = resend_delays();
             self.probe = false;
         }
     }
@@ -496,7 +510,7 @@ impl<T: Transport> Outbox<T> {
             Err(e) => {
                 self.stats.errors += 1;
                 tracing::error!(error = %e, "reading the spool failed");
-                self.retry_at = Some(now + self.backoff);
+                self.retry_at = Some(now + self.delays.next().unwrap_or(MAX_BACKOFF));
                 return;
             }
         };
@@ -946,12 +960,14 @@ mod tests {
         o.poll(t0);
         assert_eq!(o.spool().len(), 2, "resend refused too");
         broker.0.lock().unwrap().refuse = false;
-        o.poll(t0 + MIN_BACKOFF);
+        // The first wait is MIN_BACKOFF stretched by jitter, so over by twice that.
+        let t1 = t0 + MIN_BACKOFF * 2;
+        o.poll(t1);
         broker.deliver(usize::MAX);
-        o.poll(t0 + MIN_BACKOFF);
-        o.poll(t0 + MIN_BACKOFF * 2);
+        o.poll(t1);
+        o.poll(t1 + MIN_BACKOFF);
         broker.deliver(usize::MAX);
-        o.poll(t0 + MIN_BACKOFF * 2);
+        o.poll(t1 + MIN_BACKOFF);
         assert_eq!(broker.log(), names(0..2));
     }
 
@@ -969,18 +985,19 @@ mod tests {
         stuck.fail(2);
         o.poll(t0); // both spooled, a resend batch goes to the stuck producer
         stuck.fail(usize::MAX);
-        o.poll(t0); // first failed resend: backoff 1s
+        o.poll(t0); // first failed resend: a wait of 1-2 s (MIN_BACKOFF with jitter)
         assert!(fresh.log().is_empty());
-        o.poll(t0 + Duration::from_secs(1)); // the probe, stuck again
+        o.poll(t0 + Duration::from_secs(2)); // the probe, stuck again
         stuck.fail(usize::MAX);
-        o.poll(t0 + Duration::from_secs(1)); // second failure: rebuilt
-        for s in 3..6 {
+        o.poll(t0 + Duration::from_secs(2)); // second failure: rebuilt; a wait of 2-4 s
+        // Past the wait (by t0 + 6 s): a poll for the probe, one to drain, one to settle.
+        for s in 3..9 {
             o.poll(t0 + Duration::from_secs(s));
         }
         assert_eq!(fresh.log(), names(0..2));
         assert_eq!(o.stats().backlog, 0);
-        submit(&mut o, 2, t0 + Duration::from_secs(7));
-        o.poll(t0 + Duration::from_secs(7));
+        submit(&mut o, 2, t0 + Duration::from_secs(10));
+        o.poll(t0 + Duration::from_secs(10));
         assert_eq!(
             fresh.log(),
             names(0..3),

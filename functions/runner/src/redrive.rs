@@ -59,7 +59,8 @@ pub const DEFAULT_GROUP: &str = "damselfly-redrive";
 pub struct RedriveOptions {
     /// Invocations of one record before it counts as failed (at least 1).
     pub attempts: u32,
-    /// The delay before the first retry; it doubles with each one.
+    /// The delay before the first retry; it doubles with each one (up to 30 s), each stretched by
+    /// a random factor in [1, 2).
     pub first_delay: Duration,
     /// The consumer group of a Kafka source.
     pub group: String,
@@ -172,15 +173,14 @@ async fn invoke(
     event: &KafkaEvent,
     opts: &RedriveOptions,
 ) -> Result<(), FunctionError> {
-    let mut delay = opts.first_delay;
+    let mut delays = crate::worker::retry_delays(opts.first_delay);
     let mut attempt = 1;
     loop {
         match function.invoke(event.clone()).await {
             Ok(_) => return Ok(()),
             Err(e) if e.retryable && attempt < opts.attempts.max(1) => {
                 tracing::warn!(attempt, error = %e, "redriven batch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(delays.next().unwrap_or(opts.first_delay)).await;
                 attempt += 1;
             }
             Err(e) => return Err(e),

@@ -43,8 +43,21 @@ use crate::runner::{RunnerError, blocking};
 
 /// First delay between retries of a failed batch; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
-/// Longest delay between retries of a failed batch.
+/// Longest delay between retries of a failed batch, before jitter.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Delays between retries of a failed batch (or of a write to the on-failure destination):
+/// doubling from [`FIRST_RETRY_DELAY`] to [`MAX_RETRY_DELAY`], each stretched by a random factor
+/// in [1, 2), so that workers a store outage failed together do not all retry at once.
+pub(crate) fn retry_delays(first: Duration) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(first)
+        .with_max_delay(MAX_RETRY_DELAY.max(first))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 /// How long a held worker waits for the rebalance it was held for before it carries on.
 pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(60);
 /// Idle time (empty batching windows in a row) after which a worker that is not holding re-asserts
@@ -714,7 +727,7 @@ impl Worker {
     /// Invokes a batch until it succeeds, fails for good, is revoked or the worker stops.
     async fn attempt(&mut self, part: &mut Vec<Msg>) -> Attempted {
         let mut attempts = 0_u32;
-        let mut delay = FIRST_RETRY_DELAY;
+        let mut delays = retry_delays(FIRST_RETRY_DELAY);
         let mut first_at: Option<DateTime<Utc>> = None;
         let mut last: Option<(String, DateTime<Utc>)> = None;
         loop {
@@ -804,6 +817,7 @@ impl Worker {
             }
             self.control.idle();
             last = Some((e.message.clone(), now));
+            let delay = delays.next().unwrap_or(MAX_RETRY_DELAY);
             tracing::warn!(
                 worker = self.id,
                 attempt = attempts,
@@ -828,7 +842,6 @@ impl Worker {
                     }
                 }
             }
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
 
@@ -861,7 +874,7 @@ impl Worker {
             (f.message.clone(), f.retryable),
             f.at,
         );
-        let mut delay = FIRST_RETRY_DELAY;
+        let mut delays = retry_delays(FIRST_RETRY_DELAY);
         for attempt in 1..=DESTINATION_ATTEMPTS {
             match destination.send(&record, self.config.broker_timeout).await {
                 Ok(at) => {
@@ -884,6 +897,7 @@ impl Worker {
                 }
                 Err(e) if attempt < DESTINATION_ATTEMPTS => {
                     tracing::warn!(worker = self.id, attempt, error = %e, "writing to the on-failure destination failed; retrying");
+                    let delay = delays.next().unwrap_or(MAX_RETRY_DELAY);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.control.stopping() => {
@@ -891,7 +905,6 @@ impl Worker {
                             return Ok(());
                         }
                     }
-                    delay *= 2;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1186,6 +1199,28 @@ fn oldest_age(part: &[Msg]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_with_jitter_on_top() {
+        let base = |n: u32| (FIRST_RETRY_DELAY * 2_u32.pow(n.min(20))).min(MAX_RETRY_DELAY);
+        let runs: Vec<Vec<Duration>> = (0..20)
+            .map(|_| retry_delays(FIRST_RETRY_DELAY).take(12).collect())
+            .collect();
+        for run in &runs {
+            for (n, d) in run.iter().enumerate() {
+                let b = base(n as u32);
+                assert!(
+                    *d >= b && *d < b * 2,
+                    "retry {n}: {d:?} outside [{b:?}, {:?})",
+                    b * 2
+                );
+            }
+        }
+        assert!(
+            runs.iter().any(|r| r != &runs[0]),
+            "twenty workers retrying together would all wait alike"
+        );
+    }
     use rdkafka::consumer::BaseConsumer;
 
     fn kbytes(cc: &ClientConfig) -> usize {
