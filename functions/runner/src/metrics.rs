@@ -1,15 +1,23 @@
-//! The runner's live counters and their Prometheus text exposition over a minimal HTTP endpoint.
+//! The runner's live counters, exposed to Prometheus (OpenMetrics text, by `prometheus-client`)
+//! at `GET /metrics` (served by axum).
+//!
+//! The counters stay plain atomics, which the workers, progress bars and summaries read directly;
+//! a [`Collector`] turns them into metric families at each scrape, labelled with the topic and
+//! the group (and the partition or the scaling direction where it applies).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 
 /// Upper bounds (seconds) of the invocation latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -80,169 +88,183 @@ impl Stats {
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of every counter.
-    pub fn prometheus(&self, topic: &str, group: &str) -> String {
-        let labels = format!(
-            "topic=\"{}\",group=\"{}\"",
-            escape_label_value(topic),
-            escape_label_value(group)
-        );
+    /// The OpenMetrics text exposition of every counter, labelled with `topic` and `group`.
+    pub fn prometheus(self: &Arc<Self>, topic: &str, group: &str) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StatsCollector {
+            stats: self.clone(),
+            labels: vec![
+                ("topic", escape_label_value(topic)),
+                ("group", escape_label_value(group)),
+            ],
+        }));
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP damselfly_runner_{name} {help}");
-            let _ = writeln!(out, "# TYPE damselfly_runner_{name} {kind}");
-            let _ = writeln!(out, "damselfly_runner_{name}{{{labels}}} {value}");
-        };
-        let c = |a: &AtomicU64| a.load(Relaxed).to_string();
-        metric(
-            "records_total",
-            "counter",
-            "Records processed successfully.",
-            c(&self.records),
-        );
-        metric(
-            "batches_total",
-            "counter",
-            "Batches processed successfully.",
-            c(&self.batches),
-        );
-        metric(
-            "invocation_errors_total",
-            "counter",
-            "Failed invocations.",
-            c(&self.failures),
-        );
-        metric(
-            "retries_total",
-            "counter",
-            "Invocations that retried a failed batch.",
-            c(&self.retries),
-        );
-        metric(
-            "bisections_total",
-            "counter",
-            "Failing batches split in halves.",
-            c(&self.bisections),
-        );
-        metric(
-            "on_failure_batches_total",
-            "counter",
-            "Batches sent to the on-failure destination.",
-            c(&self.failed_batches),
-        );
-        metric(
-            "on_failure_records_total",
-            "counter",
-            "Records sent to the on-failure destination.",
-            c(&self.failed_records),
-        );
-        metric(
-            "abandoned_batches_total",
-            "counter",
-            "Batches given up uncommitted (revoked or shut down).",
-            c(&self.abandoned_batches),
-        );
-        metric(
-            "commit_failures_total",
-            "counter",
-            "Offset commits that failed.",
-            c(&self.commit_failures),
-        );
-        metric(
-            "rebalances_total",
-            "counter",
-            "Partition assignments and revocations seen by workers.",
-            c(&self.rebalances),
-        );
-        metric(
-            "workers",
-            "gauge",
-            "Workers (consumer-group members) running.",
-            c(&self.workers),
-        );
-        metric(
-            "desired_workers",
-            "gauge",
-            "Workers the last lag measurement called for.",
-            c(&self.desired_workers),
-        );
-        metric(
-            "group_lag",
-            "gauge",
-            "Total lag of the group (high watermark - committed offset).",
-            self.lag.load(Relaxed).to_string(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP damselfly_runner_scaling_events_total Scaling decisions that changed the number of workers."
-        );
-        let _ = writeln!(out, "# TYPE damselfly_runner_scaling_events_total counter");
-        for (direction, n) in [("out", &self.scale_outs), ("in", &self.scale_ins)] {
-            let _ = writeln!(
-                out,
-                "damselfly_runner_scaling_events_total{{{labels},direction=\"{direction}\"}} {}",
-                n.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP damselfly_runner_partition_lag Lag of each partition (high watermark - committed offset)."
-        );
-        let _ = writeln!(out, "# TYPE damselfly_runner_partition_lag gauge");
-        for (p, lag) in self.partition_lag.lock().expect("not poisoned").iter() {
-            let _ = writeln!(
-                out,
-                "damselfly_runner_partition_lag{{{labels},partition=\"{p}\"}} {lag}"
-            );
-        }
-        self.invocation_seconds.render(
-            &mut out,
-            "damselfly_runner_invocation_duration_seconds",
-            "Latency of function invocations.",
-            &labels,
-        );
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
 
-/// A Prometheus histogram with fixed buckets ([`LATENCY_BUCKETS`]).
-#[derive(Debug, Default)]
+/// The runner's [`Stats`] as metric families, read at each scrape.
+#[derive(Debug)]
+struct StatsCollector {
+    stats: Arc<Stats>,
+    /// `topic` and `group`, values already escaped (prometheus-client writes them as given).
+    labels: Vec<(&'static str, String)>,
+}
+
+impl StatsCollector {
+    fn counter(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        value: &AtomicU64,
+    ) -> std::fmt::Result {
+        let c = ConstCounter::new(value.load(Relaxed));
+        let mut metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+        c.encode(metric.encode_family(&self.labels)?)
+    }
+
+    fn gauge(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        value: i64,
+    ) -> std::fmt::Result {
+        let g = ConstGauge::new(value);
+        let mut metric = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+        g.encode(metric.encode_family(&self.labels)?)
+    }
+
+    /// The topic and group labels followed by one more.
+    fn with(&self, key: &'static str, value: String) -> Vec<(&'static str, String)> {
+        let mut labels = self.labels.clone();
+        labels.push((key, value));
+        labels
+    }
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = &self.stats;
+        // Counter names without `_total`: the encoder appends it to the samples.
+        for (name, help, value) in [
+            ("records", "Records processed successfully.", &s.records),
+            ("batches", "Batches processed successfully.", &s.batches),
+            ("invocation_errors", "Failed invocations.", &s.failures),
+            (
+                "retries",
+                "Invocations that retried a failed batch.",
+                &s.retries,
+            ),
+            (
+                "bisections",
+                "Failing batches split in halves.",
+                &s.bisections,
+            ),
+            (
+                "on_failure_batches",
+                "Batches sent to the on-failure destination.",
+                &s.failed_batches,
+            ),
+            (
+                "on_failure_records",
+                "Records sent to the on-failure destination.",
+                &s.failed_records,
+            ),
+            (
+                "abandoned_batches",
+                "Batches given up uncommitted (revoked or shut down).",
+                &s.abandoned_batches,
+            ),
+            (
+                "commit_failures",
+                "Offset commits that failed.",
+                &s.commit_failures,
+            ),
+            (
+                "rebalances",
+                "Partition assignments and revocations seen by workers.",
+                &s.rebalances,
+            ),
+        ] {
+            self.counter(&mut e, &format!("damselfly_runner_{name}"), help, value)?;
+        }
+        let gauge = |a: &AtomicU64| a.load(Relaxed) as i64;
+        self.gauge(
+            &mut e,
+            "damselfly_runner_workers",
+            "Workers (consumer-group members) running.",
+            gauge(&s.workers),
+        )?;
+        self.gauge(
+            &mut e,
+            "damselfly_runner_desired_workers",
+            "Workers the last lag measurement called for.",
+            gauge(&s.desired_workers),
+        )?;
+        self.gauge(
+            &mut e,
+            "damselfly_runner_group_lag",
+            "Total lag of the group (high watermark - committed offset).",
+            s.lag.load(Relaxed),
+        )?;
+
+        let mut scaling = e.encode_descriptor(
+            "damselfly_runner_scaling_events",
+            "Scaling decisions that changed the number of workers.",
+            None,
+            ConstCounter::new(0_u64).metric_type(),
+        )?;
+        for (direction, n) in [("out", &s.scale_outs), ("in", &s.scale_ins)] {
+            let labels = self.with("direction", direction.to_owned());
+            ConstCounter::new(n.load(Relaxed)).encode(scaling.encode_family(&labels)?)?;
+        }
+
+        let lags = s.partition_lag.lock().expect("not poisoned").clone();
+        let mut partition_lag = e.encode_descriptor(
+            "damselfly_runner_partition_lag",
+            "Lag of each partition (high watermark - committed offset).",
+            None,
+            ConstGauge::new(0_i64).metric_type(),
+        )?;
+        for (p, lag) in lags {
+            let labels = self.with("partition", p.to_string());
+            ConstGauge::new(lag).encode(partition_lag.encode_family(&labels)?)?;
+        }
+
+        let mut latency = e.encode_descriptor(
+            "damselfly_runner_invocation_duration_seconds",
+            "Latency of function invocations.",
+            None,
+            s.invocation_seconds.inner.metric_type(),
+        )?;
+        s.invocation_seconds
+            .inner
+            .encode(latency.encode_family(&self.labels)?)
+    }
+}
+
+/// The invocation latency histogram, with fixed buckets ([`LATENCY_BUCKETS`]).
+#[derive(Debug)]
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    inner: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            inner: prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        self.inner.observe(d.as_secs_f64());
     }
 }
 
@@ -253,77 +275,48 @@ pub fn escape_label_value(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` (Prometheus text) on `listener` until `shutdown` resolves.
-///
-/// A deliberately small HTTP/1.1 responder (one request per connection), so that the runner adds
-/// no HTTP framework to the build; anything but `GET /metrics` or `GET /` gets a 404.
+/// Serves `GET /metrics` (and `GET /`) on `listener` until `shutdown` resolves; anything else
+/// is a 404 (405 for other methods).
 pub async fn serve(
     listener: TcpListener,
     stats: Arc<Stats>,
     topic: String,
     group: String,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (stats, topic, group) = (stats.clone(), topic.clone(), group.clone());
-        tokio::spawn(async move {
-            if let Err(e) = respond(stream, &stats, &topic, &group).await {
-                tracing::debug!(%peer, error = %e, "metrics: request failed");
-            }
-        });
-    }
-}
-
-async fn respond(
-    mut stream: TcpStream,
-    stats: &Stats,
-    topic: &str,
-    group: &str,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0_u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
+    use axum::http::header::{CONNECTION, CONTENT_TYPE};
+    // One response per connection, as a scraper that reads to the end of the stream expects.
+    let scrape = move || {
+        let text = stats.prometheus(&topic, &group);
+        async move {
+            (
+                [
+                    (
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    (CONNECTION, "close"),
+                ],
+                text,
+            )
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(head, Ok(Ok(()))) {
-        return Ok(());
-    }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, body) = match (method, path) {
-        ("GET", "/metrics" | "/") => ("200 OK", stats.prometheus(topic, group)),
-        ("GET", _) => ("404 Not Found", "not found: try /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "only GET\n".to_owned()),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape.clone()))
+        .route("/", axum::routing::get(scrape))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                [(CONNECTION, "close")],
+                "not found: try /metrics\n",
+            )
+        });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
+    }
 }
 
 #[cfg(test)]
@@ -338,7 +331,7 @@ mod tests {
 
     #[test]
     fn exposition_has_every_family() {
-        let s = Stats::default();
+        let s = Arc::new(Stats::default());
         s.records.store(42, Relaxed);
         s.set_workers(3);
         s.set_workers(2);
@@ -353,11 +346,12 @@ mod tests {
             "damselfly_runner_group_lag{topic=\"metrics\",group=\"g\\\"1\"} 12",
             "partition=\"1\"} 7",
             "direction=\"out\"} 1",
-            "damselfly_runner_invocation_duration_seconds_bucket{topic=\"metrics\",group=\"g\\\"1\",le=\"0.05\"} 1",
-            "le=\"+Inf\"} 2",
+            "damselfly_runner_invocation_duration_seconds_bucket{le=\"0.05\",topic=\"metrics\",group=\"g\\\"1\"} 1",
+            "{le=\"+Inf\",topic=\"metrics\",group=\"g\\\"1\"} 2",
             "damselfly_runner_invocation_duration_seconds_count{topic=\"metrics\",group=\"g\\\"1\"} 2",
-            "# TYPE damselfly_runner_retries_total counter",
+            "# TYPE damselfly_runner_retries counter",
             "# TYPE damselfly_runner_invocation_duration_seconds histogram",
+            "# EOF",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
@@ -367,6 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_metrics_over_http() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
@@ -376,17 +371,27 @@ mod tests {
             let _ = rx.await;
         }));
         let get = |path: &'static str| async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
                 .await
                 .unwrap();
+            // The server closes the connection after its response (a scraper reading to the end).
             let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+                .await
+                .expect("the connection is closed after one response")
+                .unwrap();
             out
         };
         let ok = get("/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains("application/openmetrics-text"), "{ok}");
+        assert!(
+            ok.to_ascii_lowercase().contains("connection: close"),
+            "{ok}"
+        );
         assert!(ok.contains("damselfly_runner_batches_total{topic=\"t\",group=\"g\"} 9"));
+        assert!(ok.trim_end().ends_with("# EOF"), "{ok}");
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
         tx.send(()).unwrap();
         server.await.unwrap();
