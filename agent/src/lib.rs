@@ -13,7 +13,7 @@ pub mod wire;
 pub use collect::{Collection, Collector, SkipLists};
 pub use config::{AgentConfig, ConfigError};
 pub use publish::{PublishError, Publisher, PublisherConfig};
-pub use run::{AgentError, Outbox, RunOptions, RunStats, Transport, collect_once, run_agent};
+pub use run::{AgentError, RunOptions, RunStats, SendQueue, Transport, collect_once, run_agent};
 pub use simulate::{Fleet, SimulateConfig, SimulateStats, SimulateSummary, run_simulation};
 pub use spool::{Spool, SpoolError, SpoolOptions};
 pub use wire::WireFormat;

@@ -51,7 +51,7 @@ fn resend_delays() -> backon::ExponentialBackoff {
         .build()
 }
 
-/// Failed resends in a row after which the agent builds a new producer (see [`Outbox::with_rebuild`]).
+/// Failed resends in a row after which the agent builds a new producer (see [`SendQueue::with_rebuild`]).
 pub const REBUILD_AFTER: u32 = 3;
 
 /// Most messages held in memory while older ones are unsettled; past it they go to the spool.
@@ -182,7 +182,7 @@ struct Drain {
 pub type MakeTransport<T> = Box<dyn FnMut() -> Result<T, PublishError> + Send>;
 
 /// Sends messages, settles delivery reports, spools and resends: the agent's state machine.
-pub struct Outbox<T> {
+pub struct SendQueue<T> {
     transport: T,
     rebuild: Option<(u32, MakeTransport<T>)>,
     failed_resends: u32,
@@ -204,8 +204,8 @@ pub struct Outbox<T> {
     stats: RunStats,
 }
 
-impl<T: Transport> Outbox<T> {
-    /// An outbox over a transport and a spool (which may hold messages from a previous run).
+impl<T: Transport> SendQueue<T> {
+    /// A send queue over a transport and a spool (which may hold messages from a previous run).
     pub fn new(transport: T, spool: Spool, slow_after: Duration, drain_batch: usize) -> Self {
         let seen = transport.outcomes();
         let spooling = !spool.is_empty();
@@ -251,7 +251,7 @@ impl<T: Transport> Outbox<T> {
         }
     }
 
-    /// Counts errors found outside the outbox (collection) in its totals.
+    /// Counts errors found outside the queue (collection) in its totals.
     pub fn count_errors(&mut self, n: u64) {
         self.stats.errors += n;
     }
@@ -578,10 +578,10 @@ pub fn now_ms() -> i64 {
 }
 
 /// Collects every `interval` (aligned to wall-clock multiples of it) and publishes through
-/// `outbox` until `shutdown` resolves; logs a health line every `health_every`.
+/// `queue` until `shutdown` resolves; logs a health line every `health_every`.
 pub async fn run<T: Transport>(
     mut collector: Collector,
-    mut outbox: Outbox<T>,
+    mut queue: SendQueue<T>,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> RunStats {
@@ -603,7 +603,7 @@ pub async fn run<T: Transport>(
     tracing::info!(
         vm = %collector.tags().vm,
         interval_ms,
-        backlog = outbox.spool().len(),
+        backlog = queue.spool().len(),
         "agent started"
     );
     loop {
@@ -611,8 +611,8 @@ pub async fn run<T: Transport>(
             () = &mut shutdown => break,
             _ = collect.tick() => {
                 let Collection { message, errors } = collector.collect(now_ms());
-                outbox.stats.collections += 1;
-                outbox.count_errors(errors.len() as u64);
+                queue.stats.collections += 1;
+                queue.count_errors(errors.len() as u64);
                 for e in errors {
                     // Each distinct problem is a warning once, then debug.
                     let text = e.to_string();
@@ -623,16 +623,16 @@ pub async fn run<T: Transport>(
                     }
                 }
                 if let Err(e) = message.validate() {
-                    outbox.count_errors(1);
+                    queue.count_errors(1);
                     tracing::warn!(error = %e, "collected message is not valid: not sent");
                     continue;
                 }
                 let samples = message.sample_count() as u64;
-                outbox.submit(message.tags.vm.clone(), message.to_json(), samples, Instant::now());
+                queue.submit(message.tags.vm.clone(), message.to_json(), samples, Instant::now());
             }
-            _ = poll.tick() => outbox.poll(Instant::now()),
+            _ = poll.tick() => queue.poll(Instant::now()),
             _ = health.tick() => {
-                let now = outbox.stats();
+                let now = queue.stats();
                 tracing::info!(
                     sent = now.sent - last.sent,
                     samples = now.samples - last.samples,
@@ -642,7 +642,7 @@ pub async fn run<T: Transport>(
                     lost = now.lost - last.lost,
                     errors = now.errors - last.errors,
                     backlog = now.backlog,
-                    in_flight = outbox.in_flight(),
+                    in_flight = queue.in_flight(),
                     period_s = options.health_every.as_secs(),
                     "agent health"
                 );
@@ -650,7 +650,7 @@ pub async fn run<T: Transport>(
             }
         }
     }
-    let stats = outbox
+    let stats = queue
         .close(options.shutdown_grace, options.poll_every)
         .await;
     tracing::info!(
@@ -727,9 +727,9 @@ pub async fn run_agent(
     )?;
     let options = RunOptions::from_config(config);
     let collector = Collector::new(tags, config.skip_lists());
-    let outbox = Outbox::new(publisher, spool, options.slow_after, options.drain_batch)
+    let queue = SendQueue::new(publisher, spool, options.slow_after, options.drain_batch)
         .with_rebuild(REBUILD_AFTER, move || Publisher::new(&producer_config));
-    Ok(run(collector, outbox, options, shutdown).await)
+    Ok(run(collector, queue, options, shutdown).await)
 }
 
 #[cfg(test)]
@@ -801,12 +801,12 @@ mod tests {
         }
     }
 
-    fn outbox(dir: &std::path::Path) -> (FakeBroker, Outbox<FakeBroker>) {
+    fn queue(dir: &std::path::Path) -> (FakeBroker, SendQueue<FakeBroker>) {
         let broker = FakeBroker::default();
         let spool = Spool::open(dir, SpoolOptions::with_max_bytes(1 << 20)).unwrap();
         (
             broker.clone(),
-            Outbox::new(broker, spool, Duration::from_secs(5), 3),
+            SendQueue::new(broker, spool, Duration::from_secs(5), 3),
         )
     }
 
@@ -814,14 +814,14 @@ mod tests {
         range.map(|i| format!("m{i}")).collect()
     }
 
-    fn submit(o: &mut Outbox<FakeBroker>, i: usize, now: Instant) {
+    fn submit(o: &mut SendQueue<FakeBroker>, i: usize, now: Instant) {
         o.submit("vm-1".into(), format!("m{i}").into_bytes(), 10, now);
     }
 
     #[test]
     fn healthy_broker_gets_everything_directly() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, mut o) = outbox(dir.path());
+        let (broker, mut o) = queue(dir.path());
         let t0 = Instant::now();
         for i in 0..3 {
             submit(&mut o, i, t0);
@@ -837,7 +837,7 @@ mod tests {
     #[test]
     fn an_outage_is_spooled_and_resent_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, mut o) = outbox(dir.path());
+        let (broker, mut o) = queue(dir.path());
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         submit(&mut o, 0, at(0));
@@ -890,7 +890,7 @@ mod tests {
     #[test]
     fn a_silent_broker_gets_its_messages_taken_back_and_spooled_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, mut o) = outbox(dir.path());
+        let (broker, mut o) = queue(dir.path());
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         submit(&mut o, 0, at(0));
@@ -927,7 +927,7 @@ mod tests {
     #[test]
     fn mixed_reports_resend_rather_than_lose() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, mut o) = outbox(dir.path());
+        let (broker, mut o) = queue(dir.path());
         let t0 = Instant::now();
         submit(&mut o, 0, t0);
         submit(&mut o, 1, t0);
@@ -951,7 +951,7 @@ mod tests {
     #[test]
     fn refused_sends_are_spooled() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, mut o) = outbox(dir.path());
+        let (broker, mut o) = queue(dir.path());
         broker.0.lock().unwrap().refuse = true;
         let t0 = Instant::now();
         submit(&mut o, 0, t0);
@@ -974,7 +974,7 @@ mod tests {
     #[test]
     fn a_producer_that_keeps_failing_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let (stuck, o) = outbox(dir.path());
+        let (stuck, o) = queue(dir.path());
         let fresh = FakeBroker::default();
         fresh.0.lock().unwrap().instant = true;
         let made = fresh.clone();
@@ -1009,7 +1009,7 @@ mod tests {
     async fn shutdown_spools_the_unsettled_and_a_restart_resends_them() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (_broker, mut o) = outbox(dir.path());
+            let (_broker, mut o) = queue(dir.path());
             let t0 = Instant::now();
             submit(&mut o, 0, t0);
             submit(&mut o, 1, t0 + Duration::from_secs(6)); // held
@@ -1018,7 +1018,7 @@ mod tests {
                 .await;
             assert_eq!(stats.backlog, 2);
         }
-        let (broker, mut o) = outbox(dir.path());
+        let (broker, mut o) = queue(dir.path());
         assert_eq!(o.stats().backlog, 2);
         let t0 = Instant::now();
         o.poll(t0);
@@ -1033,7 +1033,7 @@ mod tests {
     #[tokio::test]
     async fn the_loop_collects_publishes_and_stops() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, o) = outbox(dir.path());
+        let (broker, o) = queue(dir.path());
         broker.0.lock().unwrap().instant = true;
         let tags = Tags {
             ns: "ns01".into(),
@@ -1089,8 +1089,8 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), SpoolOptions::with_max_bytes(1 << 20)).unwrap();
-        let mut o = Outbox::new(publisher, spool, Duration::from_millis(700), 50);
-        let pump = |o: &mut Outbox<Publisher>, until: &dyn Fn(&Outbox<Publisher>) -> bool| {
+        let mut o = SendQueue::new(publisher, spool, Duration::from_millis(700), 50);
+        let pump = |o: &mut SendQueue<Publisher>, until: &dyn Fn(&SendQueue<Publisher>) -> bool| {
             let deadline = Instant::now() + Duration::from_secs(30);
             while !until(o) {
                 assert!(Instant::now() < deadline, "stuck: {:?}", o.stats());
@@ -1099,7 +1099,7 @@ mod tests {
             }
         };
         let mut next = 0;
-        let mut submit = |o: &mut Outbox<Publisher>| {
+        let mut submit = |o: &mut SendQueue<Publisher>| {
             o.submit(
                 "vm-1".into(),
                 format!("m{next}").into_bytes(),

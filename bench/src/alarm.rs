@@ -117,7 +117,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(arn) => rt.block_on(Notifier::sns(arn.clone())),
         None => Notifier::Outbox(out.join("outbox.jsonl")),
     };
-    let target = notifier.target();
+    let target = notifier.destination();
     let lake = Lake::open(out.join("lake").to_str().context("utf-8 path")?)?;
     let published = Arc::new(Mutex::new(HashMap::new()));
     let f = Arc::new(Timed {

@@ -17,7 +17,7 @@ use damselfly_agent::Fleet;
 use damselfly_aggregate::Aggregate;
 use damselfly_core::{Lake, Validation};
 use damselfly_runner::{
-    Function, FunctionError, Hosted, RunnerConfig, ScalingConfig, Stats, Target,
+    Deployment, Function, FunctionError, Hosted, RunnerConfig, ScalingConfig, Stats,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -410,7 +410,7 @@ fn runner(
         let lake = Lake::open(lake.to_str().context("utf-8 path")?)?;
         let f = Arc::new(Timed {
             // The aggregate handler, hosted as `damselfly run aggregate` hosts it in-process.
-            inner: Hosted::new(Target::InProcess(Aggregate::new(
+            inner: Hosted::new(Deployment::InProcess(Aggregate::new(
                 lake,
                 Validation::default(),
             ))),

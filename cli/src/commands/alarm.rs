@@ -22,7 +22,7 @@ pub async fn alarm(cmd: AlarmCommand) -> anyhow::Result<()> {
                     s.partitions,
                     s.notifications,
                     s.sent,
-                    handler.notifier().target(),
+                    handler.notifier().destination(),
                     s.pending
                 ),
             );

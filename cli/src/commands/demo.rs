@@ -18,9 +18,9 @@ use indicatif::MultiProgress;
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 
-use damselfly_runner::{Hosted, Target};
+use damselfly_runner::{Deployment, Hosted};
 
-use super::{alarm_target, alarm_tick};
+use super::{alarm_destination, alarm_tick};
 use crate::cli::{AlarmTargetArgs, DemoArgs};
 use crate::output;
 
@@ -87,7 +87,7 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
     let brokers = cluster.bootstrap_servers();
     tracing::info!(%brokers, topic = TOPIC, partitions = PARTITIONS, "embedded broker up");
 
-    let function = Arc::new(Hosted::new(Target::InProcess(Aggregate::new(
+    let function = Arc::new(Hosted::new(Deployment::InProcess(Aggregate::new(
         lake,
         Validation::default(),
     ))));
@@ -146,7 +146,7 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
     let bar = output::bar(progress, Some(expected), "aggregate");
     let _ticker = {
         let (stats, f) = (stats.clone(), function.clone());
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             let lag = stats.lag.load(Relaxed);
             (
                 stats.records.load(Relaxed),
@@ -282,7 +282,7 @@ async fn run_alarms(
         outbox: outbox.display().to_string(),
         grace: Duration::from_secs(60),
     };
-    let function = Arc::new(Hosted::new(Target::InProcess(
+    let function = Arc::new(Hosted::new(Deployment::InProcess(
         super::alarm::handler(&args.lake, ALARM_GROUP, &target).await?,
     )));
     let config = RunnerConfig {
@@ -297,7 +297,7 @@ async fn run_alarms(
     let bar = output::bar(progress, None, "alarm");
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             (
                 stats.records.load(Relaxed),
                 format!("messages, {} notifications", f.totals().notifications),
@@ -332,7 +332,7 @@ async fn run_alarms(
     Ok(AlarmRun {
         notifications: totals.notifications,
         sent: totals.sent,
-        target: alarm_target(&function),
+        target: alarm_destination(&function),
         subjects,
     })
 }
@@ -362,7 +362,7 @@ async fn publish_with_backlog(
     let _ticker = {
         let (messages, published_intervals, total) =
             (messages.clone(), published_intervals.clone(), p.intervals);
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             let done = published_intervals.load(Relaxed);
             (
                 messages.load(Relaxed),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use damselfly_alarm::{Alarm, AlarmSummary};
 use damselfly_runner::hosted::{class_of, summary_of};
-use damselfly_runner::{FunctionError, Hosted, InvokeTarget, LambdaInvoke, Target};
+use damselfly_runner::{Deployment, FunctionError, Hosted, InvokeTarget, LambdaInvoke};
 use indicatif::{MultiProgress, ProgressBar};
 
 use crate::cli::Command;
@@ -42,7 +42,10 @@ pub async fn dispatch(command: Command, progress: &MultiProgress) -> anyhow::Res
 pub use damselfly_agent::cli::shutdown_signal;
 
 /// Updates a progress bar from live counters until the returned guard is dropped.
-pub fn tick(bar: ProgressBar, read: impl Fn() -> (u64, String) + Send + 'static) -> Ticker {
+pub fn show_progress(
+    bar: ProgressBar,
+    read: impl Fn() -> (u64, String) + Send + 'static,
+) -> LiveProgress {
     let task = tokio::spawn(async move {
         loop {
             let (pos, msg) = read();
@@ -51,13 +54,13 @@ pub fn tick(bar: ProgressBar, read: impl Fn() -> (u64, String) + Send + 'static)
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     });
-    Ticker(task)
+    LiveProgress(task)
 }
 
-/// Stops a [`tick`] loop when dropped.
-pub struct Ticker(tokio::task::JoinHandle<()>);
+/// Stops a [`show_progress`] loop when dropped.
+pub struct LiveProgress(tokio::task::JoinHandle<()>);
 
-impl Drop for Ticker {
+impl Drop for LiveProgress {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -65,34 +68,34 @@ impl Drop for Ticker {
 
 /// The in-process handler, or the deployed function behind `--invoke-url` (named `default_name`
 /// unless the URL names one), whose invocations are given up after `invoke_timeout`.
-pub async fn target<H>(
+pub async fn deployment<H>(
     handler: impl AsyncFnOnce() -> anyhow::Result<H>,
     invoke_url: Option<&str>,
     default_name: &str,
     invoke_timeout: std::time::Duration,
-) -> anyhow::Result<Target<H>> {
+) -> anyhow::Result<Deployment<H>> {
     Ok(match invoke_url {
-        None => Target::InProcess(handler().await?),
-        Some(url) => Target::Remote(
+        None => Deployment::InProcess(handler().await?),
+        Some(url) => Deployment::Remote(
             LambdaInvoke::connect(InvokeTarget::parse(url, default_name)?, invoke_timeout).await,
         ),
     })
 }
 
 /// Where a hosted alarm function's notifications go (or which function decides that).
-pub fn alarm_target(alarm: &Hosted<Alarm>) -> String {
-    match alarm.target() {
-        Target::InProcess(h) => h.notifier().target(),
-        Target::Remote(f) => f.target().to_string(),
+pub fn alarm_destination(alarm: &Hosted<Alarm>) -> String {
+    match alarm.deployment() {
+        Deployment::InProcess(h) => h.notifier().destination(),
+        Deployment::Remote(f) => f.target().to_string(),
     }
 }
 
 /// Runs the alarm function's scheduled tick once (in-process, or by invoking the function with a
 /// scheduled event) and adds its summary to the totals.
 pub async fn alarm_tick(alarm: &Hosted<Alarm>) -> Result<AlarmSummary, FunctionError> {
-    let summary = match alarm.target() {
-        Target::InProcess(h) => h.tick(now_ms()).await.map_err(|e| class_of(&e))?,
-        Target::Remote(f) => summary_of(f.invoke_json(&scheduled_event()).await?)?,
+    let summary = match alarm.deployment() {
+        Deployment::InProcess(h) => h.tick(now_ms()).await.map_err(|e| class_of(&e))?,
+        Deployment::Remote(f) => summary_of(f.invoke_json(&scheduled_event()).await?)?,
     };
     alarm.record(&summary);
     Ok(summary)

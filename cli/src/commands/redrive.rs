@@ -8,7 +8,7 @@ use indicatif::MultiProgress;
 
 use damselfly_runner::Hosted;
 
-use super::target;
+use super::deployment;
 use crate::cli::{FunctionName, RedriveArgs};
 use crate::output;
 
@@ -23,7 +23,7 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
         FunctionName::Aggregate => {
             let handler = async || args.aggregate.handler(&lake());
             Arc::new(Hosted::new(
-                target(
+                deployment(
                     handler,
                     args.invoke_url.as_deref(),
                     "damselfly-aggregate",
@@ -39,7 +39,7 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
                 .unwrap_or_else(|| args.function.default_group().to_owned());
             let handler = async || super::alarm::handler(&lake(), &group, &args.alarm).await;
             Arc::new(Hosted::new(
-                target(
+                deployment(
                     handler,
                     args.invoke_url.as_deref(),
                     "damselfly-alarm",
@@ -68,7 +68,7 @@ pub async fn redrive(args: RedriveArgs, progress: &MultiProgress) -> anyhow::Res
     let bar = output::bar(progress, None, "redrive");
     let ticker = {
         let stats = stats.clone();
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             let msg = format!(
                 "batches redriven, {} records, {} failed, {} invalid",
                 stats.records.load(Relaxed),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use damselfly_runner::Hosted;
 
-use super::{alarm_target, alarm_tick_every, target};
+use super::{alarm_destination, alarm_tick_every, deployment};
 use crate::cli::{FunctionName, RunArgs};
 use crate::output;
 
@@ -100,7 +100,7 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
     let group = group(&args);
     let handler = async || super::alarm::handler(lake(&args), &group, &args.alarm).await;
     let function = Arc::new(Hosted::new(
-        target(
+        deployment(
             handler,
             args.invoke_url.as_deref(),
             "damselfly-alarm",
@@ -108,13 +108,13 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
         )
         .await?,
     ));
-    let notify_target = alarm_target(&function);
+    let notify_target = alarm_destination(&function);
     let ticker_task = alarm_tick_every(&function, args.tick_every);
     let stats = Arc::new(Stats::default());
     let bar = output::bar(progress, None, "alarm");
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             let t = f.totals();
             let msg = format!(
                 "records, {} batches, {} notifications, {} sent, {} pending, lag {}",
@@ -164,7 +164,7 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
     config.validate()?;
     let handler = async || args.aggregate.handler(lake(&args));
     let function = Arc::new(Hosted::new(
-        target(
+        deployment(
             handler,
             args.invoke_url.as_deref(),
             "damselfly-aggregate",
@@ -176,7 +176,7 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
     let bar = output::bar(progress, None, "aggregate");
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             let lag = stats.lag.load(Relaxed);
             let t = f.totals();
             let msg = format!(

@@ -84,7 +84,7 @@ pub async fn publish_fleet(
     let _ticker = {
         let stats = stats.clone();
         let intervals = config.intervals;
-        super::tick(bar.clone(), move || {
+        super::show_progress(bar.clone(), move || {
             let done = stats.intervals.load(Relaxed);
             (
                 stats.messages.load(Relaxed),

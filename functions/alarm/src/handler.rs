@@ -391,7 +391,7 @@ impl Alarm {
                     sent.insert(n.dedup_id());
                     tracing::info!(
                         rule = %n.rule_id, vm = %n.vm(), from = %n.from, to = %n.to,
-                        kind = n.kind.as_str(), target = %self.notifier.target(),
+                        kind = n.kind.as_str(), destination = %self.notifier.destination(),
                         "alarm notification sent"
                     );
                 }

@@ -86,7 +86,7 @@ impl Notifier {
     }
 
     /// Where notifications go, for logs and summaries.
-    pub fn target(&self) -> String {
+    pub fn destination(&self) -> String {
         match self {
             Self::Sns { topic_arn, .. } => topic_arn.clone(),
             Self::Outbox(path) => path.display().to_string(),

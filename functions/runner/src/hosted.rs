@@ -16,7 +16,7 @@ use crate::function::{Function, FunctionError};
 use crate::remote::LambdaInvoke;
 
 /// Where a hosted function's invocations go.
-pub enum Target<H> {
+pub enum Deployment<H> {
     /// The handler, called directly.
     InProcess(H),
     /// The function behind the Invoke API (`cargo lambda watch`, or AWS).
@@ -25,22 +25,22 @@ pub enum Target<H> {
 
 /// A hosted function with the running totals of what its invocations returned.
 pub struct Hosted<H: Handler> {
-    target: Target<H>,
+    deployment: Deployment<H>,
     totals: Mutex<H::Summary>,
 }
 
 impl<H: Handler> Hosted<H> {
-    /// Hosts a target, with totals at zero.
-    pub fn new(target: Target<H>) -> Self {
+    /// Hosts a deployment, with totals at zero.
+    pub fn new(deployment: Deployment<H>) -> Self {
         Self {
-            target,
+            deployment,
             totals: Mutex::new(H::Summary::default()),
         }
     }
 
     /// Where the invocations go.
-    pub fn target(&self) -> &Target<H> {
-        &self.target
+    pub fn deployment(&self) -> &Deployment<H> {
+        &self.deployment
     }
 
     /// Every invocation's summary merged so far (see [`Summary::merge`]).
@@ -58,9 +58,9 @@ impl<H: Handler> Hosted<H> {
 
     /// Invokes the function with a Kafka event and records its summary.
     pub async fn call(&self, event: KafkaEvent) -> Result<H::Summary, FunctionError> {
-        let summary = match &self.target {
-            Target::InProcess(h) => h.handle(event).await.map_err(|e| class_of(&e))?,
-            Target::Remote(f) => summary_of::<H::Summary>(f.invoke(event).await?)?,
+        let summary = match &self.deployment {
+            Deployment::InProcess(h) => h.handle(event).await.map_err(|e| class_of(&e))?,
+            Deployment::Remote(f) => summary_of::<H::Summary>(f.invoke(event).await?)?,
         };
         self.record(&summary);
         Ok(summary)
@@ -167,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn in_process_summaries_add_up_and_errors_keep_their_class() {
-        let h = Hosted::new(Target::InProcess(Counter));
+        let h = Hosted::new(Deployment::InProcess(Counter));
         h.call(event(&[1, 2, 3])).await.unwrap();
         let json = h.invoke(event(&[4])).await.unwrap();
         assert_eq!(json, serde_json::json!({"samples": 1, "last": 1}));

@@ -24,7 +24,7 @@ pub use config::{
 };
 pub use destination::{Condition, FailedBatch};
 pub use function::{Function, FunctionError};
-pub use hosted::{Hosted, Target};
+pub use hosted::{Deployment, Hosted};
 pub use metrics::Stats;
 pub use redrive::{RedriveOptions, RedriveStats, RedriveSummary, redrive};
 pub use remote::{InvokeTarget, LambdaInvoke};
