@@ -78,7 +78,8 @@ pub fn class_of<E: Retryable>(e: &E) -> FunctionError {
 
 /// A remote function's JSON result read as the summary type `S`.
 pub fn summary_of<S: Summary>(result: Value) -> Result<S, FunctionError> {
-    serde_json::from_value(result.clone()).map_err(|e| {
+    // Read from a borrow: the value is kept for the error message without a copy per invocation.
+    S::deserialize(&result).map_err(|e| {
         FunctionError::fatal(format!(
             "the function's result is not a {} ({e}): is it the version this runner was built with? It returned {}",
             std::any::type_name::<S>(),
