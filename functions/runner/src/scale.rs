@@ -226,6 +226,229 @@ mod tests {
         assert_eq!((d.to, d.reason), (8, Reason::ScaleOut));
     }
 
+    /// Twelve partitions and the settings of `tests/scaling.rs`: threshold 100, 1..=16 workers,
+    /// an evaluation every second, a 3 s cooldown.
+    fn end_to_end_config() -> ScalingConfig {
+        ScalingConfig {
+            min_workers: 1,
+            max_workers: 16,
+            lag_threshold: 100,
+            activation_lag: 0,
+            interval: Duration::from_secs(1),
+            cooldown: Duration::from_secs(3),
+        }
+    }
+
+    /// The runner's control loop on an injected clock: an evaluation every `interval` from 0 to
+    /// `until` (milliseconds), skipping those at which `settling` holds (the runner takes no
+    /// decision while a rebalance settles), and the workers set to every decision's `to` at once.
+    /// `lag(ms)` is the total lag measured at that time. Returns the decisions that changed the
+    /// number of workers, with their times in milliseconds. (The runner's ticks are a
+    /// `tokio::time::interval` that delays, rather than bursts, a tick missed while a scaling step
+    /// ran; here every step is instant, so evaluations fall on whole intervals.)
+    fn drive(
+        config: ScalingConfig,
+        partitions: usize,
+        until: u64,
+        lag: impl Fn(u64) -> u64,
+        settling: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, Decision)> {
+        let t0 = Instant::now();
+        let every = config.interval.as_millis() as u64;
+        let mut workers = config.min_workers;
+        let mut scaler = Scaler::new(config);
+        let mut changes = Vec::new();
+        for ms in (0..=until).step_by(every as usize) {
+            if settling(ms) {
+                continue;
+            }
+            let d = scaler.decide(t0 + Duration::from_millis(ms), workers, lag(ms), partitions);
+            if d.changes() {
+                workers = d.to;
+                changes.push((ms, d));
+            }
+        }
+        changes
+    }
+
+    /// The scenario of `tests/scaling.rs` with exact times: a burst of 2,400 records published at
+    /// 3.4 s, drained by 8.2 s. Scale-out is decided at the first evaluation after the lag
+    /// crosses (4 s: within one interval, which the end-to-end test asserted as "within two
+    /// intervals" of wall-clock time), to the cap the partitions set (12, under max 16); scale-in
+    /// at the first evaluation a whole cooldown after demand first fell (the lag is 700 at 6 s,
+    /// asking for 7; scale-in to the peak want, 7, at 9 s; then to 1 at 13 s, since a new window
+    /// starts at the first evaluation after a scale-in, 10 s).
+    #[test]
+    fn burst_scales_out_at_the_first_evaluation_and_in_after_the_cooldown() {
+        let lag = |ms: u64| match ms {
+            0..3_400 => 0,
+            3_400..5_000 => 2_400,
+            5_000..6_000 => 1_500,
+            6_000..7_000 => 700,
+            7_000..8_200 => 300,
+            _ => 0,
+        };
+        let changes = drive(end_to_end_config(), 12, 20_000, lag, |_| false);
+        let at: Vec<(u64, usize, usize, Reason)> = changes
+            .iter()
+            .map(|(ms, d)| (*ms, d.from, d.to, d.reason))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (4_000, 1, 12, Reason::ScaleOut),
+                (9_000, 12, 7, Reason::ScaleIn),
+                (13_000, 7, 1, Reason::ScaleIn),
+            ]
+        );
+        let (out, d) = changes[0];
+        assert!(out - 3_400 <= 1_000, "within one interval of the burst");
+        assert_eq!(
+            (d.lag, d.desired),
+            (2_400, 12),
+            "capped by partitions (max 16)"
+        );
+        // Not before the cooldown: demand first fell at 6 s; every evaluation up to 8 s held.
+        let (scale_in, _) = changes[1];
+        assert_eq!(
+            scale_in - 6_000,
+            3_000,
+            "exactly the cooldown after demand fell"
+        );
+        assert!(scale_in - out >= 3_000, "scale-in only after the cooldown");
+    }
+
+    /// The localstack scenario (`tests/scaling_localstack.rs`): activation at 12 x threshold - 1
+    /// keeps one worker while the burst is still being published, then the cap in one decision.
+    #[test]
+    fn activation_past_the_cap_asks_for_the_cap_in_one_decision() {
+        let config = ScalingConfig {
+            max_workers: 12,
+            activation_lag: 12 * 100 - 1,
+            cooldown: Duration::from_secs(4),
+            ..end_to_end_config()
+        };
+        // Publishing from 2.5 s: 600 by 3 s, 1,199 (at the activation threshold) by 4 s, 2,400 by 5 s;
+        // consumed down to 1,250 (still the cap) at 7 s, 900 (at or below the activation: min) at 8 s,
+        // 0 from 10 s.
+        let lag = |ms: u64| match ms {
+            0..2_500 => 0,
+            2_500..4_000 => 600,
+            4_000..5_000 => 1_199,
+            5_000..7_000 => 2_400,
+            7_000..8_000 => 1_250,
+            8_000..10_000 => 900,
+            _ => 0,
+        };
+        let changes = drive(config, 12, 30_000, lag, |_| false);
+        let at: Vec<(u64, usize, usize, Reason)> = changes
+            .iter()
+            .map(|(ms, d)| (*ms, d.from, d.to, d.reason))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (5_000, 1, 12, Reason::ScaleOut),
+                // 900 is below the activation threshold: demand falls to min at 8 s, and the
+                // peak within the window is 1 (the window starts at 8 s).
+                (12_000, 12, 1, Reason::ScaleIn),
+            ]
+        );
+    }
+
+    /// Evaluations skipped while a rebalance settles take no decision, and a skipped evaluation
+    /// neither starts nor ends a cooldown: it counts from the first evaluation that saw lower demand.
+    #[test]
+    fn settling_defers_decisions_to_the_next_evaluation() {
+        let lag = |ms: u64| {
+            if (3_400..6_000).contains(&ms) {
+                2_400
+            } else {
+                0
+            }
+        };
+        // Rebalances settle over the evaluations at 5 s (after the scale-out), 6 s and 7 s.
+        let settling = |ms: u64| (5_000..=5_000).contains(&ms) || (6_000..=7_000).contains(&ms);
+        let changes = drive(end_to_end_config(), 12, 20_000, lag, settling);
+        let at: Vec<(u64, usize, Reason)> = changes
+            .iter()
+            .map(|(ms, d)| (*ms, d.to, d.reason))
+            .collect();
+        assert_eq!(
+            at,
+            [(4_000, 12, Reason::ScaleOut), (11_000, 1, Reason::ScaleIn)],
+            "demand fell at 6 s, first seen at 8 s; scale-in at 8 s + 3 s"
+        );
+    }
+
+    /// Bounds: never above `max_workers` even with more partitions, never below `min_workers`,
+    /// and from zero workers to one and back once the lag passes and falls below the activation.
+    #[test]
+    fn bounds_hold_through_out_and_in() {
+        let lag = |ms: u64| {
+            if (2_000..4_000).contains(&ms) {
+                5_000
+            } else {
+                0
+            }
+        };
+        let capped = ScalingConfig {
+            max_workers: 5,
+            ..end_to_end_config()
+        };
+        let changes = drive(capped, 12, 20_000, lag, |_| false);
+        let at: Vec<(u64, usize)> = changes.iter().map(|(ms, d)| (*ms, d.to)).collect();
+        assert_eq!(
+            at,
+            [(2_000, 5), (7_000, 1)],
+            "max 5 of 12 partitions; back to min 1"
+        );
+
+        let floor = ScalingConfig {
+            min_workers: 3,
+            ..end_to_end_config()
+        };
+        let changes = drive(floor, 12, 20_000, lag, |_| false);
+        let at: Vec<(u64, usize)> = changes.iter().map(|(ms, d)| (*ms, d.to)).collect();
+        assert_eq!(at, [(2_000, 12), (7_000, 3)], "never below min 3");
+
+        let idle = ScalingConfig {
+            min_workers: 0,
+            activation_lag: 10,
+            ..end_to_end_config()
+        };
+        let lag = |ms: u64| match ms {
+            2_000..3_000 => 10,
+            3_000..4_000 => 11,
+            _ => 0,
+        };
+        let changes = drive(idle, 12, 20_000, lag, |_| false);
+        let at: Vec<(u64, usize, usize)> =
+            changes.iter().map(|(ms, d)| (*ms, d.from, d.to)).collect();
+        assert_eq!(
+            at,
+            [(3_000, 0, 1), (7_000, 1, 0)],
+            "at the activation threshold: idle; past it: one; back to zero after the cooldown"
+        );
+    }
+
+    /// A cooldown that is not a whole number of intervals ends at the first evaluation after it.
+    #[test]
+    fn scale_in_waits_for_the_evaluation_after_the_cooldown() {
+        let config = ScalingConfig {
+            cooldown: Duration::from_millis(2_500),
+            ..end_to_end_config()
+        };
+        let lag = |ms: u64| if ms == 1_000 { 800 } else { 0 };
+        let changes = drive(config, 12, 20_000, lag, |_| false);
+        let at: Vec<(u64, usize)> = changes.iter().map(|(ms, d)| (*ms, d.to)).collect();
+        assert_eq!(
+            at,
+            [(1_000, 8), (5_000, 1)],
+            "fell at 2 s; 4 s < 2 s + 2.5 s <= 5 s"
+        );
+    }
+
     #[test]
     fn zero_cooldown_scales_in_immediately() {
         let mut s = Scaler::new(ScalingConfig {
