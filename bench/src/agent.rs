@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-use crate::sys::{clock_ticks, cpu_pct, create_topic_on, sample, status_kib};
+use crate::sys::{clock_ticks, cpu_pct, create_topic_on, free_port, fresh_dir, sample, status_kib};
 
 /// CPU goal: percent of one core, averaged over the run.
 const GOAL_CPU_PCT: f64 = 0.5;
@@ -88,10 +88,6 @@ fn default_bin() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or(&candidates[0])
         .clone()
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn port_open(port: u16) -> bool {
@@ -236,9 +232,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         "NOT release (figures overstate the release build's footprint)"
     };
-    let _ = fs::remove_dir_all(&args.out);
-    fs::create_dir_all(&args.out)?;
-    let out = fs::canonicalize(&args.out)?;
+    let out = fresh_dir(&args.out)?;
 
     let mut kafka = None;
     let (brokers, topic, broker_label) = match &args.brokers {

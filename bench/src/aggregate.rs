@@ -13,7 +13,7 @@ use damselfly_core::compact::{self, CompactConfig};
 use damselfly_core::decode::{InputRecord, Validation};
 use damselfly_core::rates::Tail;
 use damselfly_schemas::Table;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use object_store::ObjectStoreExt as _;
 
 use crate::{prometheus, sys};
@@ -79,11 +79,7 @@ print(json.dumps({"version": duckdb.__version__, "seconds": secs, "cpu_seconds":
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    if cfg!(debug_assertions) {
-        eprintln!(
-            "warning: a debug build; run `cargo run --release -p damselfly-bench -- aggregate` for real figures"
-        );
-    }
+    sys::warn_if_debug("aggregate");
     std::fs::create_dir_all(&args.out)?;
     let intervals = (args.span.as_millis() / args.interval.as_millis()) as u64;
     let total = args.vms as u64 * intervals;
@@ -238,8 +234,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
 
     latencies.sort();
-    let pct =
-        |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    let pct = |p: f64| sys::nearest_rank(&latencies, p).as_secs_f64() * 1e3;
     let ours_rate = samples as f64 / ours.as_secs_f64();
     let duck_rate = samples as f64 / duck_secs;
     println!(
@@ -381,11 +376,11 @@ fn compacted_raw_bytes(
     })
 }
 
+/// A progress bar over the benchmark's messages.
 fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} messages ({elapsed})")
-            .expect("valid template"),
-    );
-    pb.set_prefix(prefix.to_owned());
-    pb
+    sys::progress_bar(
+        len,
+        "{prefix:>10} [{bar:30}] {pos}/{len} messages ({elapsed})",
+        prefix.to_owned(),
+    )
 }

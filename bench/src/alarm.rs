@@ -102,9 +102,7 @@ impl Function for Timed {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(&args.out);
-    std::fs::create_dir_all(&args.out)?;
-    let out = std::fs::canonicalize(&args.out)?;
+    let out = sys::fresh_dir(&args.out)?;
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     cluster.create_topic("metrics", args.partitions, 1)?;
     let brokers = cluster.bootstrap_servers();
@@ -221,7 +219,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("no breaching sample reached the alarm function ({injected} injected)");
     }
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    let pct = |p: f64| sys::nearest_rank(&lat, p);
     let (p50, p99, max) = (pct(0.5), pct(0.99), *lat.last().expect("not empty"));
     let sent = f.sent.load(Relaxed);
     println!(

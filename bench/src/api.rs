@@ -24,7 +24,7 @@ use damselfly_schemas::paths::{
     HourPartition, batch_object_key, compacted_object_key, rollup_object_key,
 };
 use damselfly_schemas::{Family, Kind, Table, Tags};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::sys;
 
@@ -396,15 +396,13 @@ struct Generated {
     compact_secs: f64,
 }
 
+/// A progress bar over `len` things called `unit`, with its time left.
 fn bar(len: u64, prefix: &str, unit: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template(&format!(
-            "{{prefix:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}}, eta {{eta}})"
-        ))
-        .expect("valid template"),
-    );
-    pb.set_prefix(prefix.to_owned());
-    pb
+    sys::progress_bar(
+        len,
+        &format!("{{prefix:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}}, eta {{eta}})"),
+        prefix.to_owned(),
+    )
 }
 
 /// Writes the lake (or finds it cached): the aggregate function's `rollup_1m` batch files, then
@@ -630,8 +628,11 @@ fn same(a: &Answer, b: &Answer) -> bool {
 /// Latency percentiles in milliseconds: p50, p99, max.
 fn percentiles(ms: &mut [f64]) -> (f64, f64, f64) {
     ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
-    (pct(0.5), pct(0.99), ms[ms.len() - 1])
+    (
+        sys::nearest_rank(ms, 0.5),
+        sys::nearest_rank(ms, 0.99),
+        ms[ms.len() - 1],
+    )
 }
 
 /// Runs the benchmark and prints its table.

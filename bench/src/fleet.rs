@@ -29,7 +29,6 @@ use anyhow::{Context as _, bail};
 use damselfly_agent::run::now_ms;
 use damselfly_agent::{Fleet, Publisher, PublisherConfig};
 use damselfly_core::Lake;
-use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStoreExt as _;
 
 use crate::sys;
@@ -219,9 +218,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         PathBuf::from(std::env::var("HOME").unwrap_or_default())
             .join(".cache/damselfly/tools-venv/bin/python")
     });
-    let _ = std::fs::remove_dir_all(&args.out);
-    std::fs::create_dir_all(&args.out)?;
-    let out = std::fs::canonicalize(&args.out)?;
+    let out = sys::fresh_dir(&args.out)?;
     let scripts = std::fs::canonicalize(&args.scripts)?;
     let run_id = now_ms();
     let rules = out.join("rules.json");
@@ -414,7 +411,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         .context("sqs_watch.py did not subscribe (see its log)")?;
 
     // The functions.
-    let (agg_port, alarm_port) = (free_port()?, free_port()?);
+    let (agg_port, alarm_port) = (sys::free_port()?, sys::free_port()?);
     let runner_args = |function: &str, port: u16| -> Vec<String> {
         let group = format!("fleet-{function}-{n}-{}", env.run_id);
         let listen = format!("127.0.0.1:{port}");
@@ -539,11 +536,11 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     ];
     let mut first_seen: HashMap<String, i64> = HashMap::new();
     let mut ticks: Vec<Tick> = Vec::new();
-    let bar = ProgressBar::new((args.duration + args.drain).as_secs()).with_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} s {msg}")
-            .expect("valid template"),
+    let bar = sys::progress_bar(
+        (args.duration + args.drain).as_secs(),
+        "{prefix:>10} [{bar:30}] {pos}/{len} s {msg}",
+        format!("{n} VMs"),
     );
-    bar.set_prefix(format!("{n} VMs"));
     let mut sim_summary: Option<serde_json::Value> = None;
     let mut sim_end: Option<Instant> = None;
     let mut lag_at_publish_end = 0.0;
@@ -741,9 +738,8 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     let sns = notified(&probes, &receipts.lock().expect("not poisoned"));
     let mut sns_lat: Vec<f64> = sns.iter().map(|ms| *ms as f64 / 1e3).collect();
     sns_lat.sort_by(f64::total_cmp);
-    let pct = |v: &[f64], p: f64| -> Option<f64> {
-        (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * p).round() as usize])
-    };
+    let pct =
+        |v: &[f64], p: f64| -> Option<f64> { (!v.is_empty()).then(|| sys::nearest_rank(v, p)) };
     let u = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     let secs = |k: &str| lake_stats[k].as_f64().map(|ms| ms / 1e3);
     let get = |name: &str| {
@@ -956,12 +952,6 @@ fn max_workers(args: &Args) -> usize {
     args.max_workers.unwrap_or_else(|| {
         2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     })
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn read_pid(path: &Path) -> Option<u32> {

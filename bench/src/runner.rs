@@ -114,11 +114,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
-    if cfg!(debug_assertions) {
-        eprintln!(
-            "warning: a debug build; run `cargo run --release -p damselfly-bench -- runner` for real figures"
-        );
-    }
+    sys::warn_if_debug("runner");
     let topic = format!(
         "bench-runner-{}",
         std::time::SystemTime::now()
@@ -438,7 +434,7 @@ fn runner(
     };
     let mut lat = clock.latencies;
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    let pct = |p: f64| sys::nearest_rank(&lat, p).as_secs_f64() * 1e3;
     Ok(Figures {
         records,
         seconds: last.duration_since(first).as_secs_f64(),

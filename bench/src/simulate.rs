@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use damselfly_agent::wire::{self, WireFormat};
 use damselfly_agent::{Fleet, Publisher, PublisherConfig};
-use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::mocking::MockCluster;
 
 use crate::sys;
@@ -119,11 +118,11 @@ fn measure(
     let interval_ms = args.interval.as_millis() as i64;
     let start_ms = now_ms();
     let total = u64::from(args.burst_intervals + args.intervals) * args.vms as u64;
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} messages ({elapsed})")
-            .expect("valid template"),
+    let bar = sys::progress_bar(
+        total,
+        "{prefix:>14} [{bar:30}] {pos}/{len} messages ({elapsed})",
+        name,
     );
-    bar.set_prefix(name);
 
     // Capacity: as fast as the producer takes them.
     let mut bytes = 0u64;
@@ -174,7 +173,7 @@ fn measure(
     let cpu_after = sys::sample_self()?;
     bar.finish_and_clear();
     send_times.sort();
-    let pct = |p: f64| send_times[((send_times.len() - 1) as f64 * p).round() as usize];
+    let pct = |p: f64| sys::nearest_rank(&send_times, p);
     Ok(Row {
         format: name,
         bytes_per_msg: bytes as f64 / sent as f64,

@@ -1,10 +1,13 @@
-//! The machine and its helpers as benchmarks see them: /proc readings (CPU time, resident memory, load), topic creation, and the size of a directory.
+//! The machine and its helpers as benchmarks see them: /proc readings (CPU time, resident memory, load), topic creation, directories and free ports, and what every run shares in its figures and on screen (percentiles, progress bars, the debug-build warning).
 
+use std::borrow::Cow;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// One reading of /proc for a process.
 #[derive(Debug, Clone, Copy)]
@@ -150,4 +153,67 @@ pub fn empty_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// A benchmark's output directory: whatever an earlier run left is removed (as far as it can be),
+/// the directory is created, and its absolute path returned.
+pub fn fresh_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    Ok(fs::canonicalize(dir)?)
+}
+
+/// A TCP port of 127.0.0.1 that was free a moment ago (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The nearest-rank quantile `p` (0 to 1) of `sorted`, which is sorted and not empty.
+pub fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A progress bar of `len` steps drawn with `template` (indicatif's syntax), labelled `prefix`.
+pub fn progress_bar(len: u64, template: &str, prefix: impl Into<Cow<'static, str>>) -> ProgressBar {
+    let pb = ProgressBar::new(len)
+        .with_style(ProgressStyle::with_template(template).expect("valid template"));
+    pb.set_prefix(prefix);
+    pb
+}
+
+/// Warns on stderr when this is a debug build: the figures of benchmark `bench` would be far from a release build's.
+pub fn warn_if_debug(bench: &str) {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: a debug build; run `cargo run --release -p damselfly-bench -- {bench}` for real figures"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_rounds_to_the_closest_index() {
+        let v = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        assert_eq!(nearest_rank(&v, 0.0), 1);
+        assert_eq!(nearest_rank(&v, 0.5), 6); // index 4.5 rounds away from zero
+        assert_eq!(nearest_rank(&v, 0.99), 10);
+        assert_eq!(nearest_rank(&v, 1.0), 10);
+        assert_eq!(nearest_rank(&[7.5], 0.99), 7.5);
+    }
+
+    #[test]
+    fn fresh_dir_empties_and_makes_absolute() {
+        let dir =
+            std::env::temp_dir().join(format!("damselfly-bench-fresh-{}", std::process::id()));
+        fs::create_dir_all(dir.join("old")).unwrap();
+        let got = fresh_dir(&dir).unwrap();
+        assert!(got.is_absolute());
+        assert_eq!(fs::read_dir(&got).unwrap().count(), 0);
+        fs::remove_dir_all(&got).unwrap();
+    }
 }
