@@ -6,7 +6,7 @@ use base64::Engine as _;
 use damselfly_schemas::paths::{HourPartition, batch_object_key};
 use damselfly_schemas::{MetricMessage, Table};
 
-use crate::accepted::Accepted;
+use crate::accepted::{Accepted, Ids, Ranks};
 use crate::decode::{InputRecord, Rejection, Validation, decode};
 use crate::encode::{self, EncodeError, RawRow, RollupKey};
 use crate::rates::{Tail, advance};
@@ -159,135 +159,26 @@ impl PartitionBatch {
         let mut out = Vec::new();
 
         // Records were decoded into dense ids (see `accepted`): the rows and rollup windows are
-        // keyed by them and sorted by ranks. Sized up front: a batch is mostly one hour, and
-        // growing these was a few percent.
+        // keyed by them and sorted by ranks.
         let acc = &self.accepted;
-        let ids = &acc.ids;
-        let sample_count = acc.samples.len();
-        let windows_cap = sample_count.min(1 << 16);
-        let mut raw: BTreeMap<HourPartition, Vec<Row>> = BTreeMap::new();
-        let mut rollups: BTreeMap<HourPartition, ahash::AHashMap<Window, Partial>> =
-            BTreeMap::new();
-        for msg in &acc.msgs {
-            let (vm, ts) = (msg.vm, msg.ts);
-            let hour = hour_of(ts)?;
-            let window = minute_of(ts);
-            let rows = raw
-                .entry(hour)
-                .or_insert_with(|| Vec::with_capacity(sample_count));
-            let windows = rollups
-                .entry(hour_of(window)?)
-                .or_insert_with(|| ahash::AHashMap::with_capacity(windows_cap));
-            for &(sid, value) in acc.samples_of(msg) {
-                rows.push(Row { vm, sid, ts, value });
-                let p = Partial::of(ts, value);
-                windows
-                    .entry((vm, sid, window))
-                    .and_modify(|acc| acc.merge(&p))
-                    .or_insert(p);
-            }
-        }
-        // Rates: every counter series in time order, continuing from the tail, which is read
-        // once per series before and written once after.
-        let mut by_time: Vec<usize> = (0..acc.msgs.len()).collect();
-        by_time.sort_by_key(|&i| acc.msgs[i].ts);
-        // A tail series is named by the `vm` tag, not the whole tag set: keyed by rank, the VMs
-        // whose other tags changed within the batch share one.
-        let ranks = ids.ranks();
-        let mut lasts: ahash::AHashMap<u64, (u32, u32, LastSample)> = Default::default();
-        let name = |vm: u32, sid: u32| {
-            let (metric, device) = &ids.series[sid as usize];
-            (ids.vms[vm as usize].vm.as_str(), &**metric, &**device)
-        };
-        for i in by_time {
-            let msg = &acc.msgs[i];
-            let window = minute_of(msg.ts);
-            for &(sid, value) in acc.samples_of(msg) {
-                let Some(rate_sid) = ids.rate_of[sid as usize] else {
-                    continue;
-                };
-                let (_, _, last) = lasts
-                    .entry(ranks.series_of(msg.vm, sid))
-                    .or_insert_with(|| {
-                        let (vm, metric, device) = name(msg.vm, sid);
-                        (msg.vm, sid, tail.last(vm, metric, device))
-                    });
-                let Some(r) = advance(last, msg.ts, value) else {
-                    continue;
-                };
-                let p = Partial::of(msg.ts, r);
-                rollups
-                    .entry(hour_of(window)?)
-                    .or_default()
-                    .entry((msg.vm, rate_sid, window))
-                    .and_modify(|acc| acc.merge(&p))
-                    .or_insert(p);
-            }
-        }
-        for (vm, sid, last) in lasts.into_values() {
-            if let Some(last) = last {
-                let (vm, metric, device) = name(vm, sid);
-                tail.set(vm, metric, device, last);
-            }
-        }
+        let (raw, mut rollups) = rows_and_windows(acc)?;
+        let ranks = acc.ids.ranks();
+        roll_up_rates(acc, &ranks, tail, &mut rollups)?;
         for (hour, rows) in raw {
-            // Table order (vm, metric, device, ts); equal keys keep the batch's order.
-            let mut order: Vec<(u64, i64, u32)> = rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (ranks.series_of(r.vm, r.sid), r.ts, i as u32))
-                .collect();
-            order.sort_unstable();
-            let rows: Vec<RawRow<'_>> = order
-                .iter()
-                .map(|o| {
-                    let r = &rows[o.2 as usize];
-                    let (metric, device) = &ids.series[r.sid as usize];
-                    RawRow {
-                        tags: &ids.vms[r.vm as usize],
-                        metric,
-                        device,
-                        ts: r.ts,
-                        value: r.value,
-                    }
-                })
-                .collect();
             out.push(LakeObject {
                 table: Table::Raw,
                 key: key(Table::Raw, hour),
-                bytes: encode::raw_parquet(&rows)?,
+                bytes: raw_parquet(&acc.ids, &ranks, &rows)?,
                 rows: rows.len(),
             });
         }
         for (hour, windows) in rollups {
-            let windows: Vec<(Window, Partial)> = windows.into_iter().collect();
-            // Table order (vm, metric, device, window_start), then the rest of the tags; the
-            // sort moves small keys, not the partials.
-            let mut order: Vec<(u64, i64, u32, u32)> = windows
-                .iter()
-                .enumerate()
-                .map(|(i, &((vm, sid, start), _))| {
-                    let tags = ranks.tags[vm as usize];
-                    (ranks.series_of(vm, sid), start, tags, i as u32)
-                })
-                .collect();
-            order.sort_unstable();
-            let windows: Vec<(RollupKey<'_>, Partial)> = order
-                .iter()
-                .map(|o| {
-                    let ((vm, sid, start), p) = windows[o.3 as usize];
-                    let (metric, device) = &ids.series[sid as usize];
-                    (
-                        RollupKey::new(&ids.vms[vm as usize], metric, device, start),
-                        p,
-                    )
-                })
-                .collect();
+            let rows = windows.len();
             out.push(LakeObject {
                 table: Table::Rollup1m,
                 key: key(Table::Rollup1m, hour),
-                bytes: encode::rollup_parquet(windows.iter().map(|(k, p)| (k, p)))?,
-                rows: windows.len(),
+                bytes: rollup_parquet(&acc.ids, &ranks, windows)?,
+                rows,
             });
         }
         let mut dlq: BTreeMap<HourPartition, Vec<&DlqRow>> = BTreeMap::new();
@@ -306,6 +197,156 @@ impl PartitionBatch {
         }
         Ok(out)
     }
+}
+
+/// A batch's `raw` rows by hour partition, in batch order.
+type RowsByHour = BTreeMap<HourPartition, Vec<Row>>;
+
+/// A batch's `rollup_1m` windows by hour partition.
+type WindowsByHour = BTreeMap<HourPartition, ahash::AHashMap<Window, Partial>>;
+
+/// Files every accepted sample as a `raw` row and into its `rollup_1m` window, by hour partition.
+fn rows_and_windows(acc: &Accepted) -> Result<(RowsByHour, WindowsByHour), EncodeError> {
+    // Sized up front: a batch is mostly one hour, and growing these was a few percent.
+    let sample_count = acc.samples.len();
+    let windows_cap = sample_count.min(1 << 16);
+    let mut raw: RowsByHour = BTreeMap::new();
+    let mut rollups: WindowsByHour = BTreeMap::new();
+    for msg in &acc.msgs {
+        let (vm, ts) = (msg.vm, msg.ts);
+        let hour = hour_of(ts)?;
+        let window = minute_of(ts);
+        let rows = raw
+            .entry(hour)
+            .or_insert_with(|| Vec::with_capacity(sample_count));
+        let windows = rollups
+            .entry(hour_of(window)?)
+            .or_insert_with(|| ahash::AHashMap::with_capacity(windows_cap));
+        for &(sid, value) in acc.samples_of(msg) {
+            rows.push(Row { vm, sid, ts, value });
+            let p = Partial::of(ts, value);
+            windows
+                .entry((vm, sid, window))
+                .and_modify(|acc| acc.merge(&p))
+                .or_insert(p);
+        }
+    }
+    Ok((raw, rollups))
+}
+
+/// Rolls the rates of every counter series up into `rollups`, continuing from `tail`, and
+/// advances `tail` past the batch.
+fn roll_up_rates(
+    acc: &Accepted,
+    ranks: &Ranks,
+    tail: &mut Tail,
+    rollups: &mut WindowsByHour,
+) -> Result<(), EncodeError> {
+    // Every counter series in time order, continuing from the tail, which is read once per
+    // series before and written once after.
+    let ids = &acc.ids;
+    let mut by_time: Vec<usize> = (0..acc.msgs.len()).collect();
+    by_time.sort_by_key(|&i| acc.msgs[i].ts);
+    // A tail series is named by the `vm` tag, not the whole tag set: keyed by rank, the VMs
+    // whose other tags changed within the batch share one.
+    let mut lasts: ahash::AHashMap<u64, (u32, u32, LastSample)> = Default::default();
+    for i in by_time {
+        let msg = &acc.msgs[i];
+        let window = minute_of(msg.ts);
+        for &(sid, value) in acc.samples_of(msg) {
+            let Some(rate_sid) = ids.rate_of[sid as usize] else {
+                continue;
+            };
+            let (_, _, last) = lasts
+                .entry(ranks.series_of(msg.vm, sid))
+                .or_insert_with(|| {
+                    let (vm, metric, device) = series_name(ids, msg.vm, sid);
+                    (msg.vm, sid, tail.last(vm, metric, device))
+                });
+            let Some(r) = advance(last, msg.ts, value) else {
+                continue;
+            };
+            let p = Partial::of(msg.ts, r);
+            rollups
+                .entry(hour_of(window)?)
+                .or_default()
+                .entry((msg.vm, rate_sid, window))
+                .and_modify(|acc| acc.merge(&p))
+                .or_insert(p);
+        }
+    }
+    for (vm, sid, last) in lasts.into_values() {
+        if let Some(last) = last {
+            let (vm, metric, device) = series_name(ids, vm, sid);
+            tail.set(vm, metric, device, last);
+        }
+    }
+    Ok(())
+}
+
+/// A series' name as the tail keys it: (`vm` tag, metric, device).
+#[inline]
+fn series_name(ids: &Ids, vm: u32, sid: u32) -> (&str, &str, &str) {
+    let (metric, device) = &ids.series[sid as usize];
+    (ids.vms[vm as usize].vm.as_str(), metric, device)
+}
+
+/// Encodes one hour's `raw` rows in table order (vm, metric, device, ts); equal keys keep the
+/// batch's order.
+fn raw_parquet(ids: &Ids, ranks: &Ranks, rows: &[Row]) -> Result<bytes::Bytes, EncodeError> {
+    let mut order: Vec<(u64, i64, u32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (ranks.series_of(r.vm, r.sid), r.ts, i as u32))
+        .collect();
+    order.sort_unstable();
+    let rows: Vec<RawRow<'_>> = order
+        .iter()
+        .map(|o| {
+            let r = &rows[o.2 as usize];
+            let (metric, device) = &ids.series[r.sid as usize];
+            RawRow {
+                tags: &ids.vms[r.vm as usize],
+                metric,
+                device,
+                ts: r.ts,
+                value: r.value,
+            }
+        })
+        .collect();
+    encode::raw_parquet(&rows)
+}
+
+/// Encodes one hour's `rollup_1m` windows in table order (vm, metric, device, window_start),
+/// then the rest of the tags.
+fn rollup_parquet(
+    ids: &Ids,
+    ranks: &Ranks,
+    windows: ahash::AHashMap<Window, Partial>,
+) -> Result<bytes::Bytes, EncodeError> {
+    let windows: Vec<(Window, Partial)> = windows.into_iter().collect();
+    // The sort moves small keys, not the partials.
+    let mut order: Vec<(u64, i64, u32, u32)> = windows
+        .iter()
+        .enumerate()
+        .map(|(i, &((vm, sid, start), _))| {
+            let tags = ranks.tags[vm as usize];
+            (ranks.series_of(vm, sid), start, tags, i as u32)
+        })
+        .collect();
+    order.sort_unstable();
+    let windows: Vec<(RollupKey<'_>, Partial)> = order
+        .iter()
+        .map(|o| {
+            let ((vm, sid, start), p) = windows[o.3 as usize];
+            let (metric, device) = &ids.series[sid as usize];
+            (
+                RollupKey::new(&ids.vms[vm as usize], metric, device, start),
+                p,
+            )
+        })
+        .collect();
+    encode::rollup_parquet(windows.iter().map(|(k, p)| (k, p)))
 }
 
 /// A `raw` row of a batch by ids: the VM and series are indices into [`Ids`].
