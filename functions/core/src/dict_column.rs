@@ -15,11 +15,12 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use parquet::basic::{BoundaryOrder, Compression, Encoding, EncodingMask, PageType, Type};
 use parquet::bloom_filter::Sbbf;
-use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{
-    ColumnChunkMetaData, ColumnIndexBuilder, OffsetIndexBuilder, PageEncodingStats,
+    ColumnChunkMetaData, ColumnChunkMetaDataBuilder, ColumnIndexBuilder, OffsetIndexBuilder,
+    PageEncodingStats,
 };
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::{Statistics, ValueStatistics};
@@ -128,15 +129,51 @@ pub fn write_chunk(
 
     let mut sink = TrackedWrite::new(Vec::new());
     let mut pages = SerializedPageWriter::new(&mut sink);
-    let (mut compressed, mut uncompressed) = (0i64, 0i64);
+    let dict = write_dictionary_page(col, &mut pages, &mut compress)?;
+    let data = write_data_pages(col, keys, props, &mut pages, &mut compress)?;
+    pages.close()?;
 
-    // The dictionary page: every value, PLAIN (length-prefixed), in byte order.
+    let mut builder = chunk_metadata(descr.clone(), codec, &dict, &data, keys.len());
+    if stats != EnabledStatistics::None && !keys.is_empty() {
+        builder = builder.set_statistics(chunk_statistics(col, data.lo, data.hi));
+    }
+    let column_index = if stats == EnabledStatistics::Page && data.count > 0 {
+        let mut column_index = data.column_index;
+        if data.ascending {
+            column_index.set_boundary_order(BoundaryOrder::ASCENDING);
+        }
+        Some(column_index.build()?)
+    } else {
+        None
+    };
+    let offset_index = (!props.offset_index_disabled()).then(|| data.offset_index.build());
+    let bloom_filter = match props.bloom_filter_properties(path) {
+        Some(bloom) => Some(bloom_filter(col, rows, bloom.fpp())?),
+        None => None,
+    };
+    let close = ColumnCloseResult {
+        bytes_written: sink.bytes_written() as u64,
+        rows_written: keys.len() as u64,
+        metadata: builder.build()?,
+        bloom_filter,
+        column_index,
+        offset_index,
+    };
+    Ok((Bytes::from(sink.into_inner()?), close))
+}
+
+/// Writes the dictionary page: every value, PLAIN (length-prefixed), in byte order.
+fn write_dictionary_page(
+    col: &DictColumn,
+    pages: &mut impl PageWriter,
+    compress: &mut Compressor,
+) -> Result<PageWriteSpec, ParquetError> {
     let mut dict = Vec::with_capacity(col.values.iter().map(|v| 4 + v.len()).sum());
     for v in &col.values {
         dict.extend_from_slice(&(v.len() as u32).to_le_bytes());
         dict.extend_from_slice(v.as_bytes());
     }
-    let spec = pages.write_page(CompressedPage::new(
+    pages.write_page(CompressedPage::new(
         Page::DictionaryPage {
             buf: compress.run(&dict)?,
             num_values: col.values.len() as u32,
@@ -144,17 +181,46 @@ pub fn write_chunk(
             is_sorted: true,
         },
         dict.len(),
-    ))?;
-    let dict_offset = spec.offset as i64;
-    compressed += spec.compressed_size as i64;
-    uncompressed += spec.uncompressed_size as i64;
+    ))
+}
 
-    // Data pages: the keys' RLE/bit-packed hybrid, behind one byte of bit width.
+/// A chunk's data pages as written: where and how large they are, their key range and indexes.
+struct DataPages {
+    /// Offset of the first data page, if any.
+    offset: Option<i64>,
+    /// Data pages written.
+    count: i32,
+    /// Compressed bytes written, page headers included.
+    compressed: i64,
+    /// Uncompressed bytes written, page headers included.
+    uncompressed: i64,
+    /// The smallest key of any page (`u32::MAX` if none).
+    lo: u32,
+    /// The largest key of any page (0 if none).
+    hi: u32,
+    /// Whether no page's min or max is below the page before's.
+    ascending: bool,
+    /// Each page's min and max value.
+    column_index: ColumnIndexBuilder,
+    /// Each page's offset, size and rows.
+    offset_index: OffsetIndexBuilder,
+}
+
+/// Writes `keys` as data pages within `props`' page limits: the keys' RLE/bit-packed hybrid,
+/// behind one byte of bit width.
+fn write_data_pages(
+    col: &DictColumn,
+    keys: &[u32],
+    props: &WriterProperties,
+    pages: &mut impl PageWriter,
+    compress: &mut Compressor,
+) -> Result<DataPages, ParquetError> {
     let width = bit_width(col.values.len());
     let byte_rows = (props.data_page_size_limit() * 8 / (width as usize).max(1)).max(1);
     let page_rows = props.data_page_row_count_limit().min(byte_rows).max(1);
     let mut column_index = ColumnIndexBuilder::new(Type::BYTE_ARRAY);
     let mut offset_index = OffsetIndexBuilder::new();
+    let (mut compressed, mut uncompressed) = (0i64, 0i64);
     let (mut data_offset, mut pages_written) = (None, 0);
     let (mut lo, mut hi) = (u32::MAX, 0u32);
     let (mut prev_lo, mut prev_hi, mut ascending) = (0u32, 0u32, true);
@@ -195,9 +261,29 @@ pub fn write_chunk(
         );
         pages_written += 1;
     }
-    pages.close()?;
+    Ok(DataPages {
+        offset: data_offset,
+        count: pages_written,
+        compressed,
+        uncompressed,
+        lo,
+        hi,
+        ascending,
+        column_index,
+        offset_index,
+    })
+}
 
-    let mut builder = ColumnChunkMetaData::builder(descr.clone())
+/// The chunk's metadata, without statistics: codec, encodings, sizes and page offsets.
+fn chunk_metadata(
+    descr: ColumnDescPtr,
+    codec: Compression,
+    dict: &PageWriteSpec,
+    data: &DataPages,
+    num_values: usize,
+) -> ColumnChunkMetaDataBuilder {
+    let dict_offset = dict.offset as i64;
+    ColumnChunkMetaData::builder(descr)
         .set_compression(codec)
         .set_encodings_mask(EncodingMask::new_from_encodings(
             [Encoding::PLAIN, Encoding::RLE, Encoding::RLE_DICTIONARY].iter(),
@@ -211,52 +297,33 @@ pub fn write_chunk(
             PageEncodingStats {
                 page_type: PageType::DATA_PAGE,
                 encoding: Encoding::RLE_DICTIONARY,
-                count: pages_written,
+                count: data.count,
             },
         ])
-        .set_total_compressed_size(compressed)
-        .set_total_uncompressed_size(uncompressed)
-        .set_num_values(keys.len() as i64)
-        .set_data_page_offset(data_offset.unwrap_or(dict_offset))
-        .set_dictionary_page_offset(Some(dict_offset));
-    if stats != EnabledStatistics::None && !keys.is_empty() {
-        let value = |k: u32| parquet::data_type::ByteArray::from(col.values[k as usize].as_str());
-        let statistics: Statistics =
-            ValueStatistics::new(Some(value(lo)), Some(value(hi)), None, Some(0), false)
-                .with_backwards_compatible_min_max(false)
-                .into();
-        builder = builder.set_statistics(statistics);
+        .set_total_compressed_size(dict.compressed_size as i64 + data.compressed)
+        .set_total_uncompressed_size(dict.uncompressed_size as i64 + data.uncompressed)
+        .set_num_values(num_values as i64)
+        .set_data_page_offset(data.offset.unwrap_or(dict_offset))
+        .set_dictionary_page_offset(Some(dict_offset))
+}
+
+/// The chunk's statistics: min and max value (the values of keys `lo` and `hi`), no nulls.
+fn chunk_statistics(col: &DictColumn, lo: u32, hi: u32) -> Statistics {
+    let value = |k: u32| parquet::data_type::ByteArray::from(col.values[k as usize].as_str());
+    ValueStatistics::new(Some(value(lo)), Some(value(hi)), None, Some(0), false)
+        .with_backwards_compatible_min_max(false)
+        .into()
+}
+
+/// A bloom filter at false-positive rate `fpp` of the values that `rows` of `col` use.
+fn bloom_filter(col: &DictColumn, rows: Range<usize>, fpp: f64) -> Result<Sbbf, ParquetError> {
+    let used = col.used(rows);
+    let distinct = used.iter().filter(|&&u| u).count() as u64;
+    let mut filter = Sbbf::new_with_ndv_fpp(distinct.max(1), fpp)?;
+    for (v, _) in col.values.iter().zip(&used).filter(|(_, u)| **u) {
+        filter.insert(v.as_str());
     }
-    let column_index = if stats == EnabledStatistics::Page && pages_written > 0 {
-        if ascending {
-            column_index.set_boundary_order(BoundaryOrder::ASCENDING);
-        }
-        Some(column_index.build()?)
-    } else {
-        None
-    };
-    let offset_index = (!props.offset_index_disabled()).then(|| offset_index.build());
-    let bloom_filter = match props.bloom_filter_properties(path) {
-        Some(bloom) => {
-            let used = col.used(rows.clone());
-            let distinct = used.iter().filter(|&&u| u).count() as u64;
-            let mut filter = Sbbf::new_with_ndv_fpp(distinct.max(1), bloom.fpp())?;
-            for (v, _) in col.values.iter().zip(&used).filter(|(_, u)| **u) {
-                filter.insert(v.as_str());
-            }
-            Some(filter)
-        }
-        None => None,
-    };
-    let close = ColumnCloseResult {
-        bytes_written: sink.bytes_written() as u64,
-        rows_written: keys.len() as u64,
-        metadata: builder.build()?,
-        bloom_filter,
-        column_index,
-        offset_index,
-    };
-    Ok((Bytes::from(sink.into_inner()?), close))
+    Ok(filter)
 }
 
 /// Bits per key for a dictionary of `n` values.
