@@ -197,53 +197,16 @@ struct Row {
 /// Runs the sweep, prints its table and renders the plots.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let conn = args
-        .security
-        .connection(&args.brokers)
-        .context("the Kafka connection")?;
-    let bin = match &args.bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary directory")?
-            .join("damselfly"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release -p damselfly-bench -p damselfly",
-            bin.display()
-        );
-    }
-    let python = args.python.clone().unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/damselfly/tools-venv/bin/python")
-    });
-    let out = sys::fresh_dir(&args.out)?;
-    let scripts = std::fs::canonicalize(&args.scripts)?;
-    let run_id = now_ms();
-    let rules = out.join("rules.json");
-    std::fs::write(&rules, crate::alarm::BENCH_RULES)?;
-    let env = Env {
-        bin,
-        python,
-        out,
-        scripts,
-        rules,
-        run_id,
-        conn,
-        kafka: read_pid(&args.stack_run.join("kafka.pid")),
-        localstack: read_pid(&args.stack_run.join("localstack.pid")),
-    };
-    eprintln!(
-        "fleet run {run_id}: brokers {} ({}), group protocol {}, kafka pid {:?}, localstack pid {:?}, load average {}",
-        env.conn.brokers,
-        env.conn.security.describe(),
-        args.group_protocol,
-        env.kafka,
-        env.localstack,
-        sys::load_average()
-    );
+    let env = Env::prepare(args)?;
+    let rows = sweep(args, &env, started)?;
+    print_table(args, &env.conn, &rows, started.elapsed());
+    render_plots(args, &env)
+}
 
+/// Measures each size in turn, writing summary.json after each; past the last size it keeps
+/// doubling while every goal holds (unless `--no-ramp`), and it stops at the budget or at a size
+/// that clearly failed.
+fn sweep(args: &Args, env: &Env, started: Instant) -> anyhow::Result<Vec<Row>> {
     let mut rows: Vec<Row> = Vec::new();
     let mut sizes = args.vms.clone();
     let mut i = 0;
@@ -256,7 +219,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
             break;
         }
-        let row = one(args, &env, n)?;
+        let row = one(args, env, n)?;
         eprintln!("{}", markdown_row(&row));
         let (clearly_failed, holds) = (
             !row.drained
@@ -278,8 +241,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         i += 1;
     }
+    Ok(rows)
+}
 
-    print_table(args, &env.conn, &rows, started.elapsed());
+/// Renders the plots of the output directory with plot.py; a failure is reported, not fatal.
+fn render_plots(args: &Args, env: &Env) -> anyhow::Result<()> {
     let plots = args.plots.as_ref().unwrap_or(&env.scripts);
     std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
     let plot = Command::new(&env.python)
@@ -310,6 +276,60 @@ struct Env {
     /// The broker JVM of localstack/up.
     kafka: Option<u32>,
     localstack: Option<u32>,
+}
+
+impl Env {
+    /// Finds the `damselfly` binary and the Python, empties the output directory, writes the
+    /// rules, reads the stack's pids and announces the run.
+    fn prepare(args: &Args) -> anyhow::Result<Self> {
+        let conn = args
+            .security
+            .connection(&args.brokers)
+            .context("the Kafka connection")?;
+        let bin = match &args.bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("binary directory")?
+                .join("damselfly"),
+        };
+        if !bin.exists() {
+            bail!(
+                "{} not found: cargo build --release -p damselfly-bench -p damselfly",
+                bin.display()
+            );
+        }
+        let python = args.python.clone().unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/damselfly/tools-venv/bin/python")
+        });
+        let out = sys::fresh_dir(&args.out)?;
+        let scripts = std::fs::canonicalize(&args.scripts)?;
+        let run_id = now_ms();
+        let rules = out.join("rules.json");
+        std::fs::write(&rules, crate::alarm::BENCH_RULES)?;
+        let env = Env {
+            bin,
+            python,
+            out,
+            scripts,
+            rules,
+            run_id,
+            conn,
+            kafka: read_pid(&args.stack_run.join("kafka.pid")),
+            localstack: read_pid(&args.stack_run.join("localstack.pid")),
+        };
+        eprintln!(
+            "fleet run {run_id}: brokers {} ({}), group protocol {}, kafka pid {:?}, localstack pid {:?}, load average {}",
+            env.conn.brokers,
+            env.conn.security.describe(),
+            args.group_protocol,
+            env.kafka,
+            env.localstack,
+            sys::load_average()
+        );
+        Ok(env)
+    }
 }
 
 /// A process sampled every second.
@@ -363,139 +383,250 @@ impl Watched {
 
 /// Measures one fleet size.
 fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
-    let hz = sys::clock_ticks();
-    let dir = env.out.join(format!("n{n}"));
-    std::fs::create_dir_all(&dir)?;
-    let load_avg = sys::load_average();
-    let topic = format!("fleet-{n}-{}", now_ms());
-    sys::create_topic_on(&env.conn, &topic, args.partitions)?;
-    let lake_url = format!("s3://{}/fleet/{}/n{n}", args.bucket, env.run_id);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let lake = Lake::open(&lake_url)?;
+    let stage = Stage::prepare(args, env, n)?;
+    let mut watch = SqsWatch::start(args, env, &stage)?;
+    let mut functions = Functions::start(args, env, &stage)?;
+    functions.wait_joined(&stage.dir)?;
+    let (mut sim, sim_start) = start_simulator(args, env, &stage)?;
+    let mut sampling = Sampling::new(env, &stage, &functions, &sim)?;
+    sampling.until_drained(
+        args,
+        &stage,
+        &functions,
+        &mut sim,
+        sim_start,
+        &watch.receipts,
+    )?;
+    let sim_end = sampling.sim_end.context("simulator end")?;
+    let drain_s = sampling.drained_at.map_or(args.drain.as_secs_f64(), |d| {
+        d.duration_since(sim_end).as_secs_f64()
+    });
+    sampling.wind_down(&stage, &mut functions, &mut watch, sim.id())?;
+    let lake_stats = lake_stats(env, &stage, &sampling.first_seen)?;
+    write_timeline(&stage.dir, &sampling.ticks)?;
+    figures(&stage, &sampling, &watch.receipts, &lake_stats, drain_s)
+}
 
-    // SNS -> SQS, to time the alarm path end to end.
-    let mut watcher = Kid(Command::new(&env.python)
-        .arg(env.scripts.join("sqs_watch.py"))
-        .arg(format!("fleet-{}-n{n}", env.run_id))
-        .arg(&args.sns_topic_arn)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("sqs_watch.log"))?)
-        .spawn()
-        .context("starting sqs_watch.py")?);
-    let receipts: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    {
-        let stdout = watcher.stdout.take().context("watcher stdout")?;
-        let receipts = receipts.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if v.get("ready").is_some() {
-                    let _ = ready_tx.send(());
-                } else if let (Some(at), Some(text)) = (v["recv_ms"].as_i64(), v["text"].as_str()) {
-                    receipts
-                        .lock()
-                        .expect("not poisoned")
-                        .push((at, text.to_owned()));
+/// What one fleet size runs against: its directory, its topic and its lake.
+struct Stage {
+    n: usize,
+    /// Clock ticks per second of /proc.
+    hz: u64,
+    /// Where the size's logs, outputs and timeline go (`OUT/nN`).
+    dir: PathBuf,
+    /// The load average when the size started.
+    load_avg: String,
+    topic: String,
+    lake_url: String,
+    rt: tokio::runtime::Runtime,
+    lake: Lake,
+}
+
+impl Stage {
+    /// Creates the size's directory, a fresh topic and the handle of a fresh lake prefix.
+    fn prepare(args: &Args, env: &Env, n: usize) -> anyhow::Result<Self> {
+        let hz = sys::clock_ticks();
+        let dir = env.out.join(format!("n{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let load_avg = sys::load_average();
+        let topic = format!("fleet-{n}-{}", now_ms());
+        sys::create_topic_on(&env.conn, &topic, args.partitions)?;
+        let lake_url = format!("s3://{}/fleet/{}/n{n}", args.bucket, env.run_id);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let lake = Lake::open(&lake_url)?;
+        Ok(Self {
+            n,
+            hz,
+            dir,
+            load_avg,
+            topic,
+            lake_url,
+            rt,
+            lake,
+        })
+    }
+}
+
+/// Notifications received from SQS: (when, ms since the epoch; the message's text).
+type Receipts = Arc<Mutex<Vec<(i64, String)>>>;
+
+/// sqs_watch.py: an SQS queue subscribed to the SNS topic, to time the alarm path end to end.
+struct SqsWatch {
+    child: Kid,
+    receipts: Receipts,
+}
+
+impl SqsWatch {
+    /// Starts sqs_watch.py, collects what it prints on a thread, and waits until it has subscribed.
+    fn start(args: &Args, env: &Env, stage: &Stage) -> anyhow::Result<Self> {
+        let mut child = Kid(Command::new(&env.python)
+            .arg(env.scripts.join("sqs_watch.py"))
+            .arg(format!("fleet-{}-n{}", env.run_id, stage.n))
+            .arg(&args.sns_topic_arn)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(stage.dir.join("sqs_watch.log"))?)
+            .spawn()
+            .context("starting sqs_watch.py")?);
+        let receipts: Receipts = Arc::default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        {
+            let stdout = child.stdout.take().context("watcher stdout")?;
+            let receipts = receipts.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if v.get("ready").is_some() {
+                        let _ = ready_tx.send(());
+                    } else if let (Some(at), Some(text)) =
+                        (v["recv_ms"].as_i64(), v["text"].as_str())
+                    {
+                        receipts
+                            .lock()
+                            .expect("not poisoned")
+                            .push((at, text.to_owned()));
+                    }
+                }
+            });
+        }
+        ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("sqs_watch.py did not subscribe (see its log)")?;
+        Ok(Self { child, receipts })
+    }
+}
+
+/// The functions under test: `damselfly run aggregate` and `damselfly run alarm`, and the ports
+/// of their Prometheus metrics.
+struct Functions {
+    agg: Kid,
+    alarm: Kid,
+    agg_port: u16,
+    alarm_port: u16,
+}
+
+impl Functions {
+    /// Starts both runners on the size's topic and lake, their output in the size's directory.
+    fn start(args: &Args, env: &Env, stage: &Stage) -> anyhow::Result<Self> {
+        let (agg_port, alarm_port) = (sys::free_port()?, sys::free_port()?);
+        let agg = spawn_runner(
+            env,
+            &stage.dir,
+            "aggregate",
+            runner_argv(args, env, stage, "aggregate", agg_port),
+        )?;
+        let alarm = spawn_runner(
+            env,
+            &stage.dir,
+            "alarm",
+            runner_argv(args, env, stage, "alarm", alarm_port),
+        )?;
+        Ok(Self {
+            agg,
+            alarm,
+            agg_port,
+            alarm_port,
+        })
+    }
+
+    /// Waits (at most 60 s) until both runners report a rebalance, i.e. have joined their groups.
+    fn wait_joined(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let joined = Instant::now();
+        loop {
+            let a = scrape(self.agg_port);
+            let b = scrape(self.alarm_port);
+            let ok = |m: &Option<String>| {
+                m.as_deref()
+                    .and_then(|t| metric(t, "rebalances_total"))
+                    .is_some_and(|r| r >= 1.0)
+            };
+            if ok(&a) && ok(&b) {
+                break;
+            }
+            for (name, c) in [("aggregate", &mut self.agg), ("alarm", &mut self.alarm)] {
+                if let Some(s) = c.try_wait()? {
+                    bail!(
+                        "{name} exited with {s} before joining (see {})",
+                        dir.join(format!("{name}.log")).display()
+                    );
                 }
             }
-        });
-    }
-    ready_rx
-        .recv_timeout(Duration::from_secs(60))
-        .context("sqs_watch.py did not subscribe (see its log)")?;
-
-    // The functions.
-    let (agg_port, alarm_port) = (sys::free_port()?, sys::free_port()?);
-    let runner_args = |function: &str, port: u16| -> Vec<String> {
-        let group = format!("fleet-{function}-{n}-{}", env.run_id);
-        let listen = format!("127.0.0.1:{port}");
-        let (max_workers, lag_threshold, batch_size) = (
-            max_workers(args).to_string(),
-            args.lag_threshold.to_string(),
-            args.batch_size.to_string(),
-        );
-        let parts: &[&str] = &[
-            "run",
-            function,
-            "--brokers",
-            &env.conn.brokers,
-            "--topic",
-            &topic,
-            "--lake",
-            &lake_url,
-            "--group",
-            &group,
-            "--group-protocol",
-            args.group_protocol.as_str(),
-            "--min-workers",
-            "1",
-            "--max-workers",
-            &max_workers,
-            "--lag-threshold",
-            &lag_threshold,
-            "--scale-interval",
-            "2s",
-            "--cooldown",
-            "30s",
-            "--batch-size",
-            &batch_size,
-            "--metrics-listen",
-            &listen,
-            "--json",
-        ];
-        let mut a: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
-        if function == "alarm" {
-            a.extend([
-                "--rules".to_owned(),
-                env.rules.display().to_string(),
-                "--sns-topic-arn".to_owned(),
-                args.sns_topic_arn.clone(),
-            ]);
-        }
-        a
-    };
-    let spawn = |name: &str, argv: Vec<String>| -> anyhow::Result<Kid> {
-        connected(Command::new(&env.bin).args(argv), &env.conn)
-            .stdout(std::fs::File::create(dir.join(format!("{name}.json")))?)
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
-            .spawn()
-            .map(Kid)
-            .with_context(|| format!("starting {name}"))
-    };
-    let mut agg = spawn("aggregate", runner_args("aggregate", agg_port))?;
-    let mut alarm = spawn("alarm", runner_args("alarm", alarm_port))?;
-    let joined = Instant::now();
-    loop {
-        let a = scrape(agg_port);
-        let b = scrape(alarm_port);
-        let ok = |m: &Option<String>| {
-            m.as_deref()
-                .and_then(|t| metric(t, "rebalances_total"))
-                .is_some_and(|r| r >= 1.0)
-        };
-        if ok(&a) && ok(&b) {
-            break;
-        }
-        for (name, c) in [("aggregate", &mut agg), ("alarm", &mut alarm)] {
-            if let Some(s) = c.try_wait()? {
-                bail!(
-                    "{name} exited with {s} before joining (see {})",
-                    dir.join(format!("{name}.log")).display()
-                );
+            if joined.elapsed() > Duration::from_secs(60) {
+                bail!("the functions did not join their groups within 60 s");
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if joined.elapsed() > Duration::from_secs(60) {
-            bail!("the functions did not join their groups within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
     }
+}
 
+/// The command line of `damselfly run FUNCTION` for this size: autoscaling, metrics on `port`.
+fn runner_argv(args: &Args, env: &Env, stage: &Stage, function: &str, port: u16) -> Vec<String> {
+    let group = format!("fleet-{function}-{}-{}", stage.n, env.run_id);
+    let listen = format!("127.0.0.1:{port}");
+    let (max_workers, lag_threshold, batch_size) = (
+        max_workers(args).to_string(),
+        args.lag_threshold.to_string(),
+        args.batch_size.to_string(),
+    );
+    let parts: &[&str] = &[
+        "run",
+        function,
+        "--brokers",
+        &env.conn.brokers,
+        "--topic",
+        &stage.topic,
+        "--lake",
+        &stage.lake_url,
+        "--group",
+        &group,
+        "--group-protocol",
+        args.group_protocol.as_str(),
+        "--min-workers",
+        "1",
+        "--max-workers",
+        &max_workers,
+        "--lag-threshold",
+        &lag_threshold,
+        "--scale-interval",
+        "2s",
+        "--cooldown",
+        "30s",
+        "--batch-size",
+        &batch_size,
+        "--metrics-listen",
+        &listen,
+        "--json",
+    ];
+    let mut a: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+    if function == "alarm" {
+        a.extend([
+            "--rules".to_owned(),
+            env.rules.display().to_string(),
+            "--sns-topic-arn".to_owned(),
+            args.sns_topic_arn.clone(),
+        ]);
+    }
+    a
+}
+
+/// Spawns `damselfly` with `argv` on the run's connection, its stdout in `NAME.json` and its
+/// stderr in `NAME.log` of `dir`.
+fn spawn_runner(env: &Env, dir: &Path, name: &str, argv: Vec<String>) -> anyhow::Result<Kid> {
+    connected(Command::new(&env.bin).args(argv), &env.conn)
+        .stdout(std::fs::File::create(dir.join(format!("{name}.json")))?)
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+        .spawn()
+        .map(Kid)
+        .with_context(|| format!("starting {name}"))
+}
+
+/// Starts `damselfly simulate` just after an interval boundary; returns it and when it started.
+fn start_simulator(args: &Args, env: &Env, stage: &Stage) -> anyhow::Result<(Kid, Instant)> {
     // Start the simulator just after an interval boundary: it stamps interval i with
     // floor(start, interval) + i * interval, so ts is then when the interval's sending began.
     let interval_ms = args.interval.as_millis() as i64;
@@ -509,63 +640,144 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         "--brokers",
         &env.conn.brokers,
         "--topic",
-        &topic,
+        &stage.topic,
     ])
-    .args(["--vms", &n.to_string(), "--seed", "1", "--json"])
+    .args(["--vms", &stage.n.to_string(), "--seed", "1", "--json"])
     .arg("--interval")
     .arg(humantime::format_duration(args.interval).to_string())
     .arg("--duration")
     .arg(humantime::format_duration(args.duration).to_string());
-    let mut sim = Kid(connected(&mut sim, &env.conn)
-        .stdout(std::fs::File::create(dir.join("simulate.json"))?)
-        .stderr(std::fs::File::create(dir.join("simulate.log"))?)
+    let sim = Kid(connected(&mut sim, &env.conn)
+        .stdout(std::fs::File::create(stage.dir.join("simulate.json"))?)
+        .stderr(std::fs::File::create(stage.dir.join("simulate.log"))?)
         .spawn()
         .context("starting the simulator")?);
+    Ok((sim, sim_start))
+}
 
-    let probe_publisher = Publisher::new(&PublisherConfig::on(env.conn.clone(), &topic))?;
-    let mut probe_fleet = Fleet::new(1, 7, "ns01");
-    let mut probes: Vec<(String, i64)> = Vec::new();
-    let mut next_probe = Duration::from_secs(10);
+/// What the run observes, second by second, while the fleet publishes and the functions drain.
+struct Sampling {
+    probe_publisher: Publisher,
+    probe_fleet: Fleet,
+    next_probe: Duration,
+    /// Each probe's VM and when it was published (ms since the epoch).
+    probes: Vec<(String, i64)>,
+    watched: Vec<(&'static str, Option<Watched>)>,
+    /// When each raw object was first listed (ms since the epoch).
+    first_seen: HashMap<String, i64>,
+    ticks: Vec<Tick>,
+    sim_summary: Option<serde_json::Value>,
+    sim_end: Option<Instant>,
+    lag_at_publish_end: f64,
+    drained_at: Option<Instant>,
+    /// The aggregate runner's last invocation_duration_seconds sum and count.
+    last_invocation: (Option<f64>, Option<f64>),
+}
 
-    let mut watched: Vec<(&str, Option<Watched>)> = vec![
-        ("aggregate", Watched::new(Some(agg.id()))),
-        ("alarm", Watched::new(Some(alarm.id()))),
-        ("simulate", Watched::new(Some(sim.id()))),
-        ("kafka", Watched::new(env.kafka)),
-        ("localstack", Watched::new(env.localstack)),
-    ];
-    let mut first_seen: HashMap<String, i64> = HashMap::new();
-    let mut ticks: Vec<Tick> = Vec::new();
-    let bar = sys::progress_bar(
-        (args.duration + args.drain).as_secs(),
-        "{prefix:>10} [{bar:30}] {pos}/{len} s {msg}",
-        format!("{n} VMs"),
-    );
-    let mut sim_summary: Option<serde_json::Value> = None;
-    let mut sim_end: Option<Instant> = None;
-    let mut lag_at_publish_end = 0.0;
-    let mut drained_at: Option<Instant> = None;
-    let mut last_invocation = (None, None);
-    loop {
-        let tick_start = Instant::now();
-        let mut t = Tick {
-            t_s: sim_start.elapsed().as_secs_f64(),
-            ..Tick::default()
-        };
-        // Probe: a breaching sample on a VM of its own.
-        if sim_end.is_none() && sim_start.elapsed() >= next_probe {
-            let mut msg = probe_fleet
-                .tick(now_ms(), args.interval)
-                .pop()
-                .context("one VM")?;
-            let vm = format!("probe-n{n}-{:03}", probes.len());
-            msg.tags.vm = vm.clone();
-            msg.metrics.insert("cpu_utilization".into(), BREACH);
-            probes.push((vm.clone(), now_ms()));
-            probe_publisher.send(&vm, &msg.to_json())?;
-            next_probe += args.probe_every;
+impl Sampling {
+    /// The probe publisher and the processes to watch: the functions, the simulator, the stack.
+    fn new(env: &Env, stage: &Stage, functions: &Functions, sim: &Kid) -> anyhow::Result<Self> {
+        Ok(Self {
+            probe_publisher: Publisher::new(&PublisherConfig::on(env.conn.clone(), &stage.topic))?,
+            probe_fleet: Fleet::new(1, 7, "ns01"),
+            next_probe: Duration::from_secs(10),
+            probes: Vec::new(),
+            watched: vec![
+                ("aggregate", Watched::new(Some(functions.agg.id()))),
+                ("alarm", Watched::new(Some(functions.alarm.id()))),
+                ("simulate", Watched::new(Some(sim.id()))),
+                ("kafka", Watched::new(env.kafka)),
+                ("localstack", Watched::new(env.localstack)),
+            ],
+            first_seen: HashMap::new(),
+            ticks: Vec::new(),
+            sim_summary: None,
+            sim_end: None,
+            lag_at_publish_end: 0.0,
+            drained_at: None,
+            last_invocation: (None, None),
+        })
+    }
+
+    /// Samples once a second until both groups have drained after the simulator's end (or
+    /// `--drain` has passed), drawing a progress bar.
+    fn until_drained(
+        &mut self,
+        args: &Args,
+        stage: &Stage,
+        functions: &Functions,
+        sim: &mut Kid,
+        sim_start: Instant,
+        receipts: &Receipts,
+    ) -> anyhow::Result<()> {
+        let bar = sys::progress_bar(
+            (args.duration + args.drain).as_secs(),
+            "{prefix:>10} [{bar:30}] {pos}/{len} s {msg}",
+            format!("{} VMs", stage.n),
+        );
+        loop {
+            let tick_start = Instant::now();
+            let mut t = Tick {
+                t_s: sim_start.elapsed().as_secs_f64(),
+                ..Tick::default()
+            };
+            if self.sim_end.is_none() && sim_start.elapsed() >= self.next_probe {
+                self.probe(args, stage.n)?;
+            }
+            let alarm_records = self.scrape_runners(functions, &mut t);
+            self.sample_processes(stage.hz, &mut t);
+            match stage.rt.block_on(stage.lake.list("raw")) {
+                Ok(keys) => self.listed(keys),
+                Err(e) => eprintln!("listing the lake: {e}"),
+            }
+            t.raw_objects = self.first_seen.len();
+            if self.sim_end.is_none()
+                && let Some(status) = sim.try_wait()?
+            {
+                self.simulator_ended(status, &stage.dir, t.agg_lag)?;
+            }
+            bar.set_position(t.t_s as u64);
+            bar.set_message(format!(
+                "aggregate {} workers, lag {}; alarm {} workers, lag {}; {} raw objects",
+                t.agg_workers, t.agg_lag, t.alarm_workers, t.alarm_lag, t.raw_objects
+            ));
+            self.ticks.push(t.clone());
+            match self.done(args, &t, alarm_records, receipts) {
+                Some(true) => break,
+                Some(false) => {}
+                None if sim_start.elapsed() > args.duration + Duration::from_secs(120) => {
+                    let _ = sim.kill();
+                    bail!("the simulator did not finish within --duration + 120 s");
+                }
+                None => {}
+            }
+            if let Some(rest) = Duration::from_secs(1).checked_sub(tick_start.elapsed()) {
+                std::thread::sleep(rest);
+            }
         }
-        let (a, b) = (scrape(agg_port), scrape(alarm_port));
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    /// Publishes a breaching sample on a VM of its own, and schedules the next one.
+    fn probe(&mut self, args: &Args, n: usize) -> anyhow::Result<()> {
+        let mut msg = self
+            .probe_fleet
+            .tick(now_ms(), args.interval)
+            .pop()
+            .context("one VM")?;
+        let vm = format!("probe-n{n}-{:03}", self.probes.len());
+        msg.tags.vm = vm.clone();
+        msg.metrics.insert("cpu_utilization".into(), BREACH);
+        self.probes.push((vm.clone(), now_ms()));
+        self.probe_publisher.send(&vm, &msg.to_json())?;
+        self.next_probe += args.probe_every;
+        Ok(())
+    }
+
+    /// Reads both runners' workers, lag and records into `t`; returns the alarm runner's records.
+    fn scrape_runners(&mut self, functions: &Functions, t: &mut Tick) -> f64 {
+        let (a, b) = (scrape(functions.agg_port), scrape(functions.alarm_port));
         let m = |text: &Option<String>, name: &str| -> f64 {
             text.as_deref()
                 .and_then(|t| metric(t, name))
@@ -578,14 +790,19 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         t.alarm_lag = m(&b, "group_lag");
         let alarm_records = m(&b, "records_total");
         if let Some(text) = &a {
-            last_invocation = (
+            self.last_invocation = (
                 metric(text, "invocation_duration_seconds_sum"),
                 metric(text, "invocation_duration_seconds_count"),
             );
         }
-        for (name, w) in watched.iter_mut() {
+        alarm_records
+    }
+
+    /// Samples /proc of every watched process (the simulator only while it runs) into `t`.
+    fn sample_processes(&mut self, hz: u64, t: &mut Tick) {
+        for (name, w) in self.watched.iter_mut() {
             let Some(w) = w else { continue };
-            if *name == "simulate" && sim_end.is_some() {
+            if *name == "simulate" && self.sim_end.is_some() {
                 continue;
             }
             let (cpu, rss) = w.sample(hz);
@@ -597,97 +814,121 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
                 _ => (t.cpu_localstack, t.rss_localstack_mib) = (cpu, rss),
             }
         }
-        match rt.block_on(lake.list("raw")) {
-            Ok(keys) => {
-                let at = now_ms();
-                for k in keys {
-                    first_seen.entry(k).or_insert(at);
-                }
-            }
-            Err(e) => eprintln!("listing the lake: {e}"),
-        }
-        t.raw_objects = first_seen.len();
-        if sim_end.is_none()
-            && let Some(status) = sim.try_wait()?
-        {
-            sim_end = Some(Instant::now());
-            lag_at_publish_end = t.agg_lag;
-            if !status.success() {
-                bail!(
-                    "the simulator failed with {status}: {}",
-                    dir.join("simulate.log").display()
-                );
-            }
-            probe_publisher.flush(Duration::from_secs(30))?;
-            let text = std::fs::read_to_string(dir.join("simulate.json"))?;
-            sim_summary = Some(
-                serde_json::from_str(text.trim())
-                    .with_context(|| format!("simulate printed {text}"))?,
-            );
-        }
-        bar.set_position(t.t_s as u64);
-        bar.set_message(format!(
-            "aggregate {} workers, lag {}; alarm {} workers, lag {}; {} raw objects",
-            t.agg_workers, t.agg_lag, t.alarm_workers, t.alarm_lag, t.raw_objects
-        ));
-        ticks.push(t.clone());
-        if let (Some(end), Some(s)) = (sim_end, &sim_summary) {
-            let expect = s["published"].as_f64().unwrap_or(0.0) + probes.len() as f64;
-            let caught_up = t.agg_lag == 0.0
-                && t.alarm_lag == 0.0
-                && t.agg_records >= expect
-                && alarm_records >= expect;
-            if caught_up && drained_at.is_none() {
-                drained_at = Some(Instant::now());
-            }
-            let notified = notified(&probes, &receipts.lock().expect("not poisoned")).len();
-            let waited_for_sns = drained_at
-                .is_some_and(|d| notified == probes.len() || d.elapsed() > Duration::from_secs(15));
-            if waited_for_sns || end.elapsed() > args.drain {
-                break;
-            }
-        } else if sim_start.elapsed() > args.duration + Duration::from_secs(120) {
-            let _ = sim.kill();
-            bail!("the simulator did not finish within --duration + 120 s");
-        }
-        if let Some(rest) = Duration::from_secs(1).checked_sub(tick_start.elapsed()) {
-            std::thread::sleep(rest);
-        }
     }
-    bar.finish_and_clear();
-    let sim_end = sim_end.context("simulator end")?;
-    let drain_s = drained_at.map_or(args.drain.as_secs_f64(), |d| {
-        d.duration_since(sim_end).as_secs_f64()
-    });
-    // Final readings before the functions stop.
-    for (_, w) in watched.iter_mut() {
-        if let Some(w) = w
-            && w.pid != sim.id()
-        {
-            w.sample(hz);
-        }
-    }
-    for (name, c) in [("aggregate", &mut agg), ("alarm", &mut alarm)] {
-        stop(c, name)?;
-    }
-    stop(&mut watcher, "sqs_watch.py")?;
-    if let Ok(keys) = rt.block_on(lake.list("raw")) {
+
+    /// Notes the first listing of each of `keys`.
+    fn listed(&mut self, keys: Vec<String>) {
         let at = now_ms();
         for k in keys {
-            first_seen.entry(k).or_insert(at);
+            self.first_seen.entry(k).or_insert(at);
         }
     }
 
-    // The lake: copy the raw objects, count them with DuckDB.
-    let raw_dir = dir.join("raw");
+    /// Notes the simulator's end: the aggregate lag then, the probes flushed, its summary read.
+    fn simulator_ended(
+        &mut self,
+        status: std::process::ExitStatus,
+        dir: &Path,
+        agg_lag: f64,
+    ) -> anyhow::Result<()> {
+        self.sim_end = Some(Instant::now());
+        self.lag_at_publish_end = agg_lag;
+        if !status.success() {
+            bail!(
+                "the simulator failed with {status}: {}",
+                dir.join("simulate.log").display()
+            );
+        }
+        self.probe_publisher.flush(Duration::from_secs(30))?;
+        let text = std::fs::read_to_string(dir.join("simulate.json"))?;
+        self.sim_summary = Some(
+            serde_json::from_str(text.trim())
+                .with_context(|| format!("simulate printed {text}"))?,
+        );
+        Ok(())
+    }
+
+    /// After the simulator's end, notes when both groups caught up and says whether sampling is
+    /// done (every probe notified or 15 s given to SNS since, or `--drain` spent); None before.
+    fn done(
+        &mut self,
+        args: &Args,
+        t: &Tick,
+        alarm_records: f64,
+        receipts: &Receipts,
+    ) -> Option<bool> {
+        let (Some(end), Some(s)) = (self.sim_end, &self.sim_summary) else {
+            return None;
+        };
+        let expect = s["published"].as_f64().unwrap_or(0.0) + self.probes.len() as f64;
+        let caught_up = t.agg_lag == 0.0
+            && t.alarm_lag == 0.0
+            && t.agg_records >= expect
+            && alarm_records >= expect;
+        if caught_up && self.drained_at.is_none() {
+            self.drained_at = Some(Instant::now());
+        }
+        let notified = notified(&self.probes, &receipts.lock().expect("not poisoned")).len();
+        let waited_for_sns = self.drained_at.is_some_and(|d| {
+            notified == self.probes.len() || d.elapsed() > Duration::from_secs(15)
+        });
+        Some(waited_for_sns || end.elapsed() > args.drain)
+    }
+
+    /// Takes the final readings before the functions stop, stops them and the SQS watcher, and
+    /// lists the lake once more.
+    fn wind_down(
+        &mut self,
+        stage: &Stage,
+        functions: &mut Functions,
+        watch: &mut SqsWatch,
+        sim_pid: u32,
+    ) -> anyhow::Result<()> {
+        for (_, w) in self.watched.iter_mut() {
+            if let Some(w) = w
+                && w.pid != sim_pid
+            {
+                w.sample(stage.hz);
+            }
+        }
+        for (name, c) in [
+            ("aggregate", &mut functions.agg),
+            ("alarm", &mut functions.alarm),
+        ] {
+            stop(c, name)?;
+        }
+        stop(&mut watch.child, "sqs_watch.py")?;
+        if let Ok(keys) = stage.rt.block_on(stage.lake.list("raw")) {
+            self.listed(keys);
+        }
+        Ok(())
+    }
+
+    /// The watched process called `name`, if it has a pid.
+    fn watched(&self, name: &str) -> Option<&Watched> {
+        self.watched
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, w)| w.as_ref())
+    }
+}
+
+/// Verifies the lake: copies the raw objects, and counts them with DuckDB (lake_stats.py) against
+/// when each was first listed: rows, distinct samples, per-sample latency.
+fn lake_stats(
+    env: &Env,
+    stage: &Stage,
+    first_seen: &HashMap<String, i64>,
+) -> anyhow::Result<serde_json::Value> {
+    let raw_dir = stage.dir.join("raw");
     let _ = std::fs::remove_dir_all(&raw_dir);
     let keys: Vec<String> = first_seen.keys().cloned().collect();
-    download(&rt, &lake, &keys, &raw_dir)?;
+    download(&stage.rt, &stage.lake, &keys, &raw_dir)?;
     let mut csv = String::from("path,seen_ms\n");
-    for (k, at) in &first_seen {
+    for (k, at) in first_seen {
         writeln!(csv, "{},{at}", raw_dir.join(k).display())?;
     }
-    let seen_csv = dir.join("first_seen.csv");
+    let seen_csv = stage.dir.join("first_seen.csv");
     std::fs::write(&seen_csv, csv)?;
     let stats = Command::new(&env.python)
         .arg(env.scripts.join("lake_stats.py"))
@@ -700,14 +941,17 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     }
     let lake_stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
     std::fs::remove_dir_all(&raw_dir)?;
+    Ok(lake_stats)
+}
 
-    // Timeline.
+/// Writes the per-second samples to `dir/timeline.csv`.
+fn write_timeline(dir: &Path, ticks: &[Tick]) -> anyhow::Result<()> {
     let mut timeline = String::from(
         "t_s,agg_workers,agg_lag,agg_records,alarm_workers,alarm_lag,raw_objects,cpu_aggregate,\
          cpu_alarm,cpu_simulate,cpu_kafka,cpu_localstack,rss_aggregate_mib,rss_alarm_mib,\
          rss_kafka_mib,rss_localstack_mib\n",
     );
-    for t in &ticks {
+    for t in ticks {
         writeln!(
             timeline,
             "{:.2},{},{},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1}",
@@ -730,36 +974,42 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         )?;
     }
     std::fs::write(dir.join("timeline.csv"), timeline)?;
+    Ok(())
+}
 
-    let sim_summary = sim_summary.context("simulator summary")?;
+/// The size's row: what the simulator, the lake, the probes and the processes measured.
+fn figures(
+    stage: &Stage,
+    sampling: &Sampling,
+    receipts: &Receipts,
+    lake_stats: &serde_json::Value,
+    drain_s: f64,
+) -> anyhow::Result<Row> {
+    let hz = stage.hz;
+    let sim_summary = sampling.sim_summary.as_ref().context("simulator summary")?;
     let agg_summary: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(dir.join("aggregate.json"))?.trim())
+        serde_json::from_str(std::fs::read_to_string(stage.dir.join("aggregate.json"))?.trim())
             .unwrap_or_default();
-    let sns = notified(&probes, &receipts.lock().expect("not poisoned"));
+    let sns = notified(&sampling.probes, &receipts.lock().expect("not poisoned"));
     let mut sns_lat: Vec<f64> = sns.iter().map(|ms| *ms as f64 / 1e3).collect();
     sns_lat.sort_by(f64::total_cmp);
     let pct =
         |v: &[f64], p: f64| -> Option<f64> { (!v.is_empty()).then(|| sys::nearest_rank(v, p)) };
     let u = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     let secs = |k: &str| lake_stats[k].as_f64().map(|ms| ms / 1e3);
-    let get = |name: &str| {
-        watched
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, w)| w.as_ref())
-    };
-    let published_samples = u(&sim_summary, "samples");
-    let (rows_, distinct) = (u(&lake_stats, "rows"), u(&lake_stats, "distinct"));
-    let max_of = |f: fn(&Tick) -> f64| ticks.iter().map(f).fold(0.0, f64::max);
+    let get = |name: &str| sampling.watched(name);
+    let published_samples = u(sim_summary, "samples");
+    let (rows_, distinct) = (u(lake_stats, "rows"), u(lake_stats, "distinct"));
+    let max_of = |f: fn(&Tick) -> f64| sampling.ticks.iter().map(f).fold(0.0, f64::max);
     let mut row = Row {
-        vms: n,
-        load_avg,
-        published_msgs: u(&sim_summary, "published"),
+        vms: stage.n,
+        load_avg: stage.load_avg.clone(),
+        published_msgs: u(sim_summary, "published"),
         published_samples,
         publish_seconds: sim_summary["seconds"].as_f64().unwrap_or(0.0),
         msgs_per_s: 0.0,
         samples_per_s: 0.0,
-        lake_files: u(&lake_stats, "files"),
+        lake_files: u(lake_stats, "files"),
         lake_rows: rows_,
         lake_distinct: distinct,
         lost: published_samples as i64 - distinct as i64,
@@ -768,7 +1018,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         lake_p50_s: secs("p50_ms"),
         lake_p99_s: secs("p99_ms"),
         lake_max_s: secs("max_ms"),
-        probes: probes.len(),
+        probes: sampling.probes.len(),
         probes_notified: sns.len(),
         sns_p50_s: pct(&sns_lat, 0.5),
         sns_p99_s: pct(&sns_lat, 0.99),
@@ -785,18 +1035,25 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         max_workers_aggregate: max_of(|t| t.agg_workers),
         max_workers_alarm: max_of(|t| t.alarm_workers),
         max_lag_aggregate: max_of(|t| t.agg_lag),
-        lag_at_publish_end,
-        invocation_mean_ms: match last_invocation {
+        lag_at_publish_end: sampling.lag_at_publish_end,
+        invocation_mean_ms: match sampling.last_invocation {
             (Some(sum), Some(count)) if count > 0.0 => Some(sum / count * 1e3),
             _ => None,
         },
-        drained: drained_at.is_some(),
+        drained: sampling.drained_at.is_some(),
         drain_s,
         holds: false,
     };
     row.msgs_per_s = row.published_msgs as f64 / row.publish_seconds.max(1e-9);
     row.samples_per_s = row.published_samples as f64 / row.publish_seconds.max(1e-9);
-    row.holds = row.drained
+    row.holds = goals_hold(&row);
+    Ok(row)
+}
+
+/// Whether the size met every goal of issue 25: drained in time, SNS and lake p99s, nothing lost
+/// or duplicated, each runner's peak RSS.
+fn goals_hold(row: &Row) -> bool {
+    row.drained
         && row.drain_s <= GOAL_DRAIN.as_secs_f64()
         && row
             .sns_p99_s
@@ -805,8 +1062,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
         && row.duplicated == 0
         && row.lake_p99_s.is_some_and(|p| p < GOAL_P99.as_secs_f64())
         && row.hwm_aggregate_mib < GOAL_RSS_MIB
-        && row.hwm_alarm_mib < GOAL_RSS_MIB;
-    Ok(row)
+        && row.hwm_alarm_mib < GOAL_RSS_MIB
 }
 
 /// Latency (ms) of each probe whose notification arrived, from its publication.
