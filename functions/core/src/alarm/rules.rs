@@ -299,17 +299,45 @@ impl Rule {
         self.validate_as("#0")
     }
 
+    /// Checks the rule's values, naming the rule `fallback` in the error when its id is empty.
     fn validate_as(&self, fallback: &str) -> Result<(), RuleError> {
-        let rule = if self.id.is_empty() {
-            fallback.to_string()
-        } else {
-            self.id.clone()
-        };
-        let err = |field: &'static str, message: String| RuleError::Field {
-            rule: rule.clone(),
-            field,
-            message,
-        };
+        self.check_fields()
+            .map_err(|(field, message)| RuleError::Field {
+                rule: if self.id.is_empty() {
+                    fallback.to_string()
+                } else {
+                    self.id.clone()
+                },
+                field,
+                message,
+            })
+    }
+
+    /// Checks every field; the first invalid one as (field, message).
+    fn check_fields(&self) -> Result<(), (&'static str, String)> {
+        self.check_names()?;
+        self.scope.validate()?;
+        self.check_series()?;
+        let p = self.period.0;
+        if p < Duration::from_secs(1) || p > MAX_PERIOD || p.subsec_nanos() != 0 {
+            return Err((
+                "period",
+                format!(
+                    "is {}: use whole seconds between 1s and 1day (e.g. \"1m\")",
+                    self.period
+                ),
+            ));
+        }
+        self.check_thresholds()?;
+        check_window(self.fire, "fire.m", "fire.n")?;
+        if let Some(r) = self.resolve {
+            check_window(r, "resolve.m", "resolve.n")?;
+        }
+        self.check_notifications()
+    }
+
+    /// Checks `id`, `name` and `description`.
+    fn check_names(&self) -> Result<(), (&'static str, String)> {
         if self.id.is_empty()
             || self.id.len() > MAX_ID_LEN
             || !self
@@ -317,7 +345,7 @@ impl Rule {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(err(
+            return Err((
                 "id",
                 format!(
                     "`{}` is not a rule id: use 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`",
@@ -326,7 +354,7 @@ impl Rule {
             ));
         }
         if !is_text(&self.name, 200) {
-            return Err(err(
+            return Err((
                 "name",
                 "must be 1 to 200 characters without control characters".into(),
             ));
@@ -334,14 +362,18 @@ impl Rule {
         if let Some(d) = &self.description
             && d.chars().count() > 2000
         {
-            return Err(err(
+            return Err((
                 "description",
                 "is longer than 2000 characters: shorten it".into(),
             ));
         }
-        self.scope.validate().map_err(|(f, m)| err(f, m))?;
+        Ok(())
+    }
+
+    /// Checks `metric` and `device`, the series the rule watches.
+    fn check_series(&self) -> Result<(), (&'static str, String)> {
         if !is_metric_name(&self.metric) {
-            return Err(err(
+            return Err((
                 "metric",
                 format!(
                     "`{}` is not a metric name: use lowercase letters, digits and `_`, at most 64 bytes (e.g. `cpu_utilization`)",
@@ -350,7 +382,7 @@ impl Rule {
             ));
         }
         if catalog::lookup(&self.metric).is_some_and(|m| m.kind == Kind::Counter) {
-            return Err(err(
+            return Err((
                 "metric",
                 format!(
                     "`{0}` is a counter (a running total): alarm on its per-second rate `{0}{RATE_SUFFIX}` instead",
@@ -361,64 +393,55 @@ impl Rule {
         if let Some(d) = &self.device
             && !is_text(d, 256)
         {
-            return Err(err(
+            return Err((
                 "device",
                 "must be 1 to 256 characters without control characters; omit it to watch every device".into(),
             ));
         }
-        let p = self.period.0;
-        if p < Duration::from_secs(1) || p > MAX_PERIOD || p.subsec_nanos() != 0 {
-            return Err(err(
-                "period",
-                format!(
-                    "is {}: use whole seconds between 1s and 1day (e.g. \"1m\")",
-                    self.period
-                ),
-            ));
-        }
+        Ok(())
+    }
+
+    /// Checks `warning` and `critical`: at least one, finite, and in the comparator's order.
+    fn check_thresholds(&self) -> Result<(), (&'static str, String)> {
         match (self.warning, self.critical) {
-            (None, None) => {
-                return Err(err(
-                    "critical",
-                    "and `warning` are both absent: set at least one threshold".into(),
-                ));
-            }
-            (Some(w), _) if !w.is_finite() => {
-                return Err(err("warning", "must be a finite number".into()));
-            }
-            (_, Some(c)) if !c.is_finite() => {
-                return Err(err("critical", "must be a finite number".into()));
-            }
+            (None, None) => Err((
+                "critical",
+                "and `warning` are both absent: set at least one threshold".into(),
+            )),
+            (Some(w), _) if !w.is_finite() => Err(("warning", "must be a finite number".into())),
+            (_, Some(c)) if !c.is_finite() => Err(("critical", "must be a finite number".into())),
             (Some(w), Some(c)) => {
                 let ok = match self.comparator {
                     Comparator::Gt | Comparator::Ge => c > w,
                     Comparator::Lt | Comparator::Le => c < w,
                     Comparator::Eq => c != w,
                 };
-                if !ok {
-                    let hint = match self.comparator {
-                        Comparator::Gt | Comparator::Ge => "greater than",
-                        Comparator::Lt | Comparator::Le => "less than",
-                        Comparator::Eq => "different from",
-                    };
-                    return Err(err(
-                        "critical",
-                        format!(
-                            "({c}) must be {hint} `warning` ({w}) with comparator `{}`: swap them or drop one",
-                            self.comparator
-                        ),
-                    ));
+                if ok {
+                    return Ok(());
                 }
+                let hint = match self.comparator {
+                    Comparator::Gt | Comparator::Ge => "greater than",
+                    Comparator::Lt | Comparator::Le => "less than",
+                    Comparator::Eq => "different from",
+                };
+                Err((
+                    "critical",
+                    format!(
+                        "({c}) must be {hint} `warning` ({w}) with comparator `{}`: swap them or drop one",
+                        self.comparator
+                    ),
+                ))
             }
-            _ => {}
+            _ => Ok(()),
         }
-        check_window(self.fire, "fire.m", "fire.n").map_err(|(f, m)| err(f, m))?;
-        if let Some(r) = self.resolve {
-            check_window(r, "resolve.m", "resolve.n").map_err(|(f, m)| err(f, m))?;
-        }
+    }
+
+    /// Checks `no_data_after` (only with missing data treated as missing, at least one period)
+    /// and `repeat_every`.
+    fn check_notifications(&self) -> Result<(), (&'static str, String)> {
         if let Some(d) = self.no_data_after {
             if self.missing_data != MissingData::Missing {
-                return Err(err(
+                return Err((
                     "no_data_after",
                     format!(
                         "only applies with `missing_data: \"missing\"` (this rule has `{}`): remove it",
@@ -426,8 +449,8 @@ impl Rule {
                     ),
                 ));
             }
-            if d.0 < p {
-                return Err(err(
+            if d.0 < self.period.0 {
+                return Err((
                     "no_data_after",
                     format!(
                         "({d}) is shorter than `period` ({}): make it at least one period",
@@ -439,7 +462,7 @@ impl Rule {
         if let Some(r) = self.repeat_every
             && r.0 < MIN_REPEAT
         {
-            return Err(err(
+            return Err((
                 "repeat_every",
                 format!("({r}) is shorter than 1m: use \"1m\" or more, or remove it"),
             ));
