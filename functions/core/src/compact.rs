@@ -708,28 +708,7 @@ pub async fn plan(lake: &Lake, cfg: &CompactConfig) -> Result<Plan, CompactError
     let mut tables = BTreeMap::new();
     for table in Table::ALL {
         let mut parts = table_partitions(lake, table).await?;
-        if let Some(keep) = cfg.retention.of(table) {
-            let keep = keep.as_millis() as i64;
-            let expired: Vec<HourPartition> = parts
-                .keys()
-                .filter(|h| {
-                    let end = match table {
-                        Table::Rollup1d => h.day().start_ms() + DAY_MS,
-                        _ => h.start_ms() + HOUR_MS,
-                    };
-                    end + keep <= cfg.now_ms
-                })
-                .copied()
-                .collect();
-            for hour in expired {
-                let objects = parts.remove(&hour).expect("listed");
-                plan.expiries.push(Expiry {
-                    table,
-                    hour,
-                    objects,
-                });
-            }
-        }
+        take_expired(table, &mut parts, cfg, &mut plan.expiries);
         tables.insert(table, parts);
     }
 
@@ -738,77 +717,160 @@ pub async fn plan(lake: &Lake, cfg: &CompactConfig) -> Result<Plan, CompactError
             if !cfg.closed(hour) {
                 continue;
             }
-            let split = split_live(store, objs.clone(), &cache).await?;
-            let generation = objs
-                .iter()
-                .filter_map(|o| compacted_generation(o.location.as_ref()))
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let mut sources = Vec::new();
-            let mut batches = 0;
-            for o in split.live {
-                if compacted_generation(o.location.as_ref()).is_some() {
-                    sources.push(o);
-                } else if ledgers.settled(table, file_name(&o.location)).await? {
-                    batches += 1;
-                    sources.push(o);
-                } else {
-                    plan.waiting += 1;
-                }
+            let waiting = &mut plan.waiting;
+            if let Some(merge) =
+                plan_merge(store, &cache, &mut ledgers, table, *hour, objs, waiting).await?
+            {
+                plan.merges.push(merge);
             }
-            if batches == 0 && sources.len() < 2 {
-                // Already one compacted file (or nothing settled yet): only leftovers to delete.
-                sources.clear();
-            }
-            if sources.is_empty() && split.superseded.is_empty() {
-                continue;
-            }
-            plan.merges.push(Merge {
-                table,
-                hour: *hour,
-                generation,
-                sources,
-                superseded: split.superseded,
-            });
         }
     }
 
-    let merged_1m: BTreeSet<HourPartition> = plan
-        .merges
+    plan.rollups_1h = plan_rollups_1h(store, &cache, &tables, &plan.merges, cfg).await?;
+    plan.rollups_1d = plan_rollups_1d(&tables, &plan.rollups_1h, cfg);
+    plan.stale_staging = ledgers
+        .stale_staging(cfg.now_ms - cfg.grace.as_millis() as i64)
+        .await?;
+    Ok(plan)
+}
+
+/// A table's objects by hour partition, as [`table_partitions`] lists them.
+type Partitions = BTreeMap<HourPartition, Vec<ObjectMeta>>;
+
+/// Moves a table's partitions older than its retention from `parts` to `expiries`.
+fn take_expired(
+    table: Table,
+    parts: &mut Partitions,
+    cfg: &CompactConfig,
+    expiries: &mut Vec<Expiry>,
+) {
+    let Some(keep) = cfg.retention.of(table) else {
+        return;
+    };
+    let keep = keep.as_millis() as i64;
+    let expired: Vec<HourPartition> = parts
+        .keys()
+        .filter(|h| {
+            let end = match table {
+                Table::Rollup1d => h.day().start_ms() + DAY_MS,
+                _ => h.start_ms() + HOUR_MS,
+            };
+            end + keep <= cfg.now_ms
+        })
+        .copied()
+        .collect();
+    for hour in expired {
+        let objects = parts.remove(&hour).expect("listed");
+        expiries.push(Expiry {
+            table,
+            hour,
+            objects,
+        });
+    }
+}
+
+/// Decides a closed partition's merge: its live compacted files and settled batch files, and
+/// the superseded files to delete; `None` when there is nothing to do. Batch files the ledger
+/// may still rewrite are counted in `waiting`.
+async fn plan_merge(
+    store: &dyn ObjectStore,
+    cache: &FooterCache,
+    ledgers: &mut Ledgers<'_>,
+    table: Table,
+    hour: HourPartition,
+    objs: &[ObjectMeta],
+    waiting: &mut u64,
+) -> Result<Option<Merge>, CompactError> {
+    let split = split_live(store, objs.to_vec(), cache).await?;
+    let generation = objs
+        .iter()
+        .filter_map(|o| compacted_generation(o.location.as_ref()))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut sources = Vec::new();
+    let mut batches = 0;
+    for o in split.live {
+        if compacted_generation(o.location.as_ref()).is_some() {
+            sources.push(o);
+        } else if ledgers.settled(table, file_name(&o.location)).await? {
+            batches += 1;
+            sources.push(o);
+        } else {
+            *waiting += 1;
+        }
+    }
+    if batches == 0 && sources.len() < 2 {
+        // Already one compacted file (or nothing settled yet): only leftovers to delete.
+        sources.clear();
+    }
+    if sources.is_empty() && split.superseded.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Merge {
+        table,
+        hour,
+        generation,
+        sources,
+        superseded: split.superseded,
+    }))
+}
+
+/// The file `name` in a partition's listing: its modification time, if it is there.
+fn built_at(objs: Option<&Vec<ObjectMeta>>, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    objs.and_then(|o| o.iter().find(|o| file_name(&o.location) == name))
+        .map(|o| o.last_modified)
+}
+
+/// Closed hours whose `rollup_1h` is missing or older than their live `rollup_1m` files, or
+/// whose `rollup_1m` files this run merges.
+async fn plan_rollups_1h(
+    store: &dyn ObjectStore,
+    cache: &FooterCache,
+    tables: &BTreeMap<Table, Partitions>,
+    merges: &[Merge],
+    cfg: &CompactConfig,
+) -> Result<Vec<HourPartition>, CompactError> {
+    let merged_1m: BTreeSet<HourPartition> = merges
         .iter()
         .filter(|m| m.table == Table::Rollup1m && !m.sources.is_empty())
         .map(|m| m.hour)
         .collect();
-    let newest = |objs: Option<&Vec<ObjectMeta>>, name: &str| {
-        objs.and_then(|o| o.iter().find(|o| file_name(&o.location) == name))
-            .map(|o| o.last_modified)
-    };
+    let mut out = Vec::new();
     for (hour, objs) in &tables[&Table::Rollup1m] {
         if !cfg.closed(hour) {
             continue;
         }
-        let live = split_live(store, objs.clone(), &cache).await?.live;
+        let live = split_live(store, objs.clone(), cache).await?.live;
         let Some(latest) = live.iter().map(|o| o.last_modified).max() else {
             continue;
         };
-        let built = newest(tables[&Table::Rollup1h].get(hour), "1h.parquet");
+        let built = built_at(tables[&Table::Rollup1h].get(hour), "1h.parquet");
         if merged_1m.contains(hour) || built.is_none_or(|b| b < latest) {
-            plan.rollups_1h.push(*hour);
+            out.push(*hour);
         }
     }
+    Ok(out)
+}
+
+/// Closed days (hour 00) whose `rollup_1d` is missing or older than their `rollup_1h` files, or
+/// one of whose hours' `rollup_1h` this run rebuilds (`rollups_1h`).
+fn plan_rollups_1d(
+    tables: &BTreeMap<Table, Partitions>,
+    rollups_1h: &[HourPartition],
+    cfg: &CompactConfig,
+) -> Vec<HourPartition> {
     // Only whole days: a reader takes rollup_1d's latest window as complete.
     let day_closed = |day: &HourPartition| cfg.closed(&HourPartition { hour: 23, ..*day });
     let mut days: BTreeMap<HourPartition, Option<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
     for (hour, objs) in &tables[&Table::Rollup1h] {
         if day_closed(&hour.day()) {
-            let lm = newest(Some(objs), "1h.parquet");
+            let lm = built_at(Some(objs), "1h.parquet");
             let e = days.entry(hour.day()).or_default();
             *e = (*e).max(lm);
         }
     }
-    let rebuilt: BTreeSet<HourPartition> = plan
-        .rollups_1h
+    let rebuilt: BTreeSet<HourPartition> = rollups_1h
         .iter()
         .map(|h| h.day())
         .filter(day_closed)
@@ -816,21 +878,19 @@ pub async fn plan(lake: &Lake, cfg: &CompactConfig) -> Result<Plan, CompactError
     for day in &rebuilt {
         days.entry(*day).or_default();
     }
+    let mut out = Vec::new();
     for (day, latest) in days {
-        let built = newest(tables[&Table::Rollup1d].get(&day), "1d.parquet");
+        let built = built_at(tables[&Table::Rollup1d].get(&day), "1d.parquet");
         let stale = match (built, latest) {
             (None, _) => true,
             (Some(b), Some(l)) => b < l,
             (Some(_), None) => false,
         };
         if rebuilt.contains(&day) || stale {
-            plan.rollups_1d.push(day);
+            out.push(day);
         }
     }
-    plan.stale_staging = ledgers
-        .stale_staging(cfg.now_ms - cfg.grace.as_millis() as i64)
-        .await?;
-    Ok(plan)
+    out
 }
 
 /// One step of [`execute`], for progress displays.
