@@ -81,90 +81,176 @@ print(json.dumps({"version": duckdb.__version__, "seconds": secs, "cpu_seconds":
 pub fn run(args: &Args) -> anyhow::Result<()> {
     sys::warn_if_debug("aggregate");
     std::fs::create_dir_all(&args.out)?;
-    let intervals = (args.span.as_millis() / args.interval.as_millis()) as u64;
-    let total = args.vms as u64 * intervals;
+    let input = Input::generate(args)?;
+    let mut ours = Ours::measure(args, &input)?;
+    let one_file = one_file_raw_bytes(&input)?;
 
-    // The fixed input: the simulator's messages, seeded, as JSON lines (what is on the topic).
-    let gen_bar = bar(total, "generate");
-    let mut fleet = Fleet::new(args.vms, 42, "ns01");
-    let start_ms = 1_763_712_000_000; // 2025-11-21T08:00:00Z
-    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(total as usize);
-    for i in 0..intervals {
-        for m in fleet.tick(
-            start_ms + i as i64 * args.interval.as_millis() as i64,
-            args.interval,
-        ) {
-            messages.push(m.to_json());
+    // Compaction: the per-batch files in a lake, merged as `damselfly compact` does it.
+    eprintln!("compacting {} batch files ...", ours.written.len());
+    let (compacted_raw, compact_secs) =
+        compacted_raw_bytes(&ours.written, input.now_ms, &args.out.join("lake"))?;
+    drop(std::mem::take(&mut ours.written));
+
+    let duck = Duck::run(args, &input, ours.samples)?;
+    let prom = prometheus_block(args, &input, ours.samples)?;
+    let storage = Storage {
+        one_file,
+        compacted_raw,
+        compact_secs,
+        prom,
+    };
+    print_speed(args, &input, &ours, &duck);
+    print_storage(args, &ours, &duck, &storage);
+    Ok(())
+}
+
+/// The fixed input: the simulator's messages, seeded, as JSON lines (what is on the topic).
+struct Input {
+    messages: Vec<Vec<u8>>,
+    /// input.jsonl, the same messages for DuckDB.
+    path: PathBuf,
+    /// Its size.
+    bytes: u64,
+    intervals: u64,
+    /// Messages: VMs x intervals.
+    total: u64,
+    /// The run's "now", ms: the end of the simulated span.
+    now_ms: i64,
+}
+
+impl Input {
+    /// Simulates `--vms` over `--span` and writes the messages to `OUT/input.jsonl`.
+    fn generate(args: &Args) -> anyhow::Result<Self> {
+        let intervals = (args.span.as_millis() / args.interval.as_millis()) as u64;
+        let total = args.vms as u64 * intervals;
+        let gen_bar = bar(total, "generate");
+        let mut fleet = Fleet::new(args.vms, 42, "ns01");
+        let start_ms = 1_763_712_000_000; // 2025-11-21T08:00:00Z
+        let mut messages: Vec<Vec<u8>> = Vec::with_capacity(total as usize);
+        for i in 0..intervals {
+            for m in fleet.tick(
+                start_ms + i as i64 * args.interval.as_millis() as i64,
+                args.interval,
+            ) {
+                messages.push(m.to_json());
+            }
+            gen_bar.set_position(messages.len() as u64);
         }
-        gen_bar.set_position(messages.len() as u64);
+        gen_bar.finish_and_clear();
+        let path = args.out.join("input.jsonl");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for m in &messages {
+            f.write_all(m)?;
+            f.write_all(b"\n")?;
+        }
+        f.flush()?;
+        let bytes = std::fs::metadata(&path)?.len();
+        Ok(Self {
+            messages,
+            path,
+            bytes,
+            intervals,
+            total,
+            now_ms: start_ms + args.span.as_millis() as i64,
+        })
     }
-    gen_bar.finish_and_clear();
-    let input = args.out.join("input.jsonl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&input)?);
-    for m in &messages {
-        f.write_all(m)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()?;
-    let input_bytes = std::fs::metadata(&input)?.len();
+}
 
-    // Ours: one thread, batches of --batch-size records, rates carried across batches.
-    let limits = Validation {
+/// The validation of the run: any age is accepted (the simulated span lies in the past).
+fn limits() -> Validation {
+    Validation {
         max_past: Duration::from_secs(u32::MAX as u64),
         ..Validation::default()
-    };
-    let now_ms = start_ms + args.span.as_millis() as i64;
-    let run_bar = bar(total, "damselfly");
-    let (mut tail, mut samples, mut out_bytes, mut raw_bytes) = (Tail::default(), 0u64, 0u64, 0u64);
-    let mut written = Vec::new();
-    let mut latencies = Vec::new();
-    let started = Instant::now();
-    let cpu_before = sys::sample_self()?.cpu_ticks;
-    for (n, chunk) in messages.chunks(args.batch_size).enumerate() {
-        let t = Instant::now();
-        let mut batch = PartitionBatch::new("metrics", 0);
-        for (i, value) in chunk.iter().enumerate() {
-            let offset = (n * args.batch_size + i) as i64;
-            let rec = InputRecord {
-                topic: "metrics",
-                partition: 0,
-                offset,
-                timestamp_ms: now_ms,
-                key: None,
-                value: Some(value),
-            };
-            batch.push(&rec, now_ms, &limits);
-        }
-        samples += batch.stats().samples;
-        for o in batch.objects(&mut tail)? {
-            out_bytes += o.bytes.len() as u64;
-            if o.table == Table::Raw {
-                raw_bytes += o.bytes.len() as u64;
-            }
-            written.push(o);
-        }
-        latencies.push(t.elapsed());
-        run_bar.inc(chunk.len() as u64);
     }
-    let ours = started.elapsed();
-    // CPU time as well as wall time: this machine is a VM whose wall clock includes time the
-    // host gave to others (steal), which moves both engines' seconds from run to run.
-    let our_cpu = (sys::sample_self()?.cpu_ticks - cpu_before) as f64 / sys::clock_ticks() as f64;
-    run_bar.finish_and_clear();
-    let our_rss = sys::peak_rss_kib();
+}
 
-    // The compacted shape: all of the run's samples in one raw file (what an hourly compaction keeps).
+/// Adds the message at `offset` of partition 0 to `batch`, received at `now_ms`.
+fn push(batch: &mut PartitionBatch, offset: i64, value: &[u8], now_ms: i64, limits: &Validation) {
+    let rec = InputRecord {
+        topic: "metrics",
+        partition: 0,
+        offset,
+        timestamp_ms: now_ms,
+        key: None,
+        value: Some(value),
+    };
+    batch.push(&rec, now_ms, limits);
+}
+
+/// What our run measured, and the lake objects it wrote.
+struct Ours {
+    wall: Duration,
+    /// CPU seconds of this process during the run.
+    cpu_secs: f64,
+    /// Peak RSS of this process after the run.
+    rss_kib: u64,
+    samples: u64,
+    /// Bytes of every object, and of the `raw` ones.
+    out_bytes: u64,
+    raw_bytes: u64,
+    /// Each batch's time, sorted.
+    latencies: Vec<Duration>,
+    written: Vec<LakeObject>,
+}
+
+impl Ours {
+    /// Ours: one thread, batches of --batch-size records, rates carried across batches.
+    fn measure(args: &Args, input: &Input) -> anyhow::Result<Self> {
+        let limits = limits();
+        let now_ms = input.now_ms;
+        let run_bar = bar(input.total, "damselfly");
+        let (mut tail, mut samples, mut out_bytes, mut raw_bytes) =
+            (Tail::default(), 0u64, 0u64, 0u64);
+        let mut written = Vec::new();
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        let cpu_before = sys::sample_self()?.cpu_ticks;
+        for (n, chunk) in input.messages.chunks(args.batch_size).enumerate() {
+            let t = Instant::now();
+            let mut batch = PartitionBatch::new("metrics", 0);
+            for (i, value) in chunk.iter().enumerate() {
+                let offset = (n * args.batch_size + i) as i64;
+                push(&mut batch, offset, value, now_ms, &limits);
+            }
+            samples += batch.stats().samples;
+            for o in batch.objects(&mut tail)? {
+                out_bytes += o.bytes.len() as u64;
+                if o.table == Table::Raw {
+                    raw_bytes += o.bytes.len() as u64;
+                }
+                written.push(o);
+            }
+            latencies.push(t.elapsed());
+            run_bar.inc(chunk.len() as u64);
+        }
+        let wall = started.elapsed();
+        // CPU time as well as wall time: this machine is a VM whose wall clock includes time the
+        // host gave to others (steal), which moves both engines' seconds from run to run.
+        let cpu_secs =
+            (sys::sample_self()?.cpu_ticks - cpu_before) as f64 / sys::clock_ticks() as f64;
+        run_bar.finish_and_clear();
+        let rss_kib = sys::peak_rss_kib();
+        latencies.sort();
+        Ok(Self {
+            wall,
+            cpu_secs,
+            rss_kib,
+            samples,
+            out_bytes,
+            raw_bytes,
+            latencies,
+            written,
+        })
+    }
+}
+
+/// The compacted shape: all of the run's samples in one raw file (what an hourly compaction
+/// keeps); its bytes.
+fn one_file_raw_bytes(input: &Input) -> anyhow::Result<u64> {
+    let limits = limits();
     let mut all = PartitionBatch::new("metrics", 0);
-    for (offset, value) in messages.iter().enumerate() {
-        let rec = InputRecord {
-            topic: "metrics",
-            partition: 0,
-            offset: offset as i64,
-            timestamp_ms: now_ms,
-            key: None,
-            value: Some(value),
-        };
-        all.push(&rec, now_ms, &limits);
+    for (offset, value) in input.messages.iter().enumerate() {
+        push(&mut all, offset as i64, value, input.now_ms, &limits);
     }
     let one_file: u64 = all
         .objects(&mut Tail::default())?
@@ -172,78 +258,106 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .filter(|o| o.table == Table::Raw)
         .map(|o| o.bytes.len() as u64)
         .sum();
-    drop(all);
+    Ok(one_file)
+}
 
-    // Compaction: the per-batch files in a lake, merged as `damselfly compact` does it.
-    eprintln!("compacting {} batch files ...", written.len());
-    let (compacted_raw, compact_secs) =
-        compacted_raw_bytes(&written, now_ms, &args.out.join("lake"))?;
-    drop(written);
+/// DuckDB's figures for the same job.
+struct Duck {
+    /// What the job printed: version, seconds, cpu_seconds, samples, peak_rss_kib.
+    printed: serde_json::Value,
+    secs: f64,
+    cpu: f64,
+    /// Bytes of its raw Parquet file.
+    raw_bytes: u64,
+}
 
-    // DuckDB: the same job on the same input, one thread.
-    eprintln!("running DuckDB on {} ...", input.display());
-    let out = Command::new(&args.python)
-        .args([
-            "-c",
-            DUCKDB_JOB,
-            input.to_str().context("utf-8 path")?,
-            args.out.to_str().context("utf-8 path")?,
-        ])
-        .output()
-        .with_context(|| format!("running {} (needs the duckdb package)", args.python))?;
-    if !out.status.success() {
+impl Duck {
+    /// DuckDB: the same job on the same input, one thread; it must see our `samples`.
+    fn run(args: &Args, input: &Input, samples: u64) -> anyhow::Result<Self> {
+        eprintln!("running DuckDB on {} ...", input.path.display());
+        let out = Command::new(&args.python)
+            .args([
+                "-c",
+                DUCKDB_JOB,
+                input.path.to_str().context("utf-8 path")?,
+                args.out.to_str().context("utf-8 path")?,
+            ])
+            .output()
+            .with_context(|| format!("running {} (needs the duckdb package)", args.python))?;
+        if !out.status.success() {
+            bail!(
+                "DuckDB job failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .context("DuckDB printed nothing")?;
+        let duck: serde_json::Value =
+            serde_json::from_str(last).with_context(|| format!("DuckDB printed: {stdout}"))?;
+        let duck_secs = duck["seconds"].as_f64().context("seconds")?;
+        let duck_cpu = duck["cpu_seconds"].as_f64().context("cpu_seconds")?;
+        let duck_samples = duck["samples"].as_u64().context("samples")?;
+        if duck_samples != samples {
+            bail!("DuckDB saw {duck_samples} samples, we saw {samples}: not the same job");
+        }
+        let duck_raw = std::fs::metadata(args.out.join("duckdb_raw.parquet"))?.len();
+        Ok(Self {
+            printed: duck,
+            secs: duck_secs,
+            cpu: duck_cpu,
+            raw_bytes: duck_raw,
+        })
+    }
+}
+
+/// Prometheus: the same samples as one TSDB block, when promtool is installed.
+fn prometheus_block(
+    args: &Args,
+    input: &Input,
+    samples: u64,
+) -> anyhow::Result<Option<prometheus::Block>> {
+    let Some(promtool) = args.promtool.clone().or_else(prometheus::default_promtool) else {
+        return Ok(None);
+    };
+    eprintln!(
+        "building a Prometheus block with {} ...",
+        promtool.display()
+    );
+    let block = prometheus::build_block(&promtool, &input.messages, &args.out.join("prometheus"))?;
+    if block.samples != samples {
         bail!(
-            "DuckDB job failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "the Prometheus block holds {} samples, we saw {samples}: not the same input",
+            block.samples
         );
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .context("DuckDB printed nothing")?;
-    let duck: serde_json::Value =
-        serde_json::from_str(last).with_context(|| format!("DuckDB printed: {stdout}"))?;
-    let duck_secs = duck["seconds"].as_f64().context("seconds")?;
-    let duck_cpu = duck["cpu_seconds"].as_f64().context("cpu_seconds")?;
-    let duck_samples = duck["samples"].as_u64().context("samples")?;
-    if duck_samples != samples {
-        bail!("DuckDB saw {duck_samples} samples, we saw {samples}: not the same job");
-    }
-    let duck_raw = std::fs::metadata(args.out.join("duckdb_raw.parquet"))?.len();
+    Ok(Some(block))
+}
 
-    // Prometheus: the same samples as one TSDB block, when promtool is installed.
-    let prom = match args.promtool.clone().or_else(prometheus::default_promtool) {
-        Some(promtool) => {
-            eprintln!(
-                "building a Prometheus block with {} ...",
-                promtool.display()
-            );
-            let block =
-                prometheus::build_block(&promtool, &messages, &args.out.join("prometheus"))?;
-            if block.samples != samples {
-                bail!(
-                    "the Prometheus block holds {} samples, we saw {samples}: not the same input",
-                    block.samples
-                );
-            }
-            Some(block)
-        }
-        None => None,
-    };
+/// The raw table's sizes beside ours per batch: one file, compacted, Prometheus's block.
+struct Storage {
+    one_file: u64,
+    compacted_raw: u64,
+    compact_secs: f64,
+    prom: Option<prometheus::Block>,
+}
 
-    latencies.sort();
-    let pct = |p: f64| sys::nearest_rank(&latencies, p).as_secs_f64() * 1e3;
-    let ours_rate = samples as f64 / ours.as_secs_f64();
-    let duck_rate = samples as f64 / duck_secs;
+/// Prints the input and the speed table: ours against DuckDB, by wall and by CPU time.
+fn print_speed(args: &Args, input: &Input, ours: &Ours, duck: &Duck) {
+    let samples = ours.samples;
+    let pct = |p: f64| sys::nearest_rank(&ours.latencies, p).as_secs_f64() * 1e3;
+    let ours_rate = samples as f64 / ours.wall.as_secs_f64();
+    let duck_rate = samples as f64 / duck.secs;
     println!(
         "aggregate benchmark: {} VMs x {} intervals = {} messages, {} samples, {:.1} MiB of JSON",
         args.vms,
-        intervals,
-        total,
+        input.intervals,
+        input.total,
         samples,
-        input_bytes as f64 / 1048576.0
+        input.bytes as f64 / 1048576.0
     );
     println!();
     println!(
@@ -253,55 +367,66 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "| damselfly (batches of {}) | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} |",
         args.batch_size,
-        ours.as_secs_f64(),
+        ours.wall.as_secs_f64(),
         ours_rate,
-        our_cpu,
-        samples as f64 / our_cpu,
+        ours.cpu_secs,
+        samples as f64 / ours.cpu_secs,
         pct(0.5),
         pct(0.99),
-        our_rss as f64 / 1024.0
+        ours.rss_kib as f64 / 1024.0
     );
     println!(
         "| DuckDB {} (one job) | {:.2} | {:.0} | {:.2} | {:.0} | - | - | {:.0} |",
-        duck["version"].as_str().unwrap_or("?"),
-        duck_secs,
+        duck.printed["version"].as_str().unwrap_or("?"),
+        duck.secs,
         duck_rate,
-        duck_cpu,
-        samples as f64 / duck_cpu,
-        duck["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+        duck.cpu,
+        samples as f64 / duck.cpu,
+        duck.printed["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
     );
     println!();
     println!(
         "throughput ratio damselfly / DuckDB: {:.2}x by wall time, {:.2}x by CPU time (goal: at least 2x)",
         ours_rate / duck_rate,
-        duck_cpu / our_cpu
+        duck.cpu / ours.cpu_secs
     );
+}
+
+/// Prints the raw table's storage per sample in every shape, and all the lake objects written.
+fn print_storage(args: &Args, ours: &Ours, duck: &Duck, storage: &Storage) {
+    let samples = ours.samples;
+    let Storage {
+        one_file,
+        compacted_raw,
+        compact_secs,
+        prom,
+    } = storage;
     println!();
     println!("| raw table storage | bytes | bytes/sample |");
     println!("|---|---:|---:|");
     println!(
         "| damselfly, per-batch files ({} records each) | {} | {:.2} |",
         args.batch_size,
-        raw_bytes,
-        raw_bytes as f64 / samples as f64
+        ours.raw_bytes,
+        ours.raw_bytes as f64 / samples as f64
     );
     println!(
         "| damselfly, one file for the run (compacted shape) | {} | {:.2} |",
         one_file,
-        one_file as f64 / samples as f64
+        *one_file as f64 / samples as f64
     );
     println!(
         "| damselfly, after `damselfly compact` (zstd 17; {:.1} s) | {} | {:.2} |",
         compact_secs,
         compacted_raw,
-        compacted_raw as f64 / samples as f64
+        *compacted_raw as f64 / samples as f64
     );
     println!(
         "| DuckDB, one file, zstd | {} | {:.2} |",
-        duck_raw,
-        duck_raw as f64 / samples as f64
+        duck.raw_bytes,
+        duck.raw_bytes as f64 / samples as f64
     );
-    match &prom {
+    match prom {
         Some(b) => {
             println!(
                 "| Prometheus TSDB ({}), same samples: chunks only | {} | {:.2} |",
@@ -321,19 +446,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ),
     }
     println!("| Prometheus TSDB (published, real data) | - | 1.3 |");
-    if let Some(b) = &prom {
+    if let Some(b) = prom {
         println!();
         println!(
             "raw after compaction / Prometheus block, same samples: {:.2}x the bytes",
-            compacted_raw as f64 / b.total as f64
+            *compacted_raw as f64 / b.total as f64
         );
     }
     println!();
     println!(
         "all lake objects written by damselfly: {:.1} MiB",
-        out_bytes as f64 / 1048576.0
+        ours.out_bytes as f64 / 1048576.0
     );
-    Ok(())
 }
 
 /// Writes the batch objects to a lake in directory `dir` (emptied first), runs a compaction over
