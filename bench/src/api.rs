@@ -648,7 +648,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+    let names: Vec<&'static str> = families.iter().map(|f| f.name()).collect();
     let dir = args.out.join(format!(
         "{}vm-{}d-{}-{}p-{}m{}",
         args.vms,
@@ -662,78 +662,167 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let lake_dir = std::fs::canonicalize(dir.join("lake"))?;
     let lake_str = lake_dir.to_str().context("utf-8 path")?.to_owned();
     let (files, bytes) = sys::du(&lake_dir.join(Table::Rollup1m.name()))?;
+    let facts = LakeFacts {
+        names,
+        series: series.len(),
+        generated,
+        reused,
+        files,
+        bytes,
+    };
+    let work = Workload::new(args, lake_str);
+    let mut served = Served::measure(args, &rt, &work)?;
+    let duck = run_duckdb(args, &work)?;
+    let mut theirs = duckdb_latencies(args, &work, &duck, &served.checks)?;
+    let load_after = sys::load_average();
 
-    // The same random VMs for both engines.
-    let tags = fleet(args.vms);
-    let n = args.warm_up + args.requests;
-    let picks: Vec<Vec<usize>> = QUERIES
-        .iter()
-        .enumerate()
-        .map(|(qi, _)| {
-            (0..n)
-                .map(|i| {
-                    (mix(args.seed ^ ((qi as u64) << 32) ^ i as u64) % args.vms as u64) as usize
-                })
-                .collect()
-        })
-        .collect();
+    print_setup(args, &duck, &facts);
+    print_latencies(&mut served.ms, &mut theirs);
+    print_footer(&facts, &served, &duck, &load_before, &load_after);
+    Ok(())
+}
 
-    // Damselfly: `damselfly serve` in this process, `now` fixed at the end of the data.
-    let rss_before_serve = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
-    let api = rt
-        .block_on(Api::open(&lake_str, api::DEFAULT_REFRESH))?
-        .with_clock(|| NOW_MS);
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(api::serve(
-        listener,
-        Arc::new(api),
-        api::Limits::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut ours: Vec<Vec<f64>> = Vec::new();
-    let mut checks: Vec<Vec<Answer>> = Vec::new();
-    for (qi, q) in QUERIES.iter().enumerate() {
-        let pb = bar(n as u64, q.name, "requests");
-        let (mut ms, mut answers) = (Vec::with_capacity(args.requests), Vec::new());
-        for (i, &vm) in picks[qi].iter().enumerate() {
-            let t = Instant::now();
-            let (status, body) = http_get(addr, &api_path(q, &tags[vm]))?;
-            let elapsed = t.elapsed().as_secs_f64() * 1e3;
-            if status != 200 {
-                bail!(
-                    "{} answered {status}: {}",
-                    q.name,
-                    String::from_utf8_lossy(&body)
-                );
-            }
-            if i >= args.warm_up {
-                ms.push(elapsed);
-                if answers.len() < 3 {
-                    answers.push(api_answer(&body)?);
-                }
-            }
-            pb.inc(1);
+/// The lake the queries run over: what it holds and how it was made.
+struct LakeFacts {
+    /// The generated metric families.
+    names: Vec<&'static str>,
+    /// Series per VM.
+    series: usize,
+    generated: Generated,
+    /// Whether it was found cached.
+    reused: bool,
+    /// Files and bytes of its `rollup_1m` table.
+    files: u64,
+    bytes: u64,
+}
+
+/// What both engines are asked: the lake's path, the fleet and, per query, the VMs asked about
+/// (warm-up first), the same random VMs for both engines.
+struct Workload {
+    lake: String,
+    tags: Vec<Tags>,
+    picks: Vec<Vec<usize>>,
+    /// Requests per query, warm-up included.
+    n: usize,
+}
+
+impl Workload {
+    /// Picks `--warm-up` + `--requests` VMs per query from `--seed`.
+    fn new(args: &Args, lake: String) -> Self {
+        let tags = fleet(args.vms);
+        let n = args.warm_up + args.requests;
+        let picks: Vec<Vec<usize>> = QUERIES
+            .iter()
+            .enumerate()
+            .map(|(qi, _)| {
+                (0..n)
+                    .map(|i| {
+                        (mix(args.seed ^ ((qi as u64) << 32) ^ i as u64) % args.vms as u64) as usize
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            lake,
+            tags,
+            picks,
+            n,
         }
-        pb.finish_and_clear();
-        ours.push(ms);
-        checks.push(answers);
     }
-    let _ = stop.send(());
-    rt.block_on(server)??;
-    let rss_serving = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
+}
 
-    // DuckDB: one connection, the same questions over the same files.
-    eprintln!("running DuckDB ({} queries) ...", n * QUERIES.len());
+/// What `damselfly serve` answered: timed latencies and the first answers per query, and this
+/// process's RSS around serving.
+struct Served {
+    /// Milliseconds of each timed request, per query.
+    ms: Vec<Vec<f64>>,
+    /// The first three timed answers per query, to check against DuckDB's.
+    checks: Vec<Vec<Answer>>,
+    rss_before_kib: u64,
+    rss_serving_kib: u64,
+}
+
+impl Served {
+    /// Damselfly: `damselfly serve` in this process, `now` fixed at the end of the data, asked
+    /// every query over HTTP.
+    fn measure(args: &Args, rt: &tokio::runtime::Runtime, work: &Workload) -> anyhow::Result<Self> {
+        let rss_before_kib = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
+        let api = rt
+            .block_on(Api::open(&work.lake, api::DEFAULT_REFRESH))?
+            .with_clock(|| NOW_MS);
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(api::serve(
+            listener,
+            Arc::new(api),
+            api::Limits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut ms_per_query: Vec<Vec<f64>> = Vec::new();
+        let mut checks: Vec<Vec<Answer>> = Vec::new();
+        for (qi, q) in QUERIES.iter().enumerate() {
+            let (ms, answers) = ask_api(args, addr, q, &work.picks[qi], &work.tags)?;
+            ms_per_query.push(ms);
+            checks.push(answers);
+        }
+        let _ = stop.send(());
+        rt.block_on(server)??;
+        let rss_serving_kib = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
+        Ok(Self {
+            ms: ms_per_query,
+            checks,
+            rss_before_kib,
+            rss_serving_kib,
+        })
+    }
+}
+
+/// Asks the API query `q` for each of `picks`: the timed latencies (after the warm-up) and the
+/// first three timed answers.
+fn ask_api(
+    args: &Args,
+    addr: SocketAddr,
+    q: &Query,
+    picks: &[usize],
+    tags: &[Tags],
+) -> anyhow::Result<(Vec<f64>, Vec<Answer>)> {
+    let pb = bar(picks.len() as u64, q.name, "requests");
+    let (mut ms, mut answers) = (Vec::with_capacity(args.requests), Vec::new());
+    for (i, &vm) in picks.iter().enumerate() {
+        let t = Instant::now();
+        let (status, body) = http_get(addr, &api_path(q, &tags[vm]))?;
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        if status != 200 {
+            bail!(
+                "{} answered {status}: {}",
+                q.name,
+                String::from_utf8_lossy(&body)
+            );
+        }
+        if i >= args.warm_up {
+            ms.push(elapsed);
+            if answers.len() < 3 {
+                answers.push(api_answer(&body)?);
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok((ms, answers))
+}
+
+/// DuckDB: one connection, the same questions over the same files; what the job printed.
+fn run_duckdb(args: &Args, work: &Workload) -> anyhow::Result<serde_json::Value> {
+    eprintln!("running DuckDB ({} queries) ...", work.n * QUERIES.len());
     let queries: Vec<serde_json::Value> = QUERIES
         .iter()
         .enumerate()
         .flat_map(|(qi, q)| {
-            let (tags, lake_str, warm_up) = (&tags, &lake_str, args.warm_up);
-            picks[qi].iter().enumerate().map(move |(i, &vm)| {
+            let (tags, lake_str, warm_up) = (&work.tags, &work.lake, args.warm_up);
+            work.picks[qi].iter().enumerate().map(move |(i, &vm)| {
                 serde_json::json!({
                     "sql": duckdb_sql(lake_str, q, &tags[vm]),
                     "check": i >= warm_up && i < warm_up + 3,
@@ -760,6 +849,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let duck: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("DuckDB printed: {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(duck)
+}
+
+/// DuckDB's timed latencies per query, its checked answers compared with the API's.
+fn duckdb_latencies(
+    args: &Args,
+    work: &Workload,
+    duck: &serde_json::Value,
+    checks: &[Vec<Answer>],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let n = work.n;
     let results = duck["results"].as_array().context("results")?;
     let mut theirs: Vec<Vec<f64>> = Vec::new();
     for (qi, q) in QUERIES.iter().enumerate() {
@@ -774,7 +874,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     !a.is_empty() && same(a, &b),
                     "{} for {}: damselfly and DuckDB disagree ({} vs {} values)",
                     q.name,
-                    tags[picks[qi][i]].vm,
+                    work.tags[work.picks[qi][i]].vm,
                     a.len(),
                     b.len()
                 );
@@ -784,9 +884,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ensure!(checked == checks[qi].len(), "not every answer was checked");
         theirs.push(ms);
     }
-    let load_after = sys::load_average();
+    Ok(theirs)
+}
 
-    // The report.
+/// Prints what was compared: the engines, the lake against the issue's spec, how it was made.
+fn print_setup(args: &Args, duck: &serde_json::Value, facts: &LakeFacts) {
     let minutes = args.days as u64 * 24 * 60;
     let spec_rows = SPEC_VMS * SPEC_DAYS * 24 * 60 * SPEC_SERIES;
     println!(
@@ -804,16 +906,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
          the issue's spec is {} VMs x {} days x ~{} series = {} rows: this is 1/{:.1} of it",
         args.vms,
         args.days,
-        series.len(),
-        names.join(", "),
-        generated.rows,
-        files,
-        bytes as f64 / 1048576.0,
+        facts.series,
+        facts.names.join(", "),
+        facts.generated.rows,
+        facts.files,
+        facts.bytes as f64 / 1048576.0,
         SPEC_VMS,
         SPEC_DAYS,
         SPEC_SERIES,
         spec_rows,
-        spec_rows as f64 / (args.vms as u64 * minutes * series.len() as u64) as f64
+        spec_rows as f64 / (args.vms as u64 * minutes * facts.series as u64) as f64
     );
     let how = if args.direct {
         "files written (closed hours: compacted rollup_1m and rollup_1h files from compaction's encoder; \
@@ -824,13 +926,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "{}: {} {how} in {:.0} s, then compacted in {:.0} s \
          (hours up to 19:00 one compacted file each; 20:00 and 21:00 still batch files, {} partitions x {} min)",
-        if reused { "cached" } else { "generated" },
-        generated.batch_files,
-        generated.write_secs,
-        generated.compact_secs,
+        if facts.reused { "cached" } else { "generated" },
+        facts.generated.batch_files,
+        facts.generated.write_secs,
+        facts.generated.compact_secs,
         args.partitions,
         args.batch_minutes
     );
+}
+
+/// Prints the latency table of both engines per query, then each query's verdict on its goal.
+fn print_latencies(ours: &mut [Vec<f64>], theirs: &mut [Vec<f64>]) {
     println!();
     println!(
         "| query (cpu, periodType=m, avg) | engine | p50 ms | p99 ms | max ms | vs DuckDB p50 / p99 |"
@@ -872,17 +978,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for v in verdicts {
         println!("{v}");
     }
+}
+
+/// Prints what was checked, the memory and load around the run, and what each latency includes.
+fn print_footer(
+    facts: &LakeFacts,
+    served: &Served,
+    duck: &serde_json::Value,
+    load_before: &str,
+    load_after: &str,
+) {
     println!(
         "answers checked equal for {} VMs per query; peak RSS: this process {:.0} MiB{} (RSS {:.0} MiB before serving, {:.0} MiB after), DuckDB {:.0} MiB; load average {} before, {} after",
-        checks[0].len(),
+        served.checks[0].len(),
         sys::peak_rss_kib() as f64 / 1024.0,
-        if reused {
+        if facts.reused {
             ""
         } else {
             " (includes generating the lake)"
         },
-        rss_before_serve as f64 / 1024.0,
-        rss_serving as f64 / 1024.0,
+        served.rss_before_kib as f64 / 1024.0,
+        served.rss_serving_kib as f64 / 1024.0,
         duck["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
         load_before,
         load_after
@@ -891,5 +1007,4 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "latency: damselfly = connect, request, the whole JSON answer read (HTTP and JSON included); \
          DuckDB = execute + fetchall inside Python (no HTTP, no JSON)"
     );
-    Ok(())
 }
