@@ -104,79 +104,26 @@ pub enum ImportError {
 
 /// Maps one alert task onto its rules (`-warning` and/or `-critical`), validated.
 pub fn import_alert_task(task: &CbAlertTask) -> Result<Vec<Rule>, ImportError> {
-    let err = |field: &'static str, message: String| ImportError::Field {
+    let rules = map_task(task).map_err(|(field, message)| ImportError::Field {
         task: task.name.clone(),
         field,
         message,
-    };
-    let (expr_metric, comparator, expr_threshold) = parse_expression(&task.alert_math_expression)
-        .ok_or_else(|| {
-            err(
-                "alert_math_expression",
-                format!(
-                    "`{}` is not a comparison: use greater, equalgreater, less, equalless, equal, an operator, or `field < number`",
-                    task.alert_math_expression
-                ),
-            )
-        })?;
-    let field = match (expr_metric, task.metric.as_deref()) {
-        (Some(e), Some(m)) if e != m => {
-            return Err(err(
-                "metric",
-                format!("`{m}` differs from `{e}` in alert_math_expression: make them agree"),
-            ));
-        }
-        (Some(e), _) => e,
-        (None, Some(m)) if !m.trim().is_empty() => m.trim().to_string(),
-        (None, _) => {
-            return Err(err(
-                "metric",
-                "is missing: set `metric` or write it in alert_math_expression".into(),
-            ));
-        }
-    };
-    let metric = map_metric(&task.measurement, &field).ok_or_else(|| {
-        err(
-            "metric",
-            format!(
-                "`{}`/`{field}` has no Damselfly metric: use a catalog name such as cpu_utilization",
-                task.measurement
-            ),
-        )
     })?;
-    let threshold = match (expr_threshold, task.alert_threshold) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(err(
-                "alert_threshold",
-                format!("{b} differs from {a} in alert_math_expression: make them agree"),
-            ));
-        }
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => return Err(err("alert_threshold", "is missing".into())),
-    };
-    let mut scope = Scope::default();
-    let target = vec![task.target_id.clone()];
-    match task.target_type.to_ascii_uppercase().as_str() {
-        "NS" => scope.ns = target,
-        "MCIS" => scope.mcis = target,
-        "VM" => scope.vm = target,
-        other => {
-            return Err(err(
-                "target_type",
-                format!("`{other}` is not NS, MCIS or VM"),
-            ));
-        }
+    for r in &rules {
+        r.validate()?;
     }
-    if task.target_id.trim().is_empty() {
-        return Err(err(
-            "target_id",
-            "is empty: name the namespace, MCIS or VM".into(),
-        ));
-    }
+    Ok(rules)
+}
+
+/// Maps a task's fields onto its rules, not yet validated; the first field that does not map as
+/// (field, message).
+fn map_task(task: &CbAlertTask) -> Result<Vec<Rule>, (&'static str, String)> {
+    let (metric, comparator, threshold) = map_comparison(task)?;
+    let scope = map_scope(task)?;
     let period: HumanDuration = task
         .event_duration
         .parse()
-        .map_err(|e: String| err("event_duration", e))?;
+        .map_err(|e: String| ("event_duration", e))?;
     let base = slug(&task.name);
     let description = task
         .alert_event_message_email
@@ -215,15 +162,84 @@ pub fn import_alert_task(task: &CbAlertTask) -> Result<Vec<Rule>, ImportError> {
         ));
     }
     if rules.is_empty() {
-        return Err(err(
+        return Err((
             "critic_event_cnt",
             "and warn_event_cnt are both 0: set at least one count".into(),
         ));
     }
-    for r in &rules {
-        r.validate()?;
-    }
     Ok(rules)
+}
+
+/// The comparison a task alerts on: the Damselfly metric, the comparator and the threshold, from
+/// `alert_math_expression`, `metric`, `measurement` and `alert_threshold`, which must agree.
+fn map_comparison(task: &CbAlertTask) -> Result<(String, Comparator, f64), (&'static str, String)> {
+    let (expr_metric, comparator, expr_threshold) = parse_expression(&task.alert_math_expression)
+        .ok_or_else(|| {
+            (
+                "alert_math_expression",
+                format!(
+                    "`{}` is not a comparison: use greater, equalgreater, less, equalless, equal, an operator, or `field < number`",
+                    task.alert_math_expression
+                ),
+            )
+        })?;
+    let field = match (expr_metric, task.metric.as_deref()) {
+        (Some(e), Some(m)) if e != m => {
+            return Err((
+                "metric",
+                format!("`{m}` differs from `{e}` in alert_math_expression: make them agree"),
+            ));
+        }
+        (Some(e), _) => e,
+        (None, Some(m)) if !m.trim().is_empty() => m.trim().to_string(),
+        (None, _) => {
+            return Err((
+                "metric",
+                "is missing: set `metric` or write it in alert_math_expression".into(),
+            ));
+        }
+    };
+    let metric = map_metric(&task.measurement, &field).ok_or_else(|| {
+        (
+            "metric",
+            format!(
+                "`{}`/`{field}` has no Damselfly metric: use a catalog name such as cpu_utilization",
+                task.measurement
+            ),
+        )
+    })?;
+    let threshold = match (expr_threshold, task.alert_threshold) {
+        (Some(a), Some(b)) if a != b => {
+            return Err((
+                "alert_threshold",
+                format!("{b} differs from {a} in alert_math_expression: make them agree"),
+            ));
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => return Err(("alert_threshold", "is missing".into())),
+    };
+    Ok((metric, comparator, threshold))
+}
+
+/// The scope a task's `target_type` and `target_id` name: one namespace, MCIS or VM.
+fn map_scope(task: &CbAlertTask) -> Result<Scope, (&'static str, String)> {
+    let mut scope = Scope::default();
+    let target = vec![task.target_id.clone()];
+    match task.target_type.to_ascii_uppercase().as_str() {
+        "NS" => scope.ns = target,
+        "MCIS" => scope.mcis = target,
+        "VM" => scope.vm = target,
+        other => {
+            return Err(("target_type", format!("`{other}` is not NS, MCIS or VM")));
+        }
+    }
+    if task.target_id.trim().is_empty() {
+        return Err((
+            "target_id",
+            "is empty: name the namespace, MCIS or VM".into(),
+        ));
+    }
+    Ok(scope)
 }
 
 /// Maps a JSON alert task, or a JSON array of them, onto a validated rule set.
