@@ -11,7 +11,9 @@ use anyhow::{Context as _, bail};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-use crate::sys::{clock_ticks, cpu_pct, create_topic_on, free_port, fresh_dir, sample, status_kib};
+use crate::sys::{
+    Sample, clock_ticks, cpu_pct, create_topic_on, free_port, fresh_dir, sample, status_kib,
+};
 
 /// CPU goal: percent of one core, averaged over the run.
 const GOAL_CPU_PCT: f64 = 0.5;
@@ -218,64 +220,118 @@ impl Drop for Kafka {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let bin = args.bin.clone().unwrap_or_else(default_bin);
-    if !bin.is_file() {
-        bail!(
-            "no agent binary at {}: build it with\n  CARGO_TARGET_DIR=~/.cache/damselfly/target \
-             cargo build --release -p damselfly-agent\nor pass --bin",
-            bin.display()
-        );
-    }
-    let bin = fs::canonicalize(&bin)?;
-    let profile = if bin.components().any(|c| c.as_os_str() == "release") {
-        "release"
-    } else {
-        "NOT release (figures overstate the release build's footprint)"
-    };
+    let bin = AgentBin::find(args)?;
     let out = fresh_dir(&args.out)?;
+    let mut broker = Broker::prepare(args, &out)?;
+    let (mut agent, log_path) = start_agent(args, &bin, &out, &broker)?;
+    let measured = Measured::watch(args, &bin, &mut agent, &log_path)?;
+    stop(&mut agent, Duration::from_secs(20));
+    drop(broker.kafka.take());
+    let footprint = Footprint::of(args, &measured);
+    let totals = closing_totals(&log_path);
+    print_report(args, &bin, &broker, &measured, &footprint, &totals)
+}
 
-    let mut kafka = None;
-    let (brokers, topic, broker_label) = match &args.brokers {
-        Some(b) => {
-            // No default: a shared broker's `metrics` topic is someone's data.
-            let topic = args
-                .topic
-                .clone()
-                .context("--brokers needs --topic: an existing topic the agent may write to")?;
-            (b.clone(), topic, format!("given broker {b}"))
+/// The agent binary measured, and the build profile it comes from.
+struct AgentBin {
+    path: PathBuf,
+    profile: &'static str,
+}
+
+impl AgentBin {
+    /// `--bin` or the default, which must exist; its profile is read from its path.
+    fn find(args: &Args) -> anyhow::Result<Self> {
+        let bin = args.bin.clone().unwrap_or_else(default_bin);
+        if !bin.is_file() {
+            bail!(
+                "no agent binary at {}: build it with\n  CARGO_TARGET_DIR=~/.cache/damselfly/target \
+                 cargo build --release -p damselfly-agent\nor pass --bin",
+                bin.display()
+            );
         }
-        None => {
-            let script = args
-                .kafka_broker
-                .clone()
-                .unwrap_or_else(default_kafka_broker);
-            if !script.is_file() {
-                bail!(
-                    "no broker script at {}: pass --kafka-broker (or DAMSELFLY_KAFKA_BROKER) or --brokers",
-                    script.display()
-                );
+        let bin = fs::canonicalize(&bin)?;
+        let profile = if bin.components().any(|c| c.as_os_str() == "release") {
+            "release"
+        } else {
+            "NOT release (figures overstate the release build's footprint)"
+        };
+        Ok(Self { path: bin, profile })
+    }
+}
+
+/// The broker the agent publishes to: the given one, or an Apache Kafka started here (stopped
+/// when dropped).
+struct Broker {
+    kafka: Option<Kafka>,
+    brokers: String,
+    topic: String,
+    /// How the report names it.
+    label: String,
+}
+
+impl Broker {
+    /// With `--brokers`, that broker and `--topic`; otherwise starts a broker under `out` and
+    /// creates a one-partition topic on it.
+    fn prepare(args: &Args, out: &Path) -> anyhow::Result<Self> {
+        let mut kafka = None;
+        let (brokers, topic, label) = match &args.brokers {
+            Some(b) => {
+                // No default: a shared broker's `metrics` topic is someone's data.
+                let topic = args
+                    .topic
+                    .clone()
+                    .context("--brokers needs --topic: an existing topic the agent may write to")?;
+                (b.clone(), topic, format!("given broker {b}"))
             }
-            let k = Kafka::start(&script, &out)?;
-            let topic = args.topic.clone().unwrap_or_else(|| {
-                format!(
-                    "agent-bench-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis()
+            None => {
+                let script = args
+                    .kafka_broker
+                    .clone()
+                    .unwrap_or_else(default_kafka_broker);
+                if !script.is_file() {
+                    bail!(
+                        "no broker script at {}: pass --kafka-broker (or DAMSELFLY_KAFKA_BROKER) or --brokers",
+                        script.display()
+                    );
+                }
+                let k = Kafka::start(&script, out)?;
+                let topic = args.topic.clone().unwrap_or_else(|| {
+                    format!(
+                        "agent-bench-{}",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis()
+                    )
+                });
+                create_topic_on(&k.conn, &topic, 1)?;
+                let b = k.conn.brokers.clone();
+                kafka = Some(k);
+                (
+                    b.clone(),
+                    topic,
+                    format!("Apache Kafka started here on {b}"),
                 )
-            });
-            create_topic_on(&k.conn, &topic, 1)?;
-            let b = k.conn.brokers.clone();
-            kafka = Some(k);
-            (
-                b.clone(),
-                topic,
-                format!("Apache Kafka started here on {b}"),
-            )
-        }
-    };
+            }
+        };
+        Ok(Self {
+            kafka,
+            brokers,
+            topic,
+            label,
+        })
+    }
+}
 
+/// Writes the agent's config under `out` and starts it, its output in `out/agent.log`; returns
+/// the child and the log's path.
+fn start_agent(
+    args: &Args,
+    bin: &AgentBin,
+    out: &Path,
+    broker: &Broker,
+) -> anyhow::Result<(Child, PathBuf)> {
+    let (brokers, topic) = (&broker.brokers, &broker.topic);
     let config = out.join("agent.toml");
     fs::write(
         &config,
@@ -290,12 +346,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let log_path = out.join("agent.log");
     let log = fs::File::create(&log_path)?;
     // The full CLI takes the agent as a subcommand; the slim binary is the agent.
-    let subcommand: &[&str] = if bin.file_name().is_some_and(|n| n == "damselfly") {
+    let subcommand: &[&str] = if bin.path.file_name().is_some_and(|n| n == "damselfly") {
         &["agent"]
     } else {
         &[]
     };
-    let mut agent = Command::new(&bin)
+    let agent = Command::new(&bin.path)
         .args(subcommand)
         .arg("--config")
         .arg(&config)
@@ -303,73 +359,132 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting {} agent", bin.display()))?;
-    let pid = agent.id();
-    let hz = clock_ticks();
-    eprintln!(
-        "measuring pid {pid} ({}) for {} at interval {} ...",
-        bin.display(),
-        humantime::format_duration(args.duration),
-        humantime::format_duration(args.interval)
-    );
+        .with_context(|| format!("starting {} agent", bin.path.display()))?;
+    Ok((agent, log_path))
+}
 
-    let started = Instant::now();
-    let mut samples = Vec::new();
-    let mut hwm_kib = 0;
-    while started.elapsed() < args.duration {
-        if let Some(status) = agent.try_wait()? {
-            bail!(
-                "the agent exited early ({status}); its log:\n{}",
-                fs::read_to_string(&log_path).unwrap_or_default()
-            );
+/// What /proc showed of the agent over the run.
+struct Measured {
+    pid: u32,
+    /// Clock ticks per second of /proc/PID/stat.
+    hz: u64,
+    /// Every `--sample-every`, then one at the end.
+    samples: Vec<Sample>,
+    last: Sample,
+    hwm_kib: u64,
+    /// What the resident memory is made of at the end: heap and stacks vs mapped binary and
+    /// libraries, and the threads.
+    anon_kib: u64,
+    file_kib: u64,
+    threads: u64,
+}
+
+impl Measured {
+    /// Samples the running agent for `--duration`; fails if it exits early.
+    fn watch(
+        args: &Args,
+        bin: &AgentBin,
+        agent: &mut Child,
+        log_path: &Path,
+    ) -> anyhow::Result<Self> {
+        let pid = agent.id();
+        let hz = clock_ticks();
+        eprintln!(
+            "measuring pid {pid} ({}) for {} at interval {} ...",
+            bin.path.display(),
+            humantime::format_duration(args.duration),
+            humantime::format_duration(args.interval)
+        );
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        let mut hwm_kib = 0;
+        while started.elapsed() < args.duration {
+            if let Some(status) = agent.try_wait()? {
+                bail!(
+                    "the agent exited early ({status}); its log:\n{}",
+                    fs::read_to_string(log_path).unwrap_or_default()
+                );
+            }
+            let s = sample(pid)?;
+            hwm_kib = hwm_kib.max(s.hwm_kib);
+            samples.push(s);
+            std::thread::sleep(args.sample_every);
         }
-        let s = sample(pid)?;
-        hwm_kib = hwm_kib.max(s.hwm_kib);
-        samples.push(s);
-        std::thread::sleep(args.sample_every);
+        let last = sample(pid)?;
+        samples.push(last);
+        // What the resident memory is made of at the end: heap and stacks vs mapped binary and libraries.
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let (anon_kib, file_kib, threads) = (
+            status_kib(&status, "RssAnon:").unwrap_or(0),
+            status_kib(&status, "RssFile:").unwrap_or(0),
+            status_kib(&status, "Threads:").unwrap_or(0),
+        );
+        hwm_kib = hwm_kib.max(last.hwm_kib);
+        Ok(Self {
+            pid,
+            hz,
+            samples,
+            last,
+            hwm_kib,
+            anon_kib,
+            file_kib,
+            threads,
+        })
     }
-    let last = sample(pid)?;
-    samples.push(last);
-    // What the resident memory is made of at the end: heap and stacks vs mapped binary and libraries.
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let (anon, file, threads) = (
-        status_kib(&status, "RssAnon:").unwrap_or(0),
-        status_kib(&status, "RssFile:").unwrap_or(0),
-        status_kib(&status, "Threads:").unwrap_or(0),
-    );
-    hwm_kib = hwm_kib.max(last.hwm_kib);
-    stop(&mut agent, Duration::from_secs(20));
-    drop(kafka);
+}
 
-    let first = samples[0];
-    let steady_from = samples
-        .iter()
-        .find(|s| s.at.duration_since(first.at) >= WARM_UP)
-        .copied()
-        .unwrap_or(first);
-    let whole = cpu_pct(&first, &last, hz);
-    let steady = cpu_pct(&steady_from, &last, hz);
-    // The busiest window of one collection interval.
-    let per_window = (args.interval.as_secs_f64() / args.sample_every.as_secs_f64())
-        .round()
-        .max(1.0) as usize;
-    let busiest = samples
-        .windows(per_window + 1)
-        .filter(|w| w[0].at >= steady_from.at)
-        .map(|w| cpu_pct(&w[0], &w[per_window], hz))
-        .fold(0.0, f64::max);
-    let peak_rss_kib = samples
-        .iter()
-        .map(|s| s.rss_kib)
-        .max()
-        .unwrap_or(0)
-        .max(hwm_kib);
-    let peak_mib = peak_rss_kib as f64 / 1024.0;
-    let cpu_seconds = last.cpu_ticks as f64 / hz as f64;
+/// The figures of the table: CPU steady, whole and busiest, CPU seconds, peak RSS.
+struct Footprint {
+    /// CPU % of one core after the warm-up.
+    steady: f64,
+    whole: f64,
+    /// The busiest window of one collection interval.
+    busiest: f64,
+    cpu_seconds: f64,
+    peak_mib: f64,
+}
 
-    let text = fs::read_to_string(&log_path).unwrap_or_default();
-    let stopped: Vec<(String, String)> = text
-        .lines()
+impl Footprint {
+    /// Works out the figures from the samples.
+    fn of(args: &Args, m: &Measured) -> Self {
+        let (samples, last, hz) = (&m.samples, m.last, m.hz);
+        let first = samples[0];
+        let steady_from = samples
+            .iter()
+            .find(|s| s.at.duration_since(first.at) >= WARM_UP)
+            .copied()
+            .unwrap_or(first);
+        let whole = cpu_pct(&first, &last, hz);
+        let steady = cpu_pct(&steady_from, &last, hz);
+        // The busiest window of one collection interval.
+        let per_window = (args.interval.as_secs_f64() / args.sample_every.as_secs_f64())
+            .round()
+            .max(1.0) as usize;
+        let busiest = samples
+            .windows(per_window + 1)
+            .filter(|w| w[0].at >= steady_from.at)
+            .map(|w| cpu_pct(&w[0], &w[per_window], hz))
+            .fold(0.0, f64::max);
+        let peak_rss_kib = samples
+            .iter()
+            .map(|s| s.rss_kib)
+            .max()
+            .unwrap_or(0)
+            .max(m.hwm_kib);
+        Self {
+            steady,
+            whole,
+            busiest,
+            cpu_seconds: last.cpu_ticks as f64 / hz as f64,
+            peak_mib: peak_rss_kib as f64 / 1024.0,
+        }
+    }
+}
+
+/// The key=value pairs of the agent's last "agent stopped" log line (its closing totals).
+fn closing_totals(log_path: &Path) -> Vec<(String, String)> {
+    let text = fs::read_to_string(log_path).unwrap_or_default();
+    text.lines()
         .rev()
         .find(|l| l.contains("agent stopped"))
         .map(|l| {
@@ -378,17 +493,36 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Prints the footprint table against the goals and Telegraf, and the memory at the end.
+fn print_report(
+    args: &Args,
+    bin: &AgentBin,
+    broker: &Broker,
+    m: &Measured,
+    f: &Footprint,
+    stopped: &[(String, String)],
+) -> anyhow::Result<()> {
+    let (profile, pid, hz, topic) = (bin.profile, m.pid, m.hz, &broker.topic);
+    let broker_label = &broker.label;
+    let (steady, whole, busiest, cpu_seconds, peak_mib) =
+        (f.steady, f.whole, f.busiest, f.cpu_seconds, f.peak_mib);
+    let threads = m.threads;
     let stat = |k: &str| {
         stopped
             .iter()
             .find(|(key, _)| key == k)
             .map_or("?".to_owned(), |(_, v)| v.clone())
     };
-
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
     let mut o = std::io::stdout().lock();
-    writeln!(o, "\nagent footprint ({profile} build: {})", bin.display())?;
+    writeln!(
+        o,
+        "\nagent footprint ({profile} build: {})",
+        bin.path.display()
+    )?;
     writeln!(
         o,
         "  run {}, interval {}, {broker_label}, topic {topic}; CPU from /proc/{pid}/stat (utime+stime, \
@@ -425,9 +559,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     writeln!(
         o,
         "\nat the end: RSS {:.1} MiB = anonymous {:.1} MiB + file-backed {:.1} MiB; {threads} threads",
-        last.rss_kib as f64 / 1024.0,
-        anon as f64 / 1024.0,
-        file as f64 / 1024.0
+        m.last.rss_kib as f64 / 1024.0,
+        m.anon_kib as f64 / 1024.0,
+        m.file_kib as f64 / 1024.0
     )?;
     writeln!(o, "Telegraf anchor: {TELEGRAF_SOURCE}.")?;
     Ok(())
