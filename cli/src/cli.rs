@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use damselfly_core::env::{duration, show_duration};
+use damselfly_runner::config::{
+    DEFAULT_BATCHING_WINDOW, DEFAULT_COOLDOWN, DEFAULT_LAG_THRESHOLD, DEFAULT_MAX_WORKERS,
+    DEFAULT_SCALE_INTERVAL,
+};
 
 /// Damselfly: serverless multi-cloud VM monitoring on Kafka, Parquet and SQL.
 #[derive(Debug, Parser)]
@@ -120,9 +125,9 @@ pub struct AlarmTickArgs {
     /// Consumer group whose partition states to tick.
     #[arg(long, default_value = damselfly_alarm::config::DEFAULT_GROUP)]
     pub group: String,
-    /// Rules and notification target.
+    /// Rules and where notifications go.
     #[command(flatten)]
-    pub target: AlarmTargetArgs,
+    pub alarm: damselfly_alarm::config::Settings,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -171,7 +176,7 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 100)]
     pub vms: usize,
     /// Collection interval (CB-Dragonfly's default is 2s).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = duration)]
     pub interval: Duration,
     /// Random seed: the same seed gives the same fleet and values.
     #[arg(long, default_value_t = 1)]
@@ -192,7 +197,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
     /// Collection interval.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = duration)]
     pub interval: Duration,
     /// Lake directory (created; a previous demo lake there is replaced).
     #[arg(long, default_value = "demo-lake")]
@@ -222,7 +227,7 @@ pub struct SimulateArgs {
     #[command(flatten)]
     pub fleet: FleetArgs,
     /// How long to publish; the number of intervals is duration / interval.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration)]
     pub duration: Duration,
     /// Publish as fast as possible instead of one interval per interval of wall-clock time;
     /// timestamps still step by --interval, ending now.
@@ -269,23 +274,6 @@ impl FunctionName {
     }
 }
 
-/// Where the alarm function finds its rules and sends its notifications.
-#[derive(Debug, Clone, Args)]
-pub struct AlarmTargetArgs {
-    /// Rules: a JSON file or s3://bucket/key.json [default: LAKE/_config/alarm-rules.json].
-    #[arg(long, env = "ALARM_RULES")]
-    pub rules: Option<String>,
-    /// SNS topic ARN for notifications (AWS_* variables configure the client).
-    #[arg(long, env = "SNS_TOPIC_ARN")]
-    pub sns_topic_arn: Option<String>,
-    /// Without an SNS topic, append notifications to this file as JSON lines.
-    #[arg(long, env = "ALARM_OUTBOX", default_value = "alarm-outbox.jsonl")]
-    pub outbox: String,
-    /// How long after a period's end the tick waits for late samples before deciding it.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub grace: Duration,
-}
-
 /// `damselfly run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -314,13 +302,14 @@ pub struct RunArgs {
     pub invoke_url: Option<String>,
     /// With --invoke-url: how long an invocation may take before the runner gives it up and
     /// retries the batch (set it to the function's timeout; Lambda's maximum by default).
-    #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration,
+          default_value = show_duration(damselfly_runner::remote::INVOKE_TIMEOUT))]
     pub invoke_timeout: Duration,
     /// Most records per invocation (Lambda: default 100, max 10000).
     #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// How long to gather records before invoking (Lambda's MaximumBatchingWindow).
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration, default_value = show_duration(DEFAULT_BATCHING_WINDOW))]
     pub batching_window: Duration,
     /// Where a group without committed offsets starts: earliest, latest or timestamp:RFC3339
     /// (e.g. timestamp:2026-11-21T09:00:00Z).
@@ -368,71 +357,39 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, help_heading = "Scaling")]
     pub min_workers: usize,
     /// Most workers; the topic's partition count caps them too.
-    #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_MAX_WORKERS, help_heading = "Scaling")]
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, help_heading = "Scaling")]
     pub max_workers: usize,
     /// Records of lag per worker: workers = ceil(lag / threshold), within the bounds (KEDA's lagThreshold).
-    #[arg(long, default_value_t = damselfly_runner::config::DEFAULT_LAG_THRESHOLD, help_heading = "Scaling")]
+    #[arg(long, default_value_t = DEFAULT_LAG_THRESHOLD, help_heading = "Scaling")]
     pub lag_threshold: u64,
     /// At or below this total lag the runner stays at --min-workers (KEDA's activationLagThreshold).
     #[arg(long, default_value_t = 0, help_heading = "Scaling")]
     pub activation_lag: u64,
     /// How often lag is measured and a scaling decision taken.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, help_heading = "Scaling")]
+    #[arg(long, value_parser = duration, default_value = show_duration(DEFAULT_SCALE_INTERVAL),
+          help_heading = "Scaling")]
     pub scale_interval: Duration,
     /// How long demand must stay lower before workers are removed (adding them is immediate).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Scaling")]
+    #[arg(long, value_parser = duration, default_value = show_duration(DEFAULT_COOLDOWN),
+          help_heading = "Scaling")]
     pub cooldown: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (lag per partition, workers, batches,
     /// records, errors, retries, invocation latency, scaling events).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// The aggregate function's limits.
-    #[command(flatten)]
-    pub aggregate: AggregateArgs,
-    /// The alarm function's rules and notification target.
+    /// The aggregate function's settings.
+    #[command(flatten, next_help_heading = "Aggregate function")]
+    pub aggregate: damselfly_aggregate::config::Settings,
+    /// The alarm function's settings.
     #[command(flatten, next_help_heading = "Alarm function")]
-    pub alarm: AlarmTargetArgs,
+    pub alarm: damselfly_alarm::config::Settings,
     /// Run the alarm tick (NO_DATA, late periods, repeats, pending retries) this often, as the
     /// cloud's schedule would.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Alarm function")]
+    #[arg(long, default_value = "10s", value_parser = duration, help_heading = "Alarm function")]
     pub tick_every: Duration,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The in-process aggregate function's limits, shared by `run` and `redrive`.
-#[derive(Debug, Clone, Args)]
-pub struct AggregateArgs {
-    /// Reject samples older than this.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    pub max_past: Duration,
-    /// Reject samples further than this in the future.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    pub max_future: Duration,
-    /// A counter series silent this long leaves its partition's state (its next sample has no
-    /// rate), so the state holds the live fleet.
-    #[arg(long, env = "DAMSELFLY_TAIL_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub tail_expiry: Duration,
-    /// Most counter series one partition's state keeps; past it the ones seen longest ago are
-    /// forgotten, with a warning (a flood of made-up VMs or devices cannot grow it).
-    #[arg(long, env = "DAMSELFLY_MAX_TAIL_SERIES", default_value_t = damselfly_aggregate::config::DEFAULT_MAX_TAIL_SERIES)]
-    pub max_tail_series: usize,
-}
-
-impl AggregateArgs {
-    /// The aggregate function writing to the lake at `lake` with these limits.
-    pub fn handler(&self, lake: &str) -> anyhow::Result<damselfly_aggregate::Aggregate> {
-        let limits = damselfly_core::Validation {
-            max_past: self.max_past,
-            max_future: self.max_future,
-            ..damselfly_core::Validation::default()
-        };
-        Ok(
-            damselfly_aggregate::Aggregate::new(damselfly_core::Lake::open(lake)?, limits)
-                .with_tail_limits(self.tail_expiry, self.max_tail_series),
-        )
-    }
 }
 
 /// `damselfly redrive <function> --from ...`.
@@ -466,13 +423,13 @@ pub struct RedriveArgs {
     /// Invocations of one batch before it counts as failed and stays where it is.
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
-    /// The aggregate function's limits (a redrive replays old batches: raise --max-past past
+    /// The aggregate function's settings (a redrive replays old batches: raise --max-past past
     /// their age).
-    #[command(flatten)]
-    pub aggregate: AggregateArgs,
-    /// The alarm function's rules and notification target.
+    #[command(flatten, next_help_heading = "Aggregate function")]
+    pub aggregate: damselfly_aggregate::config::Settings,
+    /// The alarm function's settings.
     #[command(flatten, next_help_heading = "Alarm function")]
-    pub alarm: AlarmTargetArgs,
+    pub alarm: damselfly_alarm::config::Settings,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -512,14 +469,16 @@ pub struct ServeArgs {
     /// Address to listen on (CB-Dragonfly's API listens on 9090).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,
-    /// How often the lake's tables are registered again (new tables, compacted files).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub refresh: Duration,
+    /// The query function's settings.
+    #[command(flatten)]
+    pub query: damselfly_query::config::Settings,
     /// Longest a request may run before it is answered 503.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration,
+          default_value = show_duration(damselfly_query::api::Limits::default().timeout))]
     pub request_timeout: Duration,
     /// Most requests answered at once; one more is answered 503 at once (no queue).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..),
+          default_value_t = u16::try_from(damselfly_query::api::Limits::default().concurrency).unwrap_or(u16::MAX))]
     pub max_concurrent: u16,
 }
 
@@ -580,7 +539,7 @@ pub struct VmListArgs {
     #[arg(long, env = "LAKE")]
     pub lake: String,
     /// Only VMs seen within this long.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = duration)]
     pub since: Duration,
     /// Print a JSON array instead of a table.
     #[arg(long)]
@@ -596,20 +555,9 @@ pub struct CompactArgs {
     /// Take this time (RFC 3339, e.g. 2026-11-21T10:05:00Z) as now [default: the clock].
     #[arg(long)]
     pub now: Option<chrono::DateTime<chrono::Utc>>,
-    /// Compact an hour once it ended this long ago (late batches after that start a new generation).
-    #[arg(long, env = "COMPACT_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub grace: Duration,
-    /// Merge and roll up hours that started at most this long ago (retention looks at everything).
-    #[arg(long, env = "COMPACT_LOOKBACK", default_value = "8d", value_parser = humantime::parse_duration)]
-    pub lookback: Duration,
-    /// Retention as TABLE=AGE pairs over the defaults raw=30d, rollup_1m=90d, rollup_1h=400d,
-    /// rollup_1d=5y, dlq=30d, alarms=400d; `off` keeps a table forever.
-    #[arg(long, env = "RETENTION", value_parser = damselfly_core::compact::Retention::parse)]
-    pub retention: Option<damselfly_core::compact::Retention>,
-    /// Rows one partition's merge may buffer (e.g. 64MiB, 1GiB; at least 256KiB) before it spills
-    /// sorted runs to temp files; the compacted file itself is held whole besides it.
-    #[arg(long, env = "COMPACT_MERGE_MEMORY", default_value = "64MiB", value_parser = parse_merge_memory)]
-    pub merge_memory: usize,
+    /// The compaction function's settings.
+    #[command(flatten)]
+    pub compact: damselfly_compact::config::Settings,
     /// Print what would be merged and deleted, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -619,16 +567,6 @@ pub struct CompactArgs {
     /// Crash drill: write the compacted files and rollups, then stop before deleting anything.
     #[arg(long, hide = true)]
     pub halt_after_write: bool,
-}
-
-/// A merge budget: a byte size of at least [`damselfly_core::compact::MIN_MERGE_MEMORY`].
-fn parse_merge_memory(text: &str) -> Result<usize, String> {
-    let min = damselfly_core::compact::MIN_MERGE_MEMORY;
-    match damselfly_core::env::parse_byte_size(text).map(usize::try_from) {
-        Some(Ok(n)) if n >= min => Ok(n),
-        Some(_) => Err(format!("at least {} KiB, e.g. 64MiB", min >> 10)),
-        None => Err("not a byte size: write e.g. 64MiB, 512MiB or 1GiB".into()),
-    }
 }
 
 /// Options of `damselfly agent` (the same as the slim `damselfly-agent` binary).

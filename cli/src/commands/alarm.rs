@@ -1,18 +1,18 @@
 //! `damselfly alarm`: the rule set (list, put, delete, validate, import from CB-Dragonfly) and the tick.
 
 use anyhow::Context as _;
-use damselfly_alarm::config::DEFAULT_RULES_KEY;
-use damselfly_alarm::{Alarm, Config, RulesStore};
+use damselfly_alarm::config::{DEFAULT_RULES_KEY, LOCAL_OUTBOX, Settings};
+use damselfly_alarm::{Alarm, RulesStore};
 use damselfly_core::alarm::{Rule, RuleSet, import_alert_tasks};
 
-use crate::cli::{AlarmCommand, AlarmTargetArgs, RulesCommand, RulesLocation};
+use crate::cli::{AlarmCommand, RulesCommand, RulesLocation};
 use crate::output;
 
 /// Runs one alarm subcommand.
 pub async fn alarm(cmd: AlarmCommand) -> anyhow::Result<()> {
     match cmd {
         AlarmCommand::Tick(args) => {
-            let handler = handler(&args.lake, &args.group, &args.target).await?;
+            let handler = handler(&args.lake, &args.group, &args.alarm).await?;
             let s = handler.tick(super::now_ms()).await?;
             output::summary(
                 args.json,
@@ -87,16 +87,14 @@ pub async fn alarm(cmd: AlarmCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The alarm handler for a lake, a consumer group and a target (shared with `run alarm`).
-pub async fn handler(lake: &str, group: &str, target: &AlarmTargetArgs) -> anyhow::Result<Alarm> {
-    let config = Config {
-        lake: lake.to_owned(),
-        rules: target.rules.clone().unwrap_or_else(|| default_rules(lake)),
-        sns_topic_arn: target.sns_topic_arn.clone().filter(|a| !a.is_empty()),
-        outbox: Some(target.outbox.clone()),
-        group: group.to_owned(),
-        grace: target.grace,
-    };
+/// The alarm handler for a lake, a consumer group and the function's settings (shared with `run
+/// alarm`, `redrive alarm` and the demo); without an SNS topic or an outbox, notifications go to
+/// [`LOCAL_OUTBOX`].
+pub async fn handler(lake: &str, group: &str, settings: &Settings) -> anyhow::Result<Alarm> {
+    let mut config = settings.config(lake, group);
+    if config.sns_topic_arn.is_none() {
+        config.outbox.get_or_insert_with(|| LOCAL_OUTBOX.to_owned());
+    }
     Alarm::from_config(&config).await
 }
 

@@ -22,16 +22,17 @@ struct Summary {
 
 pub async fn compact(args: CompactArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let lake = Lake::open(&args.lake)?;
+    let config = args.compact.config(&args.lake);
     let cfg = CompactConfig {
         now_ms: args
             .now
             .map_or_else(super::now_ms, |t| t.timestamp_millis()),
-        grace: args.grace,
-        lookback: args.lookback,
-        retention: args.retention.unwrap_or_default(),
+        grace: config.grace,
+        lookback: config.lookback,
+        retention: config.retention,
         ledger_writer: damselfly_aggregate::handler::WRITER.to_owned(),
         halt_after_write: args.halt_after_write,
-        merge_memory: args.merge_memory,
+        merge_memory: config.merge_memory,
     };
     tracing::debug!(lake = %lake.location(), now_ms = cfg.now_ms, retention = %cfg.retention, "planning compaction");
     let spinner = output::bar(progress, None, "planning");

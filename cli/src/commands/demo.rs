@@ -21,7 +21,7 @@ use serde::Serialize;
 use damselfly_runner::{Deployment, Hosted};
 
 use super::{alarm_destination, alarm_tick};
-use crate::cli::{AlarmTargetArgs, DemoArgs};
+use crate::cli::DemoArgs;
 use crate::output;
 
 const TOPIC: &str = "metrics";
@@ -276,14 +276,13 @@ async fn run_alarms(
     ))?;
     rules.save(&rules.parse(DEMO_RULES.as_bytes())?).await?;
     let outbox = Path::new(&args.lake).join(OUTBOX);
-    let target = AlarmTargetArgs {
-        rules: None,
+    let settings = damselfly_alarm::config::Settings {
         sns_topic_arn: args.sns_topic_arn.clone(),
-        outbox: outbox.display().to_string(),
-        grace: Duration::from_secs(60),
+        outbox: Some(outbox.display().to_string()),
+        ..damselfly_core::env::defaults()?
     };
     let function = Arc::new(Hosted::new(Deployment::InProcess(
-        super::alarm::handler(&args.lake, ALARM_GROUP, &target).await?,
+        super::alarm::handler(&args.lake, ALARM_GROUP, &settings).await?,
     )));
     let config = RunnerConfig {
         until_caught_up: true,

@@ -21,7 +21,10 @@ async fn function(args: &RedriveArgs) -> anyhow::Result<Arc<dyn Function>> {
     };
     Ok(match args.function {
         FunctionName::Aggregate => {
-            let handler = async || args.aggregate.handler(&lake());
+            let handler = async || {
+                let config = args.aggregate.config(&lake());
+                anyhow::Ok(damselfly_aggregate::Aggregate::from_config(&config)?)
+            };
             Arc::new(Hosted::new(
                 deployment(
                     handler,

@@ -162,7 +162,10 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
 async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let config = runner_config(&args)?;
     config.validate()?;
-    let handler = async || args.aggregate.handler(lake(&args));
+    let handler = async || {
+        let config = args.aggregate.config(lake(&args));
+        anyhow::Ok(damselfly_aggregate::Aggregate::from_config(&config)?)
+    };
     let function = Arc::new(Hosted::new(
         deployment(
             handler,

@@ -9,7 +9,7 @@ use crate::cli::ServeArgs;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let api = Arc::new(
-        Api::open(&args.lake, args.refresh)
+        Api::open(&args.lake, args.query.refresh)
             .await
             .with_context(|| format!("opening the lake {}", args.lake))?,
     );

@@ -6,6 +6,7 @@
 //! window (see [`ROLLUP_VIEWS`]).
 
 pub mod api;
+pub mod config;
 pub mod live;
 pub mod prune;
 

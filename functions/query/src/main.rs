@@ -2,19 +2,15 @@
 
 use std::sync::Arc;
 
+use damselfly_core::env::WithLake;
 use damselfly_query::api::{self, Api};
+use damselfly_query::config::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     lambda_http::tracing::init_default_subscriber();
-    let lake = damselfly_core::env::lake(std::env::var("LAKE").ok())?;
-    let refresh = damselfly_core::env::duration(
-        "LAKE_REFRESH",
-        std::env::var("LAKE_REFRESH").ok(),
-        api::DEFAULT_REFRESH,
-        "use a duration such as 30s or 5m",
-    )?;
-    let api = Arc::new(Api::open(&lake, refresh).await?);
+    let config: WithLake<Settings> = damselfly_core::env::from_env()?;
+    let api = Arc::new(Api::open(&config.lake, config.settings.refresh).await?);
     lambda_http::run(api::router(api))
         .await
         .map_err(anyhow::Error::from_boxed)
