@@ -332,22 +332,27 @@ impl AgentConfig {
 
     /// Checks the rules the types alone cannot express.
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, value: String, problem: &str| {
-            Err(ConfigError::Invalid {
+        self.check_interval_and_tags()
+            .and_then(|()| self.check_kafka())
+            .and_then(|()| self.check_spool())
+            .and_then(|()| self.check_skip_lists())
+            .and_then(|()| self.check_metadata())
+            .map_err(|(field, value, problem)| ConfigError::Invalid {
                 path: path.to_owned(),
                 field,
                 value,
-                problem: problem.to_owned(),
+                problem,
             })
-        };
-        let quoted = |s: &str| format!("{s:?}");
-        let dur = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+    }
+
+    /// The interval, the required tags and every tag's length and characters.
+    fn check_interval_and_tags(&self) -> Result<(), Invalid> {
         if self.interval < MIN_INTERVAL {
-            return invalid("interval", dur(self.interval), "must be at least 1s");
+            return bad("interval", dur(self.interval), "must be at least 1s");
         }
         for (field, value) in [("tags.ns", &self.tags.ns), ("tags.mcis", &self.tags.mcis)] {
             if value.trim().is_empty() {
-                return invalid(
+                return bad(
                     field,
                     quoted(value),
                     "is required: name the namespace and VM group this VM belongs to",
@@ -366,80 +371,94 @@ impl AgentConfig {
             if value.len() > damselfly_schemas::wire::MAX_TAG_LEN
                 || value.chars().any(char::is_control)
             {
-                return invalid(
+                return bad(
                     field,
                     quoted(value),
                     "must be at most 256 bytes without control characters",
                 );
             }
         }
-        if self.kafka.brokers.trim().is_empty() {
-            return invalid(
+        Ok(())
+    }
+
+    /// Brokers, topic, compression and the delivery timeouts.
+    fn check_kafka(&self) -> Result<(), Invalid> {
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            return bad(
                 "kafka.brokers",
-                quoted(&self.kafka.brokers),
+                quoted(&k.brokers),
                 "is required: set host:port of at least one broker",
             );
         }
-        if self.kafka.topic.trim().is_empty() {
-            return invalid(
+        if k.topic.trim().is_empty() {
+            return bad(
                 "kafka.topic",
-                quoted(&self.kafka.topic),
+                quoted(&k.topic),
                 "is required: set the metrics topic (usually \"metrics\")",
             );
         }
-        if !COMPRESSIONS.contains(&self.kafka.compression.as_str()) {
-            return invalid(
+        if !COMPRESSIONS.contains(&k.compression.as_str()) {
+            return bad(
                 "kafka.compression",
-                quoted(&self.kafka.compression),
+                quoted(&k.compression),
                 "must be one of none, gzip, snappy, lz4, zstd",
             );
         }
-        if self.kafka.delivery_timeout < Duration::from_secs(1) {
-            return invalid(
+        if k.delivery_timeout < Duration::from_secs(1) {
+            return bad(
                 "kafka.delivery_timeout",
-                dur(self.kafka.delivery_timeout),
+                dur(k.delivery_timeout),
                 "must be at least 1s",
             );
         }
-        if self.kafka.slow_after.is_zero() || self.kafka.slow_after > self.kafka.delivery_timeout {
-            return invalid(
+        if k.slow_after.is_zero() || k.slow_after > k.delivery_timeout {
+            return bad(
                 "kafka.slow_after",
-                dur(self.kafka.slow_after),
+                dur(k.slow_after),
                 "must be longer than 0s and at most kafka.delivery_timeout",
             );
         }
+        Ok(())
+    }
+
+    /// The spool's directory and its smallest size.
+    fn check_spool(&self) -> Result<(), Invalid> {
         if self.spool.dir.as_os_str().is_empty() {
-            return invalid(
+            return bad(
                 "spool.dir",
                 "\"\"".into(),
                 "is required: set a directory the agent may write",
             );
         }
         if self.spool.max_bytes < MIN_SPOOL_BYTES {
-            return invalid(
+            return bad(
                 "spool.max_bytes",
                 self.spool.max_bytes.to_string(),
                 "must be at least \"1MiB\"",
             );
         }
+        Ok(())
+    }
+
+    /// Every skip list: no empty pattern, and valid globs.
+    fn check_skip_lists(&self) -> Result<(), Invalid> {
+        let c = &self.collect;
         for (field, list) in [
-            ("collect.skip_fs_types", &self.collect.skip_fs_types),
-            ("collect.skip_mount_points", &self.collect.skip_mount_points),
-            (
-                "collect.skip_block_devices",
-                &self.collect.skip_block_devices,
-            ),
-            ("collect.skip_interfaces", &self.collect.skip_interfaces),
+            ("collect.skip_fs_types", &c.skip_fs_types),
+            ("collect.skip_mount_points", &c.skip_mount_points),
+            ("collect.skip_block_devices", &c.skip_block_devices),
+            ("collect.skip_interfaces", &c.skip_interfaces),
         ] {
             if list.iter().any(|p| p.is_empty()) {
-                return invalid(
+                return bad(
                     field,
                     format!("{list:?}"),
                     "contains an empty pattern: remove it (use \"*\" to match everything)",
                 );
             }
             if let Err(e) = Patterns::new(list) {
-                return invalid(
+                return bad(
                     field,
                     format!("{list:?}"),
                     &format!(
@@ -448,21 +467,28 @@ impl AgentConfig {
                 );
             }
         }
-        if self.metadata.detect {
-            if !self.metadata.endpoint.starts_with("http://") {
-                return invalid(
-                    "metadata.endpoint",
-                    quoted(&self.metadata.endpoint),
-                    "must be an http:// URL, e.g. \"http://169.254.169.254\"",
-                );
-            }
-            if self.metadata.timeout.is_zero() || self.metadata.timeout > Duration::from_secs(10) {
-                return invalid(
-                    "metadata.timeout",
-                    dur(self.metadata.timeout),
-                    "must be between 1ms and 10s",
-                );
-            }
+        Ok(())
+    }
+
+    /// The metadata endpoint and timeout, when detection is on.
+    fn check_metadata(&self) -> Result<(), Invalid> {
+        let m = &self.metadata;
+        if !m.detect {
+            return Ok(());
+        }
+        if !m.endpoint.starts_with("http://") {
+            return bad(
+                "metadata.endpoint",
+                quoted(&m.endpoint),
+                "must be an http:// URL, e.g. \"http://169.254.169.254\"",
+            );
+        }
+        if m.timeout.is_zero() || m.timeout > Duration::from_secs(10) {
+            return bad(
+                "metadata.timeout",
+                dur(m.timeout),
+                "must be between 1ms and 10s",
+            );
         }
         Ok(())
     }
@@ -568,6 +594,24 @@ impl KafkaConfig {
         conn.validate()?;
         Ok(conn)
     }
+}
+
+/// A field a check refused: its dotted name, its value as written in TOML, and what is wrong.
+type Invalid = (&'static str, String, String);
+
+/// Refuses `field`.
+fn bad(field: &'static str, value: String, problem: &str) -> Result<(), Invalid> {
+    Err((field, value, problem.to_owned()))
+}
+
+/// A string value as TOML shows it.
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// A duration value as TOML shows it.
+fn dur(d: Duration) -> String {
+    format!("\"{}\"", humantime::format_duration(d))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
