@@ -1,4 +1,6 @@
-//! The `cpu` and `cpufreq` families: time shares between two readings of /proc/stat, count, clock.
+//! The `cpu` and `cpufreq` families: time shares between two readings of /proc/stat, count, clock (procfs parses both files).
+
+use procfs::{CpuInfo, FromBufRead as _, FromBufReadSI as _, KernelStats};
 
 use super::{CollectError, Sample, format_error, pct, read};
 
@@ -36,43 +38,32 @@ pub(crate) fn read_stat() -> Result<ProcStat, CollectError> {
 }
 
 pub(crate) fn parse_stat(text: &str) -> Result<ProcStat, String> {
-    let mut total = None;
-    let mut cpus = 0;
-    let mut procs_running = None;
-    for line in text.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        match fields.next() {
-            Some("cpu") => {
-                // Older kernels lack the last columns (steal, guest, guest_nice): they read as 0.
-                let mut v = [0_u64; 10];
-                for (slot, field) in v.iter_mut().zip(fields) {
-                    *slot = field
-                        .parse()
-                        .map_err(|_| format!("bad number `{field}` in the cpu line"))?;
-                }
-                total = Some(CpuTimes {
-                    user: v[0],
-                    nice: v[1],
-                    system: v[2],
-                    idle: v[3],
-                    iowait: v[4],
-                    irq: v[5],
-                    softirq: v[6],
-                    steal: v[7],
-                    guest: v[8],
-                    guest_nice: v[9],
-                });
-            }
-            Some(name) if name.starts_with("cpu") => cpus += 1,
-            Some("procs_running") => procs_running = fields.next().and_then(|n| n.parse().ok()),
-            _ => {}
+    // The tick rate only matters to procfs's millisecond helpers, which are not used here.
+    let stat = KernelStats::from_buf_read(text.as_bytes(), procfs::current_system_info())
+        .map_err(|e| e.to_string())?;
+    Ok(ProcStat {
+        total: CpuTimes::from(&stat.total),
+        cpus: stat.cpu_time.len(),
+        procs_running: stat.procs_running.map(u64::from),
+    })
+}
+
+impl From<&procfs::CpuTime> for CpuTimes {
+    /// Older kernels lack the last columns (iowait ... guest_nice): they read as 0.
+    fn from(t: &procfs::CpuTime) -> Self {
+        Self {
+            user: t.user,
+            nice: t.nice,
+            system: t.system,
+            idle: t.idle,
+            iowait: t.iowait.unwrap_or(0),
+            irq: t.irq.unwrap_or(0),
+            softirq: t.softirq.unwrap_or(0),
+            steal: t.steal.unwrap_or(0),
+            guest: t.guest.unwrap_or(0),
+            guest_nice: t.guest_nice.unwrap_or(0),
         }
     }
-    Ok(ProcStat {
-        total: total.ok_or("no aggregate `cpu` line")?,
-        cpus,
-        procs_running,
-    })
 }
 
 /// Sets the eleven cpu percentages from two readings; nothing if no tick passed between them.
@@ -120,13 +111,11 @@ pub(crate) fn speed(s: &mut Sample) {
     }
 }
 
-/// Mean of the `cpu MHz` lines of /proc/cpuinfo.
+/// Mean of the `cpu MHz` fields of the processors of /proc/cpuinfo.
 pub(crate) fn mean_mhz(cpuinfo: &str) -> Option<f64> {
-    let values: Vec<f64> = cpuinfo
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.trim() == "cpu MHz")
-        .filter_map(|(_, v)| v.trim().parse().ok())
+    let info = CpuInfo::from_buf_read(cpuinfo.as_bytes()).ok()?;
+    let values: Vec<f64> = (0..info.num_cores())
+        .filter_map(|cpu| info.get_field(cpu, "cpu MHz")?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
@@ -154,10 +143,12 @@ mod tests {
     const STAT_A: &str = "cpu  100 10 50 800 20 5 5 10 0 0\n\
                           cpu0 50 5 25 400 10 2 3 5 0 0\n\
                           cpu1 50 5 25 400 10 3 2 5 0 0\n\
-                          intr 1 2 3\nprocs_running 3\nprocs_blocked 0\n";
+                          intr 1 2 3\nctxt 10\nbtime 1700000000\nprocesses 50\n\
+                          procs_running 3\nprocs_blocked 0\n";
     const STAT_B: &str = "cpu  160 10 70 900 20 5 15 20 40 0\n\
                           cpu0 80 5 35 450 10 2 8 10 20 0\n\
-                          cpu1 80 5 35 450 10 3 7 10 20 0\nprocs_running 1\n";
+                          cpu1 80 5 35 450 10 3 7 10 20 0\nctxt 20\nbtime 1700000000\n\
+                          processes 60\nprocs_running 1\n";
 
     #[test]
     fn parses_the_aggregate_line_and_counts_cpus() {
@@ -167,9 +158,15 @@ mod tests {
         assert_eq!(s.total.user, 100);
         assert_eq!(s.total.guest_nice, 0);
         assert!(parse_stat("intr 1\n").is_err());
-        assert!(parse_stat("cpu 1 x 3\n").is_err());
+        assert!(parse_stat("cpu 1 x 3\nctxt 1\nbtime 1\nprocesses 1\n").is_err());
         // A kernel without steal/guest columns still parses.
-        assert_eq!(parse_stat("cpu 1 2 3 4\n").unwrap().total.idle, 4);
+        assert_eq!(
+            parse_stat("cpu 1 2 3 4\nctxt 1\nbtime 1\nprocesses 1\n")
+                .unwrap()
+                .total
+                .idle,
+            4
+        );
     }
 
     #[test]
@@ -207,7 +204,9 @@ mod tests {
 
     #[test]
     fn cpu_mhz_is_the_mean() {
-        let info = "processor\t: 0\ncpu MHz\t\t: 2000.000\nprocessor\t: 1\ncpu MHz\t\t: 3000.5\n";
+        // The kernel ends each processor's block with a blank line.
+        let info =
+            "processor\t: 0\ncpu MHz\t\t: 2000.000\n\nprocessor\t: 1\ncpu MHz\t\t: 3000.5\n\n";
         assert_eq!(mean_mhz(info), Some(2500.25));
         assert_eq!(mean_mhz("processor : 0\nBogoMIPS : 50\n"), None);
     }

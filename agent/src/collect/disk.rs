@@ -1,4 +1,8 @@
 //! The `disk` family: usage of each mounted file system (device = mount point), from statvfs.
+//!
+//! /proc/self/mounts is kept by hand: procfs 0.18's `MountEntry` decodes only `\011 \012 \134
+//! \043`, so a space (`\040`) stays escaped and `/media/my disk` would be statvfs'd as
+//! `/media/my\040disk` (test `skips_pseudo_file_systems_and_bind_mounts`); statvfs is rustix's.
 
 use std::collections::BTreeMap;
 

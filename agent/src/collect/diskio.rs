@@ -1,4 +1,6 @@
-//! The `diskio` family: I/O counters of each block device (device = kernel name) from /proc/diskstats.
+//! The `diskio` family: I/O counters of each block device (device = kernel name) from /proc/diskstats, lines parsed by procfs.
+
+use procfs::DiskStat;
 
 use super::{CollectError, Sample, SkipLists, read};
 
@@ -25,24 +27,19 @@ pub(crate) struct DiskIo {
 /// dozens of idle loop and ram devices of a stock kernel).
 pub(crate) fn parse_diskstats(text: &str, skip: &SkipLists) -> Vec<(String, DiskIo)> {
     text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_ascii_whitespace().collect();
-            // major minor name, then at least 11 counters.
-            if f.len() < 14 {
-                return None;
-            }
-            let n = |i: usize| f[i].parse::<u64>().ok();
+        // major minor name, then at least 11 counters; a line that is not is left out.
+        .filter_map(|line| DiskStat::from_line(line).ok())
+        .filter_map(|d| {
             let io = DiskIo {
-                ops_read: n(3)?,
-                sectors_read: n(5)?,
-                read_time: n(6)?,
-                ops_write: n(7)?,
-                sectors_written: n(9)?,
-                write_time: n(10)?,
+                ops_read: d.reads,
+                sectors_read: d.sectors_read,
+                read_time: d.time_reading,
+                ops_write: d.writes,
+                sectors_written: d.sectors_written,
+                write_time: d.time_writing,
             };
-            let name = f[2];
             let idle = io.ops_read == 0 && io.ops_write == 0;
-            (!idle && !skip.block_devices.matches(name)).then(|| (name.to_owned(), io))
+            (!idle && !skip.block_devices.matches(&d.name)).then_some((d.name, io))
         })
         .collect()
 }

@@ -1,6 +1,12 @@
 //! The `memory` and `swap` families from /proc/meminfo and /proc/vmstat, in bytes and pages.
+//!
+//! /proc/vmstat is parsed by procfs. /proc/meminfo is kept by hand: procfs's `Meminfo` fails the
+//! whole file on one line it cannot read (WSL's `SwapFree:18014398503714728 kB`, 2.4-era `Mem:`
+//! tables) and requires 17 fields a trimmed container meminfo may lack; this map skips such lines.
 
 use std::collections::HashMap;
+
+use procfs::{FromBufRead as _, VmStat};
 
 use super::{CollectError, Sample, format_error, pct, read};
 
@@ -57,15 +63,11 @@ pub(crate) fn collect_swap(s: &mut Sample) -> Result<(), CollectError> {
     s.set("swap_used", (total - free) as f64);
     s.set("swap_free", free as f64);
     s.set("swap_utilization", pct((total - free) as f64, total as f64));
-    let vmstat = read(VMSTAT)?;
-    for line in vmstat.lines() {
-        let name = match line.split_once(' ') {
-            Some(("pswpin", n)) => ("page_in", n),
-            Some(("pswpout", n)) => ("page_out", n),
-            _ => continue,
-        };
-        if let Ok(v) = name.1.trim().parse::<u64>() {
-            s.set(name.0, v as f64);
+    let vmstat = VmStat::from_buf_read(read(VMSTAT)?.as_bytes())
+        .map_err(|e| format_error(VMSTAT, e.to_string()))?;
+    for (field, metric) in [("pswpin", "page_in"), ("pswpout", "page_out")] {
+        if let Some(&v) = vmstat.0.get(field) {
+            s.set(metric, v as f64);
         }
     }
     Ok(())

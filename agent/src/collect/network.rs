@@ -1,4 +1,8 @@
 //! The `network` family: counters of each interface (device = interface name) from /proc/net/dev.
+//!
+//! Kept by hand: procfs 0.18's `InterfaceDeviceStatus` splits lines on whitespace, so a name that
+//! touches its first counter (`docker0:10 1 ...`, as 2.6-era kernels print) fails the whole table,
+//! and it returns a HashMap; this splits at the colon (test `parses_columns_and_skips`).
 
 use super::{CollectError, Sample, SkipLists, read};
 

@@ -1,4 +1,10 @@
 //! The `load` and `process` families (load averages, process counts, uptime) and the host name.
+//!
+//! Uptime is parsed by procfs. Kept by hand: /proc/loadavg, because procfs's `LoadAverage` holds
+//! f32 (1.06 would be published as 1.0600000381469727), and the process count, because
+//! `procfs::process::all_processes` opens every /proc/<pid> directory where counting names suffices.
+
+use procfs::{FromRead as _, Uptime};
 
 use super::{CollectError, Sample, format_error, read};
 
@@ -28,13 +34,9 @@ pub(crate) fn collect(s: &mut Sample, procs_running: Option<u64>) -> Result<(), 
         })
         .count();
     s.set("proc_num", procs as f64);
-    let uptime = read(UPTIME)?;
-    let secs: f64 = uptime
-        .split_ascii_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format_error(UPTIME, "want `seconds idle`"))?;
-    s.set("uptime", secs.floor());
+    let uptime = Uptime::from_read(read(UPTIME)?.as_bytes())
+        .map_err(|e| format_error(UPTIME, format!("want `seconds idle`: {e}")))?;
+    s.set("uptime", uptime.uptime.floor());
     Ok(())
 }
 
