@@ -1,16 +1,20 @@
 //! Instance metadata: which cloud, region and instance this VM is, from AWS (IMDSv2), GCP or Azure.
 //!
-//! A minimal HTTP/1.1 client over a tokio `TcpStream` (one request per connection, every step under
-//! a short timeout): the metadata services are plain HTTP on a link-local address, and off-cloud
-//! the probes must cost no more than the timeout.
+//! HTTP/1.1 by hyper's connection-level client over a tokio `TcpStream`: one request per
+//! connection, the whole exchange under a short timeout: the metadata services are plain HTTP on
+//! a link-local address, and off-cloud the probes must cost no more than the timeout.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// Largest metadata response read.
-const MAX_RESPONSE: u64 = 256 * 1024;
+const MAX_RESPONSE: usize = 256 * 1024;
 
 /// Azure's instance metadata API version asked for.
 pub const AZURE_API_VERSION: &str = "2021-02-01";
@@ -35,9 +39,12 @@ pub enum ImdsError {
     /// No complete answer within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// Connecting, writing or reading failed.
+    /// Connecting failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The request could not be sent or the answer is not HTTP/1.1 (hyper's error).
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
     /// The service answered with a status other than 200.
     #[error("HTTP status {0}")]
     Status(u16),
@@ -97,86 +104,44 @@ impl MetadataClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<String, ImdsError> {
-        let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        let mut req = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: damselfly-agent\r\n\
-             Accept: */*\r\nConnection: close\r\n",
-            self.prefix, self.host
-        );
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| ImdsError::Malformed(format!("method `{method}`")))?;
+        let mut req = Request::builder()
+            .uri(format!("{}{path}", self.prefix))
+            .header(HOST, &self.host)
+            .header(USER_AGENT, "damselfly-agent")
+            .header(ACCEPT, "*/*")
+            .header(CONNECTION, "close");
         for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            req = req.header(*k, *v);
         }
-        if method != "GET" {
-            req.push_str("Content-Length: 0\r\n");
+        if method != Method::GET {
+            req = req.header(CONTENT_LENGTH, "0");
         }
-        req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .await?;
-        parse_response(&raw)
-    }
-}
-
-/// Splits an HTTP/1.1 response read to the end of the connection; returns the body of a 200.
-fn parse_response(raw: &[u8]) -> Result<String, ImdsError> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| ImdsError::Malformed("no end of headers".into()))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut body = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_ascii_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ImdsError::Malformed("no status line".into()))?;
-    let mut chunked = false;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            let v = v.trim();
-            if k.eq_ignore_ascii_case("content-length") {
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| ImdsError::Malformed(format!("content-length `{v}`")))?;
-                body = body.get(..n).ok_or_else(|| {
-                    ImdsError::Malformed(format!("body shorter than content-length {n}"))
-                })?;
-            } else if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.eq_ignore_ascii_case("chunked")
-            {
-                chunked = true;
+        let req = req
+            .method(method)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ImdsError::Malformed(format!("request: {e}")))?;
+        let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let answer = async move {
+            let response = sender.send_request(req).await?;
+            if response.status() != StatusCode::OK {
+                return Err(ImdsError::Status(response.status().as_u16()));
             }
-        }
-    }
-    if status != 200 {
-        return Err(ImdsError::Status(status));
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    String::from_utf8(body).map_err(|_| ImdsError::Malformed("body is not UTF-8".into()))
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, ImdsError> {
-    let bad = || ImdsError::Malformed("bad chunked encoding".into());
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad())?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(data.get(..size).ok_or_else(bad)?);
-        data = data.get(size + 2..).ok_or_else(bad)?;
+            let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| ImdsError::Malformed(format!("body: {e}")))?
+                .to_bytes();
+            String::from_utf8(body.into())
+                .map_err(|_| ImdsError::Malformed("body is not UTF-8".into()))
+        };
+        // The connection is driven here, beside its one request (no task outlives the timeout);
+        // it ends once the answer is in and the request half is dropped.
+        let (answer, _) = tokio::join!(answer, connection);
+        answer
     }
 }
 
@@ -282,6 +247,7 @@ pub async fn detect(endpoint: &str, timeout: Duration) -> Option<Detected> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
     /// One request as the fake server saw it.
@@ -470,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_and_responses_parse() {
+    fn endpoints_parse() {
         let c = MetadataClient::new("http://10.0.0.1:8080/base/", Duration::from_secs(1)).unwrap();
         assert_eq!(
             (c.host.as_str(), c.port, c.prefix.as_str()),
@@ -478,15 +444,44 @@ mod tests {
         );
         assert!(MetadataClient::new("https://x", Duration::from_secs(1)).is_err());
         assert!(MetadataClient::new("http://:80", Duration::from_secs(1)).is_err());
-        let body = parse_response(
+    }
+
+    /// A server on 127.0.0.1:0 that answers every request with `reply`, byte for byte.
+    async fn raw(reply: &'static [u8]) -> MetadataClient {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0_u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = sock.write_all(reply).await;
+                });
+            }
+        });
+        MetadataClient::new(&format!("http://{addr}"), Duration::from_secs(1)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn responses_parse() {
+        let chunked = raw(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ni-01\r\n3\r\n234\r\n0\r\n\r\n",
         )
-        .unwrap();
+        .await;
+        let body = chunked.request("GET", "/", &[]).await.unwrap();
         assert_eq!(body, "i-01234");
+        let missing = raw(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
         assert!(matches!(
-            parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            missing.request("GET", "/", &[]).await,
             Err(ImdsError::Status(404))
         ));
-        assert!(parse_response(b"garbage").is_err());
+        let garbage = raw(b"garbage").await;
+        assert!(garbage.request("GET", "/", &[]).await.is_err());
     }
 }
