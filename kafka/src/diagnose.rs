@@ -86,6 +86,15 @@ impl Subject {
     fn name(&self, field: Field) -> &'static str {
         self.naming.name(field)
     }
+
+    /// `Some` problem of `kind`, with the setting `field` (as this connection names it) to look at.
+    fn problem(&self, kind: ProblemKind, field: Field, message: String) -> Option<Problem> {
+        Some(Problem {
+            kind,
+            setting: self.name(field),
+            message,
+        })
+    }
 }
 
 /// Classifies a client error of a connection; `None` for errors that are not about connecting.
@@ -94,18 +103,22 @@ pub fn diagnose(
     reason: &str,
     subject: &Subject,
 ) -> Option<Problem> {
-    use RDKafkaErrorCode as C;
+    // The first that matches wins: TLS, then credentials, then the rest.
     let lower = reason.to_ascii_lowercase();
-    let s = subject;
-    let problem = |kind, field, message: String| {
-        Some(Problem {
-            kind,
-            setting: s.name(field),
-            message,
-        })
-    };
+    tls_problem(code, reason, &lower, subject)
+        .or_else(|| credentials_problem(code, reason, &lower, subject))
+        .or_else(|| broker_problem(code, reason, &lower, subject))
+}
+
+/// An untrusted certificate, a plaintext listener, or another failed TLS handshake.
+fn tls_problem(
+    code: Option<RDKafkaErrorCode>,
+    reason: &str,
+    lower: &str,
+    s: &Subject,
+) -> Option<Problem> {
     if lower.contains("certificate verify failed") || lower.contains("unable to get local issuer") {
-        return problem(
+        return s.problem(
             ProblemKind::Certificate,
             Field::SslCaLocation,
             format!(
@@ -115,7 +128,7 @@ pub fn diagnose(
         );
     }
     if lower.contains("plaintext broker listener") {
-        return problem(
+        return s.problem(
             ProblemKind::Protocol,
             Field::SecurityProtocol,
             format!(
@@ -126,7 +139,7 @@ pub fn diagnose(
             ),
         );
     }
-    if lower.contains("ssl handshake failed") || code == Some(C::SSL) {
+    if lower.contains("ssl handshake failed") || code == Some(RDKafkaErrorCode::SSL) {
         let check =
             if lower.contains("wrong version number") || lower.contains("packet length too long") {
                 format!(
@@ -143,57 +156,79 @@ pub fn diagnose(
                     s.name(Field::SslKeyLocation)
                 )
             };
-        return problem(
+        return s.problem(
             ProblemKind::Tls,
             Field::SecurityProtocol,
             format!("TLS with the brokers failed ({reason}): {check}"),
         );
     }
-    if matches!(code, Some(C::Authentication | C::SaslAuthenticationFailed))
+    None
+}
+
+/// Refused SASL credentials (or no token made for them), with the settings of the mechanism.
+fn credentials_problem(
+    code: Option<RDKafkaErrorCode>,
+    reason: &str,
+    lower: &str,
+    s: &Subject,
+) -> Option<Problem> {
+    use RDKafkaErrorCode as C;
+    if !(matches!(code, Some(C::Authentication | C::SaslAuthenticationFailed))
         || lower.contains("sasl authentication error")
-        || lower.contains("sasl oauthbearer token")
+        || lower.contains("sasl oauthbearer token"))
     {
-        let who = s
-            .user
-            .as_deref()
-            .map_or(String::new(), |u| format!(" for user `{u}`"));
-        let (field, check) = match s.mechanism {
-            Some(SaslMechanism::AwsMskIam) => (
-                Field::AwsRegion,
-                format!(
-                    "check the AWS credentials of this machine (instance profile, AWS_* variables), \
-                     their kafka-cluster:Connect permission, and {}",
-                    s.name(Field::AwsRegion)
-                ),
-            ),
-            Some(SaslMechanism::OAuthBearer) => (
-                Field::SaslMechanism,
-                "check the tokens the program's token source makes".to_owned(),
-            ),
-            _ => (
-                Field::SaslPassword,
-                format!(
-                    "check {} and {}",
-                    s.name(Field::SaslUsername),
-                    s.name(Field::SaslPassword)
-                ),
-            ),
-        };
-        return problem(
-            ProblemKind::Credentials,
-            field,
-            format!(
-                "the brokers refused the credentials{who} ({}; {reason}): {check}",
-                s.security
-            ),
-        );
+        return None;
     }
+    let who = s
+        .user
+        .as_deref()
+        .map_or(String::new(), |u| format!(" for user `{u}`"));
+    let (field, check) = match s.mechanism {
+        Some(SaslMechanism::AwsMskIam) => (
+            Field::AwsRegion,
+            format!(
+                "check the AWS credentials of this machine (instance profile, AWS_* variables), \
+                 their kafka-cluster:Connect permission, and {}",
+                s.name(Field::AwsRegion)
+            ),
+        ),
+        Some(SaslMechanism::OAuthBearer) => (
+            Field::SaslMechanism,
+            "check the tokens the program's token source makes".to_owned(),
+        ),
+        _ => (
+            Field::SaslPassword,
+            format!(
+                "check {} and {}",
+                s.name(Field::SaslUsername),
+                s.name(Field::SaslPassword)
+            ),
+        ),
+    };
+    s.problem(
+        ProblemKind::Credentials,
+        field,
+        format!(
+            "the brokers refused the credentials{who} ({}; {reason}): {check}",
+            s.security
+        ),
+    )
+}
+
+/// A connection closed for the wrong security protocol, a missing ACL, or no broker reachable.
+fn broker_problem(
+    code: Option<RDKafkaErrorCode>,
+    reason: &str,
+    lower: &str,
+    s: &Subject,
+) -> Option<Problem> {
+    use RDKafkaErrorCode as C;
     if lower.contains("incorrect security.protocol")
         || lower.contains("connecting to a ssl listener")
         || lower.contains("connecting to a sasl listener")
         || lower.contains("disconnected while requesting apiversion")
     {
-        return problem(
+        return s.problem(
             ProblemKind::Protocol,
             Field::SecurityProtocol,
             format!(
@@ -213,7 +248,7 @@ pub fn diagnose(
                 | C::TransactionalIdAuthorizationFailed
         )
     ) {
-        return problem(
+        return s.problem(
             ProblemKind::Authorization,
             Field::SaslUsername,
             format!(
@@ -226,7 +261,7 @@ pub fn diagnose(
         code,
         Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve)
     ) {
-        return problem(
+        return s.problem(
             ProblemKind::Unreachable,
             Field::Brokers,
             format!(
