@@ -1,5 +1,10 @@
 //! End to end on the local stack: a VM crosses a threshold, recovers and goes silent; SNS delivers
 //! exactly one message per transition to SQS and to e-mail, also across a killed alarm consumer.
+//!
+//! Each step waits for the state it needs (a notification in SQS, a line in the consumer's log)
+//! with a limit that only bounds how long a broken consumer keeps the test running. The one fixed
+//! time is [`CONSUMER_DOWN`], part of the fault, and the final check that nothing extra arrives
+//! drains SQS for [`QUIET`] once the consumer has nothing left to send (see there).
 
 mod common;
 
@@ -11,6 +16,84 @@ use std::time::{Duration, Instant};
 use common::{create_topic, env, now_ms, run_id};
 use damselfly_agent::{Publisher, PublisherConfig};
 use serde_json::{Value, json};
+
+/// The fault of the kill test: how long no alarm consumer runs between the kill and the restart.
+const CONSUMER_DOWN: Duration = Duration::from_secs(2);
+
+/// Ticks in a row that must find nothing new and nothing pending before the final check.
+const SETTLED_TICKS: usize = 2;
+
+/// How long SQS is drained for extra messages once the consumer is settled. Sound because the
+/// consumer is the only publisher on the SNS topic and, after [`SETTLED_TICKS`] ticks with no
+/// notification new, sent or pending, it publishes again only on a new transition, which the
+/// fleet no longer gives (vm-b stays at 12 %, vm-a is silent and already NO_DATA, and the rule has
+/// no `repeat_every`); a duplicate or stray message would have been published before those
+/// ticks. This period covers only SNS's delivery to SQS of what was published before
+/// (in-process in LocalStack: well under a second).
+const QUIET: Duration = Duration::from_secs(5);
+
+/// Limit of every wait for a state (a failure timeout, not a speed requirement).
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The alarm consumer's log file, read for the state the test waits for.
+struct ConsumerLog<'a>(&'a std::path::Path);
+
+impl ConsumerLog<'_> {
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.0)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until a line after the first `after` lines satisfies `matches`; returns its index.
+    fn wait_for(&self, after: usize, what: &str, matches: impl Fn(&str) -> bool) -> usize {
+        let start = Instant::now();
+        loop {
+            let lines = self.lines();
+            if let Some(i) = lines.iter().skip(after).position(|l| matches(l)) {
+                return after + i;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "the alarm consumer did not log {what} within {LIMIT:?}; log:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The number after `name=` in a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// A batch with records evaluated.
+fn evaluated_records(line: &str) -> bool {
+    line.contains("alarm batch evaluated") && field(line, "records").is_some_and(|n| n > 0)
+}
+
+/// An invocation (batch or tick) finished: its state writes landed.
+fn invocation_done(line: &str) -> bool {
+    line.contains("alarm batch evaluated") || line.contains("alarm tick done")
+}
+
+/// A tick that found no new notification, sent none and left none pending.
+fn settled_tick(line: &str) -> bool {
+    line.contains("alarm tick done")
+        && ["notifications", "sent", "pending"]
+            .iter()
+            .all(|f| field(line, f) == Some(0))
+}
+
+/// The line logged when the notification of a transition to `to` was sent.
+fn sent_to(to: &str) -> impl Fn(&str) -> bool {
+    let needle = format!("to={to} ");
+    move |line| line.contains("alarm notification sent") && line.contains(&needle)
+}
 
 /// Runs `tests/common/aws.py` (boto3) and parses its JSON output.
 fn aws(args: &[&str]) -> Value {
@@ -216,22 +299,37 @@ fn episode(kill_mid_episode: bool) {
         got: Mutex::new(Vec::new()),
     };
 
+    let consumer_log = ConsumerLog(&log);
     let fleet = Fleet::start(&brokers, &topic);
-    std::thread::sleep(Duration::from_secs(3));
+    // The consumer evaluates the fleet's normal readings before vm-a's CPU rises.
+    consumer_log.wait_for(0, "a batch of the fleet's readings", evaluated_records);
     fleet.set_cpu_a(97.0);
     inbox.wait_for(
         "[CRITICAL] cpu-critical on vm-a",
         Duration::from_secs(60),
         &log,
     );
+    let mut mark = consumer_log.lines().len();
     if kill_mid_episode {
-        // Let the state write that follows the publish land, then kill without warning.
-        std::thread::sleep(Duration::from_secs(1));
+        // Let the state write that follows the publish land (the invocation that sent the
+        // notification finished), then kill without warning.
+        let sent = consumer_log.wait_for(0, "the CRITICAL notification sent", sent_to("CRITICAL"));
+        consumer_log.wait_for(
+            sent + 1,
+            "the end of the invocation that sent CRITICAL",
+            invocation_done,
+        );
         consumer.kill();
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(CONSUMER_DOWN);
+        mark = consumer_log.lines().len();
         consumer = AlarmConsumer::start(&args, &log);
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // The (restarted) consumer evaluates readings while vm-a is CRITICAL, then vm-a recovers.
+    consumer_log.wait_for(
+        mark,
+        "a batch evaluated while vm-a is CRITICAL",
+        evaluated_records,
+    );
     fleet.set_cpu_a(15.0);
     inbox.wait_for(
         "[OK] cpu-critical on vm-a resolved (was CRITICAL)",
@@ -244,8 +342,18 @@ fn episode(kill_mid_episode: bool) {
         Duration::from_secs(90),
         &log,
     );
-    // Anything extra (a duplicate, a stray transition) would arrive within a few more seconds.
-    let all = inbox.poll(5);
+    // Nothing extra (a duplicate, a stray transition) arrives: the consumer settles (QUIET says
+    // why that is enough), then SQS is drained for QUIET.
+    let mut after =
+        1 + consumer_log.wait_for(0, "the NO_DATA notification sent", sent_to("NO_DATA"));
+    for _ in 0..SETTLED_TICKS {
+        after = 1 + consumer_log.wait_for(
+            after,
+            "a tick with nothing new, sent or pending",
+            settled_tick,
+        );
+    }
+    let all = inbox.poll(QUIET.as_secs() as u32);
     drop(fleet);
     drop(consumer);
 
