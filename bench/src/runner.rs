@@ -104,25 +104,55 @@ struct Figures {
 /// Runs the benchmark (or, with `--child`, one contender) and prints its table.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(who) = args.child {
-        let brokers = args.brokers.as_deref().context("--brokers")?;
-        let topic = args.topic.as_deref().context("--topic")?;
-        let expect = args.expect.context("--expect")?;
-        let figures = match who {
-            Contender::Peer => peer(brokers, topic, expect)?,
-            Contender::Noop | Contender::Aggregate => runner(args, who, brokers, topic, expect)?,
-        };
-        println!("{}", serde_json::to_string(&figures)?);
-        return Ok(());
+        return run_child(args, who);
     }
     sys::warn_if_debug("runner");
+    // The mock cluster lives until the end of the run; children reach it over TCP.
+    let (_mock, brokers, topic) = fresh_topic(args)?;
+    let (messages, bytes) = publish(&brokers, &topic, args.vms, args.intervals)?;
+    eprintln!(
+        "published {messages} messages ({:.1} MiB of JSON) to {topic} on {}",
+        bytes as f64 / 1048576.0,
+        if args.brokers.is_some() {
+            brokers.as_str()
+        } else {
+            "the mock cluster"
+        }
+    );
+    let rows = run_contenders(args, &brokers, &topic, messages)?;
+    print_table(args, &brokers, messages, &rows);
+    Ok(())
+}
+
+/// `--child`: runs contender `who` over `--brokers` and `--topic` and prints its figures as JSON.
+fn run_child(args: &Args, who: Contender) -> anyhow::Result<()> {
+    let brokers = args.brokers.as_deref().context("--brokers")?;
+    let topic = args.topic.as_deref().context("--topic")?;
+    let expect = args.expect.context("--expect")?;
+    let figures = match who {
+        Contender::Peer => peer(brokers, topic, expect)?,
+        Contender::Noop | Contender::Aggregate => runner(args, who, brokers, topic, expect)?,
+    };
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
+
+/// A new topic `bench-runner-<ms>` on `--brokers`, or on a mock cluster started here (returned
+/// first: the topic lives as long as it does); returns the cluster, the brokers and the topic.
+fn fresh_topic(
+    args: &Args,
+) -> anyhow::Result<(
+    Option<MockCluster<'static, DefaultProducerContext>>,
+    String,
+    String,
+)> {
     let topic = format!(
         "bench-runner-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-    // The mock cluster lives until the end of the run; children reach it over TCP.
-    let (_mock, brokers) = match &args.brokers {
+    let (mock, brokers) = match &args.brokers {
         Some(b) => {
             sys::create_topic(b, &topic, args.partitions)?;
             (None, b.clone())
@@ -135,22 +165,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (Some(mock), b)
         }
     };
-    let (messages, bytes) = publish(&brokers, &topic, args.vms, args.intervals)?;
-    let samples_per_message = Fleet::samples_per_message() as f64;
-    eprintln!(
-        "published {messages} messages ({:.1} MiB of JSON) to {topic} on {}",
-        bytes as f64 / 1048576.0,
-        if args.brokers.is_some() {
-            brokers.as_str()
-        } else {
-            "the mock cluster"
-        }
-    );
+    Ok((mock, brokers, topic))
+}
 
+/// Runs each contender in turn in a child process; each must process all `messages` records.
+fn run_contenders(
+    args: &Args,
+    brokers: &str,
+    topic: &str,
+    messages: u64,
+) -> anyhow::Result<Vec<(Contender, Figures)>> {
     let mut rows = Vec::new();
     for who in [Contender::Peer, Contender::Noop, Contender::Aggregate] {
         eprintln!("running {} ...", who.label(args));
-        let f = child(args, who, &brokers, &topic, messages)?;
+        let f = child(args, who, brokers, topic, messages)?;
         if f.records < messages {
             bail!(
                 "{} processed {} of {messages} records",
@@ -160,7 +188,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         rows.push((who, f));
     }
+    Ok(rows)
+}
 
+/// Prints the table: each contender's rates, batch times and peak RSS, as a ratio of the peer's
+/// rate (the first row).
+fn print_table(args: &Args, brokers: &str, messages: u64, rows: &[(Contender, Figures)]) {
+    let samples_per_message = Fleet::samples_per_message() as f64;
     let peer_rate = rows[0].1.records as f64 / rows[0].1.seconds;
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     println!(
@@ -185,7 +219,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "| consumer | seconds | messages/s | samples/s | batches | batch p50 ms | batch p99 ms | peak RSS MiB | vs peer |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (who, f) in &rows {
+    for (who, f) in rows {
         let rate = f.records as f64 / f.seconds;
         println!(
             "| {} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.3}x |",
@@ -204,7 +238,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             rate / peer_rate
         );
     }
-    Ok(())
 }
 
 /// Runs one contender in a child process and reads its figures.
