@@ -16,6 +16,7 @@ use damselfly_runner::{RunnerConfig, ScalingConfig, Stats};
 use damselfly_schemas::Table;
 use indicatif::MultiProgress;
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
 
 use damselfly_runner::{Deployment, Hosted};
@@ -69,35 +70,136 @@ struct DemoSummary {
     alarm_target: String,
 }
 
+/// Runs the demo: the lake and the embedded broker, the fleet published while the aggregate
+/// function consumes it, the alarm function over the same topic, then the lake's numbers and two
+/// SQL answers.
 pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()> {
     let started = Instant::now();
+    let intervals = intervals(&args)?;
+    prepare_lake_dir(Path::new(&args.lake))?;
+    let lake = Lake::open(&args.lake)?;
+    let broker = Broker::start()?;
+    let aggregated =
+        aggregate_while_publishing(&args, lake, &broker.brokers, intervals, progress).await?;
+    let alarms = run_alarms(&args, &broker.brokers, aggregated.published, progress).await?;
+    drop(broker);
+
+    let sql = LakeSql::open(&args.lake).await?;
+    let summary = verify(&args, &sql, &aggregated, &alarms, started).await?;
+    if !args.json {
+        print_answers(&args, &sql, &alarms).await?;
+    }
+    output::summary(args.json, &summary, &summary_line(&summary));
+    Ok(())
+}
+
+/// The intervals the fleet publishes: `--duration` over `--interval`, at least one.
+fn intervals(args: &DemoArgs) -> anyhow::Result<u64> {
     if args.interval.is_zero() || args.vms == 0 {
         bail!("--interval and --vms must be greater than zero");
     }
-    let intervals =
-        (Duration::from_secs(args.duration).as_millis() / args.interval.as_millis()).max(1) as u64;
-    prepare_lake_dir(Path::new(&args.lake))?;
-    let lake = Lake::open(&args.lake)?;
+    Ok((Duration::from_secs(args.duration).as_millis() / args.interval.as_millis()).max(1) as u64)
+}
 
-    // A real Kafka-protocol broker, in this process.
-    let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
-    cluster
-        .create_topic(TOPIC, PARTITIONS, 1)
-        .context("creating the metrics topic")?;
-    let brokers = cluster.bootstrap_servers();
-    tracing::info!(%brokers, topic = TOPIC, partitions = PARTITIONS, "embedded broker up");
+/// The embedded broker: a real Kafka-protocol broker in this process, with the metrics topic.
+struct Broker {
+    /// Kept alive for the demo's length.
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    /// Its bootstrap address.
+    brokers: String,
+}
 
+impl Broker {
+    fn start() -> anyhow::Result<Self> {
+        let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
+        cluster
+            .create_topic(TOPIC, PARTITIONS, 1)
+            .context("creating the metrics topic")?;
+        let brokers = cluster.bootstrap_servers();
+        tracing::info!(%brokers, topic = TOPIC, partitions = PARTITIONS, "embedded broker up");
+        Ok(Self {
+            _cluster: cluster,
+            brokers,
+        })
+    }
+}
+
+/// What publishing and aggregating did.
+struct Aggregated {
+    /// Messages the broker acknowledged.
+    published: u64,
+    /// Intervals published.
+    intervals: u64,
+    /// The runner's summary.
+    run: damselfly_runner::RunSummary,
+    /// The aggregate function's totals.
+    written: damselfly_aggregate::AggregateSummary,
+}
+
+/// Publishes the fleet (a backlog, then paced) while the runner hosts the aggregate function in
+/// this process, scaling out for the backlog and back in; returns once everything published is
+/// written and committed (or fails when the process is asked to stop).
+async fn aggregate_while_publishing(
+    args: &DemoArgs,
+    lake: Lake,
+    brokers: &str,
+    intervals: u64,
+    progress: &MultiProgress,
+) -> anyhow::Result<Aggregated> {
     let function = Arc::new(Hosted::new(Deployment::InProcess(Aggregate::new(
         lake,
         Validation::default(),
     ))));
     let stats = Arc::new(Stats::default());
-    // The first half of the intervals is published at once: a backlog. One worker per two
-    // intervals of the fleet's messages makes the runner scale out for it, and back in (after a
-    // short cooldown) once the steady load is all that is left: that load, plus what builds up
-    // while partitions move (about 5s on the embedded broker), stays under the threshold.
-    let backlog = intervals / 2;
-    let runner_config = RunnerConfig {
+    let published_all = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let config = aggregate_runner_config(args, brokers);
+        let shutdown = all_consumed(stats.clone(), published_all.clone());
+        let (function, stats) = (function.clone(), stats.clone());
+        async move { damselfly_runner::run(&config, function, stats, shutdown).await }
+    };
+    let stop_on_signal = {
+        let s = super::shutdown_signal();
+        async move {
+            s.await;
+            bail!("interrupted")
+        }
+    };
+
+    let bar = output::bar(progress, Some(args.vms as u64 * intervals), "aggregate");
+    let _ticker = aggregate_progress(bar.clone(), stats, function.clone());
+    // The first half of the intervals is published at once: a backlog.
+    let publish = publish_with_backlog(
+        Publish {
+            vms: args.vms,
+            interval: args.interval,
+            intervals,
+            backlog: intervals / 2,
+            seed: args.seed,
+            publisher: Publisher::new(&PublisherConfig::new(brokers, TOPIC))?,
+        },
+        progress,
+        published_all,
+    );
+    let ((published, intervals), run) = tokio::select! {
+        r = async { tokio::try_join!(publish, async { Ok(runner.await?) }) } => r?,
+        r = stop_on_signal => return r,
+    };
+    bar.finish_and_clear();
+    Ok(Aggregated {
+        published,
+        intervals,
+        run,
+        written: function.totals(),
+    })
+}
+
+/// The aggregate runner's configuration: one worker per two intervals of the fleet's messages
+/// makes it scale out for the backlog, and back in (after a short cooldown) once the steady load
+/// is all that is left: that load, plus what builds up while partitions move (about 5s on the
+/// embedded broker), stays under the threshold.
+fn aggregate_runner_config(args: &DemoArgs, brokers: &str) -> RunnerConfig {
+    RunnerConfig {
         scaling: ScalingConfig {
             min_workers: 1,
             max_workers: PARTITIONS as usize,
@@ -107,150 +209,127 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
             cooldown: COOLDOWN,
         },
         metrics_listen: args.metrics_listen,
-        ..RunnerConfig::new(&brokers, TOPIC, "damselfly-demo")
-    };
-    let expected = args.vms as u64 * intervals;
-    let published_all = Arc::new(AtomicBool::new(false));
-    // Done when, after the last message was published, a lag measurement that started later
-    // finds the group's lag at 0 (everything was processed and committed), and the runner, if it
-    // scaled out, has scaled back in (or a cooldown and a rebalance later, it will not).
-    let all_consumed = {
-        let (stats, published_all) = (stats.clone(), published_all.clone());
-        async move {
-            while !published_all.load(Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let after = stats.lag_measurements.load(Acquire) + 1;
-            while stats.lag_measurements.load(Acquire) <= after || stats.lag.load(Relaxed) != 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let patience = Instant::now() + COOLDOWN + Duration::from_secs(10);
-            while stats.workers.load(Relaxed) > 1 && Instant::now() < patience {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let stop_on_signal = {
-        let s = super::shutdown_signal();
-        async move {
-            s.await;
-            bail!("interrupted")
-        }
-    };
-    let runner = {
-        let (function, stats) = (function.clone(), stats.clone());
-        let shutdown = all_consumed;
-        async move { damselfly_runner::run(&runner_config, function, stats, shutdown).await }
-    };
+        ..RunnerConfig::new(brokers, TOPIC, "damselfly-demo")
+    }
+}
 
-    let bar = output::bar(progress, Some(expected), "aggregate");
-    let _ticker = {
-        let (stats, f) = (stats.clone(), function.clone());
-        super::show_progress(bar.clone(), move || {
-            let lag = stats.lag.load(Relaxed);
-            (
-                stats.records.load(Relaxed),
-                format!(
-                    "messages, {} samples written | workers {} (peak {}), lag {}",
-                    f.totals().stats.samples,
-                    stats.workers.load(Relaxed),
-                    stats.max_workers_seen.load(Relaxed),
-                    if lag < 0 {
-                        "?".to_owned()
-                    } else {
-                        lag.to_string()
-                    }
-                ),
-            )
-        })
-    };
-    let publish = publish_with_backlog(
-        Publish {
-            vms: args.vms,
-            interval: args.interval,
-            intervals,
-            backlog,
-            seed: args.seed,
-            publisher: Publisher::new(&PublisherConfig::new(&brokers, TOPIC))?,
-        },
-        progress,
-        published_all,
-    );
-    let ((published, published_intervals), consumed) = tokio::select! {
-        r = async { tokio::try_join!(publish, async { Ok(runner.await?) }) } => r?,
-        r = stop_on_signal => return r,
-    };
-    bar.finish_and_clear();
-    let alarms = run_alarms(&args, &brokers, published, progress).await?;
-    drop(cluster);
+/// Resolves when, after the last message was published, a lag measurement that started later
+/// finds the group's lag at 0 (everything was processed and committed), and the runner, if it
+/// scaled out, has scaled back in (or a cooldown and a rebalance later, it will not).
+async fn all_consumed(stats: Arc<Stats>, published_all: Arc<AtomicBool>) {
+    while !published_all.load(Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = stats.lag_measurements.load(Acquire) + 1;
+    while stats.lag_measurements.load(Acquire) <= after || stats.lag.load(Relaxed) != 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let patience = Instant::now() + COOLDOWN + Duration::from_secs(10);
+    while stats.workers.load(Relaxed) > 1 && Instant::now() < patience {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
-    let sql = LakeSql::open(&args.lake).await?;
-    let raw_rows = count(&sql, Table::Raw).await?;
-    let written = function.totals();
-    let summary = DemoSummary {
+/// The aggregate bar: messages consumed, samples written, workers and lag.
+fn aggregate_progress(
+    bar: indicatif::ProgressBar,
+    stats: Arc<Stats>,
+    function: Arc<Hosted<Aggregate>>,
+) -> super::LiveProgress {
+    super::show_progress(bar, move || {
+        let lag = stats.lag.load(Relaxed);
+        (
+            stats.records.load(Relaxed),
+            format!(
+                "messages, {} samples written | workers {} (peak {}), lag {}",
+                function.totals().stats.samples,
+                stats.workers.load(Relaxed),
+                stats.max_workers_seen.load(Relaxed),
+                if lag < 0 {
+                    "?".to_owned()
+                } else {
+                    lag.to_string()
+                }
+            ),
+        )
+    })
+}
+
+/// The demo's summary, with the lake's own count of `raw` rows to check the totals against.
+async fn verify(
+    args: &DemoArgs,
+    sql: &LakeSql,
+    aggregated: &Aggregated,
+    alarms: &AlarmRun,
+    started: Instant,
+) -> anyhow::Result<DemoSummary> {
+    let written = &aggregated.written;
+    Ok(DemoSummary {
         vms: args.vms,
-        intervals: published_intervals,
-        published,
-        consumed: consumed.records,
+        intervals: aggregated.intervals,
+        published: aggregated.published,
+        consumed: aggregated.run.records,
         samples_written: written.stats.samples,
         rejected: written.stats.rejected,
         objects: written.objects as u64,
-        raw_rows,
+        raw_rows: count(sql, Table::Raw).await?,
         lake: args.lake.clone(),
         seconds: started.elapsed().as_secs_f64(),
-        max_workers_seen: consumed.max_workers_seen,
-        scaling_events: consumed.scaling_events,
+        max_workers_seen: aggregated.run.max_workers_seen,
+        scaling_events: aggregated.run.scaling_events,
         alarm_notifications: alarms.notifications,
         alarm_sent: alarms.sent,
         alarm_target: alarms.target.clone(),
-    };
-    if !args.json {
-        for (title, q) in [
-            ("Samples per cloud (raw)", BY_CSP),
-            ("Busiest VMs by average CPU % (rollup_1m)", BUSIEST),
-        ] {
-            let out = damselfly_query::format(&sql.query(q).await?, OutputFormat::Table)?;
-            println!("{title}\n{q}\n{out}\n");
-        }
+    })
+}
+
+/// Prints two SQL answers over the lake, the alarm notifications, and how to ask more.
+async fn print_answers(args: &DemoArgs, sql: &LakeSql, alarms: &AlarmRun) -> anyhow::Result<()> {
+    for (title, q) in [
+        ("Samples per cloud (raw)", BY_CSP),
+        ("Busiest VMs by average CPU % (rollup_1m)", BUSIEST),
+    ] {
+        let out = damselfly_query::format(&sql.query(q).await?, OutputFormat::Table)?;
+        println!("{title}\n{q}\n{out}\n");
+    }
+    println!(
+        "Alarm notifications: {} sent to {} (rules: {}/_config/alarm-rules.json)",
+        alarms.sent, alarms.target, args.lake
+    );
+    for subject in alarms.subjects.iter().take(SHOWN_NOTIFICATIONS) {
+        println!("  {subject}");
+    }
+    if alarms.subjects.len() > SHOWN_NOTIFICATIONS {
         println!(
-            "Alarm notifications: {} sent to {} (rules: {}/_config/alarm-rules.json)",
-            alarms.sent, alarms.target, args.lake
-        );
-        for subject in alarms.subjects.iter().take(SHOWN_NOTIFICATIONS) {
-            println!("  {subject}");
-        }
-        if alarms.subjects.len() > SHOWN_NOTIFICATIONS {
-            println!(
-                "  ... and {} more",
-                alarms.subjects.len() - SHOWN_NOTIFICATIONS
-            );
-        }
-        println!();
-        println!(
-            "Ask your own: damselfly sql --lake {} \"SELECT metric, count(*) FROM raw GROUP BY metric\"",
-            args.lake
+            "  ... and {} more",
+            alarms.subjects.len() - SHOWN_NOTIFICATIONS
         );
     }
-    output::summary(
-        args.json,
-        &summary,
-        &format!(
-            "demo: {} VMs x {} intervals -> {} messages published, {} consumed by up to {} workers ({} scaling events), {} samples in raw ({} expected), {} rejected, {} objects in {} ({:.1}s)",
-            summary.vms,
-            summary.intervals,
-            summary.published,
-            summary.consumed,
-            summary.max_workers_seen,
-            summary.scaling_events,
-            summary.raw_rows,
-            summary.published * Fleet::samples_per_message() as u64,
-            summary.rejected,
-            summary.objects,
-            summary.lake,
-            summary.seconds
-        ),
+    println!();
+    println!(
+        "Ask your own: damselfly sql --lake {} \"SELECT metric, count(*) FROM raw GROUP BY metric\"",
+        args.lake
     );
     Ok(())
+}
+
+/// The demo's closing line.
+fn summary_line(s: &DemoSummary) -> String {
+    format!(
+        "demo: {} VMs x {} intervals -> {} messages published, {} consumed by up to {} workers ({} scaling events), {} samples in raw ({} expected), {} rejected, {} objects in {} ({:.1}s)",
+        s.vms,
+        s.intervals,
+        s.published,
+        s.consumed,
+        s.max_workers_seen,
+        s.scaling_events,
+        s.raw_rows,
+        s.published * Fleet::samples_per_message() as u64,
+        s.rejected,
+        s.objects,
+        s.lake,
+        s.seconds
+    )
 }
 
 /// What the demo's alarm function did.
