@@ -7,9 +7,13 @@
 //! `damselfly agent` binary, collecting every second. Its `ts` is unique per collection and the
 //! collections are aligned to whole seconds, so duplicates, order and gaps are read off the topic.
 //! The tests print a timeline and their counts on stderr (shown even without `--nocapture`).
+//!
+//! The faults last fixed times ([`OUTAGE`], [`KILL_INTO_OUTAGE`], [`AGENT_DOWN`]): those sleeps are
+//! the faults. Everything else waits for the state it needs (messages on the topic, a line in the
+//! agent's log) with a limit that only bounds how long a broken agent keeps the test running.
 
 mod common;
-use common::agent::{Agent, Read, read_topic};
+use common::agent::{Agent, Read, read_topic, wait_for_topic};
 use common::broker::LocalBroker;
 use common::{create_topic, now_ms};
 
@@ -20,8 +24,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long the broker stays away.
+/// The fault: how long the broker stays away.
 const OUTAGE: Duration = Duration::from_secs(30);
+
+/// The fault of (b): how far into the outage the first agent is SIGKILLed.
+const KILL_INTO_OUTAGE: Duration = Duration::from_secs(12);
+
+/// The fault of (b): how long no agent runs between the kill and the restart.
+const AGENT_DOWN: Duration = Duration::from_secs(2);
+
+/// Messages the agent publishes while the broker is up, before the fault.
+const BEFORE_FAULT: usize = 5;
+
+/// After the spool drained, the test waits for a collection made this long after the drain to be
+/// on the topic: live sending has resumed behind the resent backlog.
+const AFTER_DRAIN: i64 = 2_000;
+
+/// Limit of every wait for a state (a failure timeout, not a speed requirement).
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Text in each of the agent's log lines saying it started spooling.
+const SPOOLING: &str = "spooling";
 
 /// Partitions of each test topic (the agent's one key lands on one of them).
 const PARTITIONS: i32 = 3;
@@ -154,10 +177,17 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
     let mut agent = Agent::start(&config, dir.path().join("agent.log"));
     t.note("agent started (interval 1s, delivery_timeout 30s, slow_after 5s)");
 
-    std::thread::sleep(Duration::from_secs(8));
-    let before = check(&read_topic(&broker.brokers(), &topic, PARTITIONS), vm);
+    let before = wait_for_topic(
+        &broker.brokers(),
+        &topic,
+        PARTITIONS,
+        "the agent's first messages",
+        LIMIT,
+        |reads| reads.len() >= BEFORE_FAULT,
+    );
+    let before = check(&before, vm);
     assert!(
-        before.messages >= 5,
+        before.messages >= BEFORE_FAULT,
         "the agent publishes while the broker is up: {before:?}"
     );
     t.note(format!(
@@ -165,10 +195,16 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
         before.messages
     ));
 
+    let spooling_before = agent.log_count(SPOOLING);
     broker.stop();
+    let down = Instant::now();
     let down_ms = now_ms();
     t.note("broker stopped");
-    std::thread::sleep(OUTAGE);
+    // The agent notices while the broker is away (a failure if not within the outage) ...
+    agent.wait_for_log(SPOOLING, spooling_before + 1, OUTAGE);
+    t.note("agent: spooling");
+    // ... which lasts OUTAGE whatever it took to notice: the fault.
+    std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
     let drained_before = agent.log_count("spool drained: broker is back");
     broker.start();
     let up_ms = now_ms();
@@ -177,17 +213,20 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
         (up_ms - down_ms) as f64 / 1000.0
     ));
 
-    agent.wait_for_log(
-        "spool drained: broker is back",
-        drained_before + 1,
-        Duration::from_secs(120),
-    );
+    agent.wait_for_log("spool drained: broker is back", drained_before + 1, LIMIT);
+    // The drain was logged by now: collections made from `resumed_ms` on came after it.
+    let resumed_ms = now_ms() + AFTER_DRAIN;
     t.note("agent: spool drained");
-    std::thread::sleep(Duration::from_secs(5));
-    let running_ms = now_ms();
-    let running = read_topic(&broker.brokers(), &topic, PARTITIONS);
+    let running = wait_for_topic(
+        &broker.brokers(),
+        &topic,
+        PARTITIONS,
+        "a collection made after the drain",
+        LIMIT,
+        |reads| reads.iter().any(|r| r.vm == vm && r.ts >= resumed_ms),
+    );
     t.note(format!(
-        "read back {} messages while the agent still runs",
+        "read back {} messages while the agent still runs, live sending resumed",
         running.len()
     ));
 
@@ -240,21 +279,24 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
         during_outage >= (OUTAGE.as_secs() - 2) as usize,
         "the collections made while the broker was away are there: {during_outage}"
     );
-    // Delivered while the agent was still running, not at shutdown.
+    // Delivered while the agent was still running, not at shutdown: every collection made
+    // before live sending resumed (the outage's, resent from the spool, and those before and
+    // after it) was on the topic in the read taken while the agent ran. (This was "older than
+    // 3 s, 5 s after the drain" on the wall clock: the same collections, drain + 2 s.)
     let early: HashSet<i64> = running.iter().map(|r| r.ts).collect();
     let late: Vec<i64> = reads
         .iter()
-        .filter(|r| r.ts < running_ms - 3000 && !early.contains(&r.ts))
+        .filter(|r| r.ts < resumed_ms && !early.contains(&r.ts))
         .map(|r| r.ts)
         .collect();
     assert!(
         late.is_empty(),
-        "collections older than 3s were on the topic before the agent stopped; late: {late:?}"
+        "collections made before live sending resumed were on the topic before the agent stopped; late: {late:?}"
     );
     broker.stop();
 }
 
-/// (b) The agent is SIGKILLed 12 s into a broker outage and restarted on the same spool while the
+/// (b) The agent is SIGKILLed 12 s ([`KILL_INTO_OUTAGE`]) into a broker outage and restarted on the same spool while the
 /// broker is still away; then the broker comes back. Losses are asserted to be zero; duplicates
 /// are counted and printed (see the comment at the assertions).
 #[test]
@@ -272,13 +314,25 @@ fn b_agent_killed_during_outage_loses_nothing() {
     let config = write_config(dir.path(), &broker.brokers(), &topic, vm);
     let mut first = Agent::start(&config, dir.path().join("agent-1.log"));
     t.note("agent 1 started");
-    std::thread::sleep(Duration::from_secs(8));
+    wait_for_topic(
+        &broker.brokers(),
+        &topic,
+        PARTITIONS,
+        "agent 1's first messages",
+        LIMIT,
+        |reads| reads.len() >= BEFORE_FAULT,
+    );
+    t.note("agent 1 publishes");
 
     broker.crash();
     let down = Instant::now();
     let down_ms = now_ms();
     t.note("broker crashed (SIGKILL)");
-    std::thread::sleep(Duration::from_secs(12));
+    // Agent 1 is spooling when it is killed (a failure if it has not noticed by then) ...
+    first.wait_for_log(SPOOLING, 1, KILL_INTO_OUTAGE);
+    t.note("agent 1: spooling");
+    // ... KILL_INTO_OUTAGE into the outage, mid-second: the fault.
+    std::thread::sleep(KILL_INTO_OUTAGE.saturating_sub(down.elapsed()));
     sleep_to_half_second();
     first.kill();
     let kill_ms = now_ms();
@@ -286,10 +340,11 @@ fn b_agent_killed_during_outage_loses_nothing() {
         "agent 1 SIGKILLed {:.1}s into the outage",
         (kill_ms - down_ms) as f64 / 1000.0
     ));
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(AGENT_DOWN);
     let mut second = Agent::start(&config, dir.path().join("agent-2.log"));
     t.note("agent 2 started on the same spool, broker still down");
 
+    // The rest of the outage: the fault.
     std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
     broker.start();
     let up_ms = now_ms();
@@ -297,9 +352,18 @@ fn b_agent_killed_during_outage_loses_nothing() {
         "broker restarted after {:.1}s away",
         (up_ms - down_ms) as f64 / 1000.0
     ));
-    second.wait_for_log("spool drained: broker is back", 1, Duration::from_secs(120));
+    second.wait_for_log("spool drained: broker is back", 1, LIMIT);
+    let resumed_ms = now_ms() + AFTER_DRAIN;
     t.note("agent 2: spool drained");
-    std::thread::sleep(Duration::from_secs(5));
+    wait_for_topic(
+        &broker.brokers(),
+        &topic,
+        PARTITIONS,
+        "a collection made after the drain",
+        LIMIT,
+        |reads| reads.iter().any(|r| r.vm == vm && r.ts >= resumed_ms),
+    );
+    t.note("agent 2: live sending resumed");
     sleep_to_half_second();
     let stats = second.stop();
     let stop_ms = now_ms();

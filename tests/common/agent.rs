@@ -110,6 +110,31 @@ pub struct Read {
     pub ts: i64,
 }
 
+/// Reads the topic back every half second until `done` holds for what it holds (a failure after
+/// `within`, which bounds how long a broken agent keeps the test running); returns that read.
+pub fn wait_for_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&[Read]) -> bool,
+) -> Vec<Read> {
+    let deadline = Instant::now() + within;
+    loop {
+        let reads = read_topic(brokers, topic, partitions);
+        if done(&reads) {
+            return reads;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the topic did not hold {what} within {within:?}: {} messages",
+            reads.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Every message on the topic, in offset order per partition (partitions one after another).
 pub fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<Read> {
     let consumer: BaseConsumer = ClientConfig::new()
