@@ -137,15 +137,12 @@ fn run_child(args: &Args, who: Contender) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// librdkafka's mock cluster, as `MockCluster::new` makes it.
+type Mock = MockCluster<'static, DefaultProducerContext>;
+
 /// A new topic `bench-runner-<ms>` on `--brokers`, or on a mock cluster started here (returned
 /// first: the topic lives as long as it does); returns the cluster, the brokers and the topic.
-fn fresh_topic(
-    args: &Args,
-) -> anyhow::Result<(
-    Option<MockCluster<'static, DefaultProducerContext>>,
-    String,
-    String,
-)> {
+fn fresh_topic(args: &Args) -> anyhow::Result<(Option<Mock>, String, String)> {
     let topic = format!(
         "bench-runner-{}",
         std::time::SystemTime::now()
