@@ -581,4 +581,49 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn flags_and_the_lambdas_variables_fill_the_same_settings() {
+        // Every setting given (so that the test's own environment cannot matter).
+        let pairs = [
+            ("max-past", "DAMSELFLY_MAX_PAST", "30d"),
+            ("max-future", "DAMSELFLY_MAX_FUTURE", "1m"),
+            ("max-message-bytes", "DAMSELFLY_MAX_MESSAGE_BYTES", "2048"),
+            ("tail-expiry", "DAMSELFLY_TAIL_EXPIRY", "6h"),
+            ("max-tail-series", "DAMSELFLY_MAX_TAIL_SERIES", "10"),
+        ];
+        let mut argv = vec![
+            "damselfly",
+            "run",
+            "aggregate",
+            "--brokers",
+            "b",
+            "--lake",
+            "/l",
+        ];
+        let flags: Vec<String> = pairs.iter().map(|(f, _, _)| format!("--{f}")).collect();
+        for (flag, (_, _, value)) in flags.iter().zip(pairs) {
+            argv.extend([flag.as_str(), value]);
+        }
+        let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not run")
+        };
+        let lambda: damselfly_aggregate::config::Settings = damselfly_core::env::from_lookup(|k| {
+            pairs
+                .iter()
+                .find(|(_, var, _)| *var == k)
+                .map(|(_, _, v)| v.to_string())
+        })
+        .unwrap();
+        assert_eq!(run.aggregate, lambda);
+        assert_eq!(lambda.max_past, Duration::from_secs(30 * 86_400));
+        // A bad value names the flag and the fix.
+        let e = Cli::try_parse_from(["damselfly", "compact", "--lake", "/l", "--grace", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'--grace <GRACE>'") && e.contains("use a duration such as"),
+            "{e}"
+        );
+    }
 }
