@@ -204,7 +204,7 @@ fn bad_records_go_to_dlq_with_reasons_and_good_ones_land() {
     assert_eq!(summary["samples"], good, "{summary}");
     assert_eq!(summary["rejected"], bad, "{summary}");
     assert_eq!(
-        summary["failures"], 0,
+        summary["invocation_errors"], 0,
         "no batch failed because of bad records"
     );
 

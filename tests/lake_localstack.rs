@@ -312,10 +312,10 @@ fn batches_given_up_in_a_lake_outage_are_redriven_exactly_once() {
     );
     eprintln!("during the outage: {down}");
     assert_eq!(
-        down["failed_records"], outage,
+        down["on_failure_records"], outage,
         "every record of the outage went to the on-failure destination: {down}"
     );
-    let given_up = down["failed_batches"].as_u64().unwrap();
+    let given_up = down["on_failure_batches"].as_u64().unwrap();
     assert!(given_up >= 4, "one batch per partition at least: {down}");
 
     let after = simulate_ns(&brokers, &topic, "after", 6, 5);

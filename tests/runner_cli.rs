@@ -156,7 +156,7 @@ fn run_serves_metrics_and_exits_cleanly_on_sigterm() {
     assert_eq!(s["samples"], 18 * 50);
     assert_eq!(s["max_workers_seen"], 1);
     assert_eq!(s["scaling_events"], 0);
-    assert_eq!(s["failed_batches"], 0);
+    assert_eq!(s["on_failure_batches"], 0);
 }
 
 #[test]
@@ -196,12 +196,12 @@ fn a_batch_that_cannot_be_written_goes_to_the_on_failure_directory() {
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["records"], 0, "nothing was written");
     assert_eq!(
-        s["failed_records"], 8,
+        s["on_failure_records"], 8,
         "every record went to the destination"
     );
     assert_eq!(
-        s["failures"].as_u64().unwrap(),
-        2 * s["failed_batches"].as_u64().unwrap(),
+        s["invocation_errors"].as_u64().unwrap(),
+        2 * s["on_failure_batches"].as_u64().unwrap(),
         "1 + 1 retry each"
     );
 
@@ -392,7 +392,7 @@ fn the_real_lambda_binary_under_cargo_lambda_watch_answers_as_in_process() {
     let b = run_until_caught_up(&brokers, "remote", &["--invoke-url", &lambda.url()]);
 
     assert_eq!(a["records"], 40);
-    for field in ["records", "samples", "rejected", "failed_batches"] {
+    for field in ["records", "samples", "rejected", "on_failure_batches"] {
         assert_eq!(a[field], b[field], "{field}: in-process {a} vs remote {b}");
     }
     assert!(b["objects"].as_u64().unwrap() > 0, "{b}");
@@ -426,7 +426,7 @@ fn the_real_lambda_binary_under_cargo_lambda_watch_answers_as_in_process() {
             &on_failure,
         ],
     );
-    assert_eq!(c["failed_records"], 40, "{c}");
+    assert_eq!(c["on_failure_records"], 40, "{c}");
     let records = read_failed(&failed.join("broken"));
     assert!(!records.is_empty());
     for r in records {
@@ -489,10 +489,10 @@ fn a_remote_function_running_past_the_invoke_timeout_doubles_nothing() {
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("runner: {summary}");
     assert!(
-        summary["failures"].as_u64().unwrap() >= 1,
+        summary["invocation_errors"].as_u64().unwrap() >= 1,
         "the held invocation timed out: {summary}"
     );
-    assert_eq!(summary["failed_batches"], 0, "{summary}");
+    assert_eq!(summary["on_failure_batches"], 0, "{summary}");
     let spare = std::fs::read_to_string(&spare_log).unwrap();
     assert!(
         spare.contains("published a decided batch its writer left staged"),

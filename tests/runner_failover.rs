@@ -385,12 +385,12 @@ fn failover(fault: Fault, protocol: &str) {
     );
     let summary = b.terminate(Duration::from_secs(30));
     eprintln!("B: {summary}");
-    assert_eq!(summary["failed_batches"], 0, "{summary}");
+    assert_eq!(summary["on_failure_batches"], 0, "{summary}");
     let mut records = summary["records"].as_u64().unwrap() + a_records as u64;
     if fault != Fault::Kill {
         let a_summary = a.terminate(Duration::from_secs(30));
         eprintln!("A: {a_summary}");
-        assert_eq!(a_summary["failed_batches"], 0, "{a_summary}");
+        assert_eq!(a_summary["on_failure_batches"], 0, "{a_summary}");
         records = summary["records"].as_u64().unwrap() + a_summary["records"].as_u64().unwrap();
     }
     assert!(

@@ -487,7 +487,7 @@ async fn drive(config: &RunnerConfig, f: Arc<dyn Function>) -> anyhow::Result<()
     )
     .await
     .context("the runner did not catch up in 900s")??;
-    if summary.failed_batches > 0 || summary.failures > 0 {
+    if summary.on_failure_batches > 0 || summary.invocation_errors > 0 {
         bail!("the runner failed batches: {summary:?}");
     }
     Ok(())

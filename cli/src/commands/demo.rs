@@ -221,7 +221,7 @@ async fn all_consumed(stats: Arc<Stats>, published_all: Arc<AtomicBool>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = stats.lag_measurements.load(Acquire) + 1;
-    while stats.lag_measurements.load(Acquire) <= after || stats.lag.load(Relaxed) != 0 {
+    while stats.lag_measurements.load(Acquire) <= after || stats.group_lag.load(Relaxed) != 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let patience = Instant::now() + COOLDOWN + Duration::from_secs(10);
@@ -237,7 +237,7 @@ fn aggregate_progress(
     function: Arc<Hosted<Aggregate>>,
 ) -> super::LiveProgress {
     super::show_progress(bar, move || {
-        let lag = stats.lag.load(Relaxed);
+        let lag = stats.group_lag.load(Relaxed);
         (
             stats.records.load(Relaxed),
             format!(

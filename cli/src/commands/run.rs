@@ -122,7 +122,7 @@ async fn run_alarm(args: RunArgs, progress: &MultiProgress) -> anyhow::Result<()
                 t.notifications,
                 t.sent,
                 t.pending,
-                stats.lag.load(Relaxed).max(0),
+                stats.group_lag.load(Relaxed).max(0),
             );
             (stats.records.load(Relaxed), msg)
         })
@@ -180,14 +180,14 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
     let ticker = {
         let (stats, f) = (stats.clone(), function.clone());
         super::show_progress(bar.clone(), move || {
-            let lag = stats.lag.load(Relaxed);
+            let lag = stats.group_lag.load(Relaxed);
             let t = f.totals();
             let msg = format!(
-                "records, {} batches, {} samples, {} rejected, {} failures, {} workers, lag {}",
+                "records, {} batches, {} samples, {} rejected, {} invocation errors, {} workers, lag {}",
                 stats.batches.load(Relaxed),
                 t.stats.samples,
                 t.stats.rejected,
-                stats.failures.load(Relaxed),
+                stats.invocation_errors.load(Relaxed),
                 stats.workers.load(Relaxed),
                 if lag < 0 {
                     "?".to_owned()
@@ -210,11 +210,11 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
         objects: t.objects as u64,
         skipped: t.skipped,
     };
-    let failed = if s.runner.failed_batches > 0 {
+    let failed = if s.runner.on_failure_batches > 0 {
         format!(
             ", {} batches ({} records) sent to {}",
-            s.runner.failed_batches,
-            s.runner.failed_records,
+            s.runner.on_failure_batches,
+            s.runner.on_failure_records,
             args.on_failure
                 .as_ref()
                 .map_or_else(String::new, ToString::to_string)
@@ -231,10 +231,10 @@ async fn run_aggregate(args: RunArgs, progress: &MultiProgress) -> anyhow::Resul
         args.json,
         &s,
         &format!(
-            "aggregated {} records in {} batches ({} failures retried{failed}){skipped}: {} samples, {} rejected to dlq, {} objects to {}; up to {} workers, {} scaling events, in {:.1}s",
+            "aggregated {} records in {} batches ({} invocation errors retried{failed}){skipped}: {} samples, {} rejected to dlq, {} objects to {}; up to {} workers, {} scaling events, in {:.1}s",
             s.runner.records,
             s.runner.batches,
-            s.runner.failures,
+            s.runner.invocation_errors,
             s.samples,
             s.rejected,
             s.objects,

@@ -32,15 +32,15 @@ pub struct Stats {
     /// Batches (or bisected parts of batches) that succeeded.
     pub batches: AtomicU64,
     /// Invocations that failed (each attempt counts).
-    pub failures: AtomicU64,
+    pub invocation_errors: AtomicU64,
     /// Invocations that repeated a failed one.
     pub retries: AtomicU64,
     /// Failing batches split in halves.
     pub bisections: AtomicU64,
     /// Batches written to the on-failure destination (then committed).
-    pub failed_batches: AtomicU64,
+    pub on_failure_batches: AtomicU64,
     /// Records in those batches.
-    pub failed_records: AtomicU64,
+    pub on_failure_records: AtomicU64,
     /// Batches given up without a commit (partitions revoked, or shutdown).
     pub abandoned_batches: AtomicU64,
     /// Offset commits that failed (their offsets are retried with the next commit).
@@ -48,7 +48,7 @@ pub struct Stats {
     /// Partition assignments and revocations seen by workers.
     pub rebalances: AtomicU64,
     /// Group lag at the last measurement (-1 before the first).
-    pub lag: AtomicI64,
+    pub group_lag: AtomicI64,
     /// Lag measurements taken so far (incremented, with release ordering, after [`lag`](Self::lag)
     /// is updated: read it with acquire ordering before reading the lag).
     pub lag_measurements: AtomicU64,
@@ -82,7 +82,7 @@ impl Stats {
 
     /// Records a lag measurement.
     pub fn set_lag(&self, per_partition: &BTreeMap<i32, i64>) {
-        self.lag.store(per_partition.values().sum(), Relaxed);
+        self.group_lag.store(per_partition.values().sum(), Relaxed);
         *self.partition_lag.lock().expect("not poisoned") = per_partition.clone();
         self.lag_measurements
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -153,7 +153,11 @@ impl Collector for StatsCollector {
         for (name, help, value) in [
             ("records", "Records processed successfully.", &s.records),
             ("batches", "Batches processed successfully.", &s.batches),
-            ("invocation_errors", "Failed invocations.", &s.failures),
+            (
+                "invocation_errors",
+                "Failed invocations.",
+                &s.invocation_errors,
+            ),
             (
                 "retries",
                 "Invocations that retried a failed batch.",
@@ -167,12 +171,12 @@ impl Collector for StatsCollector {
             (
                 "on_failure_batches",
                 "Batches sent to the on-failure destination.",
-                &s.failed_batches,
+                &s.on_failure_batches,
             ),
             (
                 "on_failure_records",
                 "Records sent to the on-failure destination.",
-                &s.failed_records,
+                &s.on_failure_records,
             ),
             (
                 "abandoned_batches",
@@ -209,7 +213,7 @@ impl Collector for StatsCollector {
             &mut e,
             "damselfly_runner_group_lag",
             "Total lag of the group (high watermark - committed offset).",
-            s.lag.load(Relaxed),
+            s.group_lag.load(Relaxed),
         )?;
 
         let mut scaling = e.encode_descriptor(

@@ -40,13 +40,13 @@ pub struct RunSummary {
     /// Batches processed and committed.
     pub batches: u64,
     /// Failed invocations.
-    pub failures: u64,
+    pub invocation_errors: u64,
     /// Invocations that retried a failed batch.
     pub retries: u64,
     /// Batches written to the on-failure destination.
-    pub failed_batches: u64,
+    pub on_failure_batches: u64,
     /// Records in those batches.
-    pub failed_records: u64,
+    pub on_failure_records: u64,
     /// Most workers that ran at once.
     pub max_workers_seen: u64,
     /// Scaling decisions that changed the number of workers.
@@ -130,7 +130,7 @@ pub async fn run(
 ) -> Result<RunSummary, RunnerError> {
     config.validate()?;
     let started = Instant::now();
-    stats.lag.store(-1, Relaxed);
+    stats.group_lag.store(-1, Relaxed);
     let config = Arc::new(config.clone());
     let monitor = Monitor::new(&config)?;
     let partitions = monitor.partitions().await?;
@@ -198,10 +198,10 @@ pub async fn run(
     let summary = RunSummary {
         records: stats.records.load(Relaxed),
         batches: stats.batches.load(Relaxed),
-        failures: stats.failures.load(Relaxed),
+        invocation_errors: stats.invocation_errors.load(Relaxed),
         retries: stats.retries.load(Relaxed),
-        failed_batches: stats.failed_batches.load(Relaxed),
-        failed_records: stats.failed_records.load(Relaxed),
+        on_failure_batches: stats.on_failure_batches.load(Relaxed),
+        on_failure_records: stats.on_failure_records.load(Relaxed),
         max_workers_seen: stats.max_workers_seen.load(Relaxed),
         scaling_events: stats.scaling_events(),
         seconds: started.elapsed().as_secs_f64(),
@@ -209,8 +209,8 @@ pub async fn run(
     tracing::info!(
         records = summary.records,
         batches = summary.batches,
-        failures = summary.failures,
-        failed_batches = summary.failed_batches,
+        invocation_errors = summary.invocation_errors,
+        on_failure_batches = summary.on_failure_batches,
         max_workers = summary.max_workers_seen,
         scaling_events = summary.scaling_events,
         "runner stopped"

@@ -796,7 +796,7 @@ impl Worker {
                 }
                 Err(e) => e,
             };
-            self.stats.failures.fetch_add(1, Relaxed);
+            self.stats.invocation_errors.fetch_add(1, Relaxed);
             let now = Utc::now();
             let failure = |condition| Failure {
                 condition,
@@ -878,9 +878,9 @@ impl Worker {
         for attempt in 1..=DESTINATION_ATTEMPTS {
             match destination.send(&record, self.config.broker_timeout).await {
                 Ok(at) => {
-                    self.stats.failed_batches.fetch_add(1, Relaxed);
+                    self.stats.on_failure_batches.fetch_add(1, Relaxed);
                     self.stats
-                        .failed_records
+                        .on_failure_records
                         .fetch_add(part.len() as u64, Relaxed);
                     tracing::warn!(
                         worker = self.id,

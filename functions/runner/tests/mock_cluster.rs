@@ -100,7 +100,7 @@ async fn a_failing_batch_is_retried_whole_and_committed_once_in_order() {
     .expect("bounded")
     .expect("runs");
 
-    assert_eq!((summary.failures, summary.retries), (3, 3));
+    assert_eq!((summary.invocation_errors, summary.retries), (3, 3));
     let failed = f.log.failed.lock().unwrap().clone();
     assert_eq!(failed.len(), 3);
     assert!(
@@ -252,8 +252,8 @@ async fn poison_batch_exhausts_its_retries(retryable: bool) {
         in_file.contains(&(0, 10)),
         "the poison record is in the failed batch"
     );
-    assert_eq!(in_file.len() as u64, summary.failed_records);
-    assert_eq!(summary.failed_batches, 1);
+    assert_eq!(in_file.len() as u64, summary.on_failure_records);
+    assert_eq!(summary.on_failure_batches, 1);
 
     // Everything else was processed once, including the records after the poison.
     let counts = f.log.counts();
@@ -358,7 +358,10 @@ async fn bisection_isolates_the_one_bad_record() {
         stats.bisections.load(Relaxed) >= 3,
         "16 -> 8 -> 4 -> 2 -> 1 needs several splits"
     );
-    assert_eq!((summary.failed_batches, summary.failed_records), (1, 1));
+    assert_eq!(
+        (summary.on_failure_batches, summary.on_failure_records),
+        (1, 1)
+    );
     assert_eq!(
         committed(&brokers, "bisect", "bisect", 1),
         vec![-1],
@@ -450,7 +453,7 @@ async fn a_failed_batch_can_go_to_a_kafka_topic() {
     .await
     .expect("bounded")
     .expect("runs");
-    assert_eq!(summary.failed_batches, 1);
+    assert_eq!(summary.on_failure_batches, 1);
 
     let reader: BaseConsumer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", &brokers)

@@ -86,9 +86,17 @@ async fn a_non_retryable_batch_lands_in_s3_as_a_lambda_failure_record() {
     .await
     .expect("bounded")
     .expect("runs");
-    assert_eq!(summary.failed_batches, 1, "{summary:?}");
-    assert_eq!((summary.failures, summary.retries), (1, 0), "{summary:?}");
-    assert_eq!(summary.records + summary.failed_records, 40, "{summary:?}");
+    assert_eq!(summary.on_failure_batches, 1, "{summary:?}");
+    assert_eq!(
+        (summary.invocation_errors, summary.retries),
+        (1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary.records + summary.on_failure_records,
+        40,
+        "{summary:?}"
+    );
     assert_eq!(
         committed(&brokers, "g", "metrics", 2),
         vec![20, 20],
@@ -146,7 +154,7 @@ async fn a_non_retryable_batch_lands_in_s3_as_a_lambda_failure_record() {
         .collect();
     assert_eq!(
         records.len() as u64,
-        summary.failed_records,
+        summary.on_failure_records,
         "the record holds the whole failed batch"
     );
     assert_eq!(record["KafkaBatchInfo"]["batchSize"], records.len());

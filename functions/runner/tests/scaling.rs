@@ -70,7 +70,7 @@ async fn workers_follow_lag_out_and_back_in_and_every_record_is_processed_once()
     let sample = |timeline: &mut Vec<Sample>| {
         let mut s = Sample {
             at: t0.elapsed().as_secs_f64(),
-            lag: stats.lag.load(Relaxed),
+            lag: stats.group_lag.load(Relaxed),
             workers: stats.workers.load(Relaxed),
             records: distinct(),
             read_by: 0.0,
