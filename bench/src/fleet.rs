@@ -132,7 +132,7 @@ pub struct Args {
 
 /// One second of a run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-struct Tick {
+struct Second {
     t_s: f64,
     agg_workers: f64,
     agg_lag: f64,
@@ -403,7 +403,7 @@ fn one(args: &Args, env: &Env, n: usize) -> anyhow::Result<Row> {
     });
     sampling.wind_down(&stage, &mut functions, &mut watch, sim.id())?;
     let lake_stats = lake_stats(env, &stage, &sampling.first_seen)?;
-    write_timeline(&stage.dir, &sampling.ticks)?;
+    write_timeline(&stage.dir, &sampling.seconds)?;
     figures(&stage, &sampling, &watch.receipts, &lake_stats, drain_s)
 }
 
@@ -665,7 +665,7 @@ struct Sampling {
     watched: Vec<(&'static str, Option<Watched>)>,
     /// When each raw object was first listed (ms since the epoch).
     first_seen: HashMap<String, i64>,
-    ticks: Vec<Tick>,
+    seconds: Vec<Second>,
     sim_summary: Option<serde_json::Value>,
     sim_end: Option<Instant>,
     lag_at_publish_end: f64,
@@ -690,7 +690,7 @@ impl Sampling {
                 ("localstack", Watched::new(env.localstack)),
             ],
             first_seen: HashMap::new(),
-            ticks: Vec::new(),
+            seconds: Vec::new(),
             sim_summary: None,
             sim_end: None,
             lag_at_publish_end: 0.0,
@@ -717,9 +717,9 @@ impl Sampling {
         );
         loop {
             let tick_start = Instant::now();
-            let mut t = Tick {
+            let mut t = Second {
                 t_s: sim_start.elapsed().as_secs_f64(),
-                ..Tick::default()
+                ..Second::default()
             };
             if self.sim_end.is_none() && sim_start.elapsed() >= self.next_probe {
                 self.probe(args, stage.n)?;
@@ -741,7 +741,7 @@ impl Sampling {
                 "aggregate {} workers, lag {}; alarm {} workers, lag {}; {} raw objects",
                 t.agg_workers, t.agg_lag, t.alarm_workers, t.alarm_lag, t.raw_objects
             ));
-            self.ticks.push(t.clone());
+            self.seconds.push(t.clone());
             match self.done(args, &t, alarm_records, receipts) {
                 Some(true) => break,
                 Some(false) => {}
@@ -776,7 +776,7 @@ impl Sampling {
     }
 
     /// Reads both runners' workers, lag and records into `t`; returns the alarm runner's records.
-    fn scrape_runners(&mut self, functions: &Functions, t: &mut Tick) -> f64 {
+    fn scrape_runners(&mut self, functions: &Functions, t: &mut Second) -> f64 {
         let (a, b) = (scrape(functions.agg_port), scrape(functions.alarm_port));
         let m = |text: &Option<String>, name: &str| -> f64 {
             text.as_deref()
@@ -799,7 +799,7 @@ impl Sampling {
     }
 
     /// Samples /proc of every watched process (the simulator only while it runs) into `t`.
-    fn sample_processes(&mut self, hz: u64, t: &mut Tick) {
+    fn sample_processes(&mut self, hz: u64, t: &mut Second) {
         for (name, w) in self.watched.iter_mut() {
             let Some(w) = w else { continue };
             if *name == "simulate" && self.sim_end.is_some() {
@@ -853,7 +853,7 @@ impl Sampling {
     fn done(
         &mut self,
         args: &Args,
-        t: &Tick,
+        t: &Second,
         alarm_records: f64,
         receipts: &Receipts,
     ) -> Option<bool> {
@@ -945,13 +945,13 @@ fn lake_stats(
 }
 
 /// Writes the per-second samples to `dir/timeline.csv`.
-fn write_timeline(dir: &Path, ticks: &[Tick]) -> anyhow::Result<()> {
+fn write_timeline(dir: &Path, seconds: &[Second]) -> anyhow::Result<()> {
     let mut timeline = String::from(
         "t_s,agg_workers,agg_lag,agg_records,alarm_workers,alarm_lag,raw_objects,cpu_aggregate,\
          cpu_alarm,cpu_simulate,cpu_kafka,cpu_localstack,rss_aggregate_mib,rss_alarm_mib,\
          rss_kafka_mib,rss_localstack_mib\n",
     );
-    for t in ticks {
+    for t in seconds {
         writeln!(
             timeline,
             "{:.2},{},{},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1}",
@@ -1000,7 +1000,7 @@ fn figures(
     let get = |name: &str| sampling.watched(name);
     let published_samples = u(sim_summary, "samples");
     let (rows_, distinct) = (u(lake_stats, "rows"), u(lake_stats, "distinct"));
-    let max_of = |f: fn(&Tick) -> f64| sampling.ticks.iter().map(f).fold(0.0, f64::max);
+    let max_of = |f: fn(&Second) -> f64| sampling.seconds.iter().map(f).fold(0.0, f64::max);
     let mut row = Row {
         vms: stage.n,
         load_avg: stage.load_avg.clone(),
