@@ -271,57 +271,73 @@ fn encode(key: &str, value: &[u8]) -> Result<Vec<u8>, SpoolError> {
     Ok(out)
 }
 
+/// Rejects a segment size that cannot hold a record or is more than half the byte cap.
+fn check_options(options: SpoolOptions) -> Result<(), SpoolError> {
+    let header = MAGIC.len() as u64;
+    if options.segment_bytes <= header + RECORD_HEADER
+        || options.segment_bytes > options.max_bytes / 2
+    {
+        return Err(SpoolError::Options(format!(
+            "segment_bytes {} must be more than {} and at most half of max_bytes {}",
+            options.segment_bytes,
+            header + RECORD_HEADER,
+            options.max_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Creates and takes the `flock` on the spool's lock file, failing if another process holds it.
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let lock_path = dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        return Err(if e == rustix::io::Errno::WOULDBLOCK {
+            SpoolError::Locked(dir.to_owned())
+        } else {
+            SpoolError::Io {
+                path: lock_path,
+                source: e.into(),
+            }
+        });
+    }
+    Ok(lock)
+}
+
+/// The sequence numbers of the segment files in `dir`, oldest first.
+fn segment_seqs(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
+            continue;
+        }
+        if let Some(seq) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, checks every segment and resumes at the
     /// first undelivered record.
     pub fn open(dir: &Path, options: SpoolOptions) -> Result<Self, SpoolError> {
         let header = MAGIC.len() as u64;
-        if options.segment_bytes <= header + RECORD_HEADER
-            || options.segment_bytes > options.max_bytes / 2
-        {
-            return Err(SpoolError::Options(format!(
-                "segment_bytes {} must be more than {} and at most half of max_bytes {}",
-                options.segment_bytes,
-                header + RECORD_HEADER,
-                options.max_bytes
-            )));
-        }
+        check_options(options)?;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        if let Err(e) =
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        {
-            return Err(if e == rustix::io::Errno::WOULDBLOCK {
-                SpoolError::Locked(dir.to_owned())
-            } else {
-                SpoolError::Io {
-                    path: lock_path,
-                    source: e.into(),
-                }
-            });
-        }
-
-        let mut seqs = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let path = entry.map_err(io_err(dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
-                continue;
-            }
-            if let Some(seq) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                seqs.push(seq);
-            }
-        }
-        seqs.sort_unstable();
+        let lock = lock_dir(dir)?;
+        let seqs = segment_seqs(dir)?;
 
         let cursor = Self::read_cursor(dir);
         let mut spool = Self {
@@ -345,36 +361,9 @@ impl Spool {
             stats: SpoolStats::default(),
             _lock: lock,
         };
-        let mut resumed = false;
-        for seq in seqs {
-            let cut_at = cursor.filter(|c| c.seq == seq).map(|c| c.offset);
-            let Some((segment, boundary)) = spool.check_segment(seq, cut_at)? else {
-                continue;
-            };
-            if let Some((offset, index)) = boundary {
-                spool.read = Pos { seq, offset };
-                spool.read_index = index;
-                resumed = true;
-            }
-            spool.segments.push_back(segment);
-        }
-        // Without a usable cursor, or when its segment is gone, resume at the oldest segment.
-        if !resumed {
-            spool.read = Pos {
-                seq: spool.segments.front().map_or(spool.next_seq, |s| s.seq),
-                offset: header,
-            };
-            spool.read_index = 0;
-        }
+        spool.recover(seqs, cursor)?;
         spool.drop_consumed()?;
-        if let Some(last) = spool.segments.back() {
-            let path = spool.segment_path(last.seq);
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            spool.writer = Some(file);
-        }
+        spool.open_writer()?;
         if !spool.is_empty() {
             tracing::info!(
                 dir = %dir.display(),
@@ -385,6 +374,45 @@ impl Spool {
             );
         }
         Ok(spool)
+    }
+
+    /// Checks the segments `seqs` (oldest first) and sets the read position from `cursor`.
+    fn recover(&mut self, seqs: Vec<u64>, cursor: Option<Pos>) -> Result<(), SpoolError> {
+        let mut resumed = false;
+        for seq in seqs {
+            let cut_at = cursor.filter(|c| c.seq == seq).map(|c| c.offset);
+            let Some((segment, boundary)) = self.check_segment(seq, cut_at)? else {
+                continue;
+            };
+            if let Some((offset, index)) = boundary {
+                self.read = Pos { seq, offset };
+                self.read_index = index;
+                resumed = true;
+            }
+            self.segments.push_back(segment);
+        }
+        // Without a usable cursor, or when its segment is gone, resume at the oldest segment.
+        if !resumed {
+            self.read = Pos {
+                seq: self.segments.front().map_or(self.next_seq, |s| s.seq),
+                offset: MAGIC.len() as u64,
+            };
+            self.read_index = 0;
+        }
+        Ok(())
+    }
+
+    /// Opens the newest segment, if any, for appending.
+    fn open_writer(&mut self) -> Result<(), SpoolError> {
+        if let Some(last) = self.segments.back() {
+            let path = self.segment_path(last.seq);
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            self.writer = Some(file);
+        }
+        Ok(())
     }
 
     /// Validates one segment: counts its records, cuts a torn tail, removes it if unreadable.
