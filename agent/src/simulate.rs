@@ -135,6 +135,23 @@ impl Fleet {
 
 impl SimVm {
     fn step(&mut self, rng: &mut Pcg64Mcg, ts_ms: i64, secs: f64) -> MetricMessage {
+        self.drift(rng, secs);
+        let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
+        self.cpu_gauges(rng, &mut metrics);
+        self.memory_gauges(&mut metrics);
+        self.load_gauges(rng, &mut metrics);
+        let devices = self.device_metrics(&mut metrics);
+        MetricMessage {
+            v: damselfly_schemas::wire::WIRE_VERSION,
+            ts: ts_ms,
+            tags: self.tags.clone(),
+            metrics,
+            devices,
+        }
+    }
+
+    // Moves the gauges one random-walk step and adds `secs` worth of traffic to every counter.
+    fn drift(&mut self, rng: &mut Pcg64Mcg, secs: f64) {
         // Mean-reverting random walks keep values realistic over long runs.
         self.cpu = (self.cpu + 0.2 * (self.cpu_base - self.cpu) + rng.random_range(-4.0..4.0))
             .clamp(0.5, 99.5);
@@ -151,19 +168,12 @@ impl SimVm {
             };
             *total += (per_sec * secs).floor();
         }
+    }
 
+    // Sets the cpu_* gauges from the current utilization.
+    fn cpu_gauges(&self, rng: &mut Pcg64Mcg, metrics: &mut BTreeMap<String, f64>) {
         let cpu = self.cpu;
-        // What the real collectors can report: /proc/meminfo counts whole KiB, statvfs whole
-        // blocks (4 KiB on the usual file systems).
-        let kib = |bytes: f64| (bytes / 1024.0).floor() * 1024.0;
-        let blocks = |bytes: f64| (bytes / 4096.0).floor() * 4096.0;
-        let mem_used = kib(self.mem_total * self.mem_frac);
-        let swap_used = kib(self.swap_total * (self.mem_frac - 0.7).max(0.0));
-        let disk_used = blocks(self.disk_used);
-        let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
-        let mut set = |k: &str, v: f64| {
-            metrics.insert(k.to_owned(), (v * 100.0).round() / 100.0);
-        };
+        let mut set = |k: &str, v: f64| set_gauge(metrics, k, v);
         set("cpu_utilization", cpu);
         set("cpu_user", cpu * 0.7);
         set("cpu_system", cpu * 0.2);
@@ -177,6 +187,13 @@ impl SimVm {
         set("cpu_idle", 100.0 - cpu);
         set("cpu_num", self.cpu_num);
         set("cpu_speed", 2_400.0 + rng.random_range(-100.0..300.0));
+    }
+
+    // Sets the mem_* and swap_* gauges, in whole KiB as /proc/meminfo reports them.
+    fn memory_gauges(&self, metrics: &mut BTreeMap<String, f64>) {
+        let mem_used = kib(self.mem_total * self.mem_frac);
+        let swap_used = kib(self.swap_total * (self.mem_frac - 0.7).max(0.0));
+        let mut set = |k: &str, v: f64| set_gauge(metrics, k, v);
         set("mem_utilization", mem_used / self.mem_total * 100.0);
         set("mem_total", self.mem_total);
         set("mem_used", mem_used);
@@ -201,6 +218,12 @@ impl SimVm {
                 0.0
             },
         );
+    }
+
+    // Sets the load averages, process counts and uptime.
+    fn load_gauges(&self, rng: &mut Pcg64Mcg, metrics: &mut BTreeMap<String, f64>) {
+        let cpu = self.cpu;
+        let mut set = |k: &str, v: f64| set_gauge(metrics, k, v);
         set(
             "load_avg_1",
             cpu / 100.0 * self.cpu_num * rng.random_range(0.8..1.2),
@@ -210,7 +233,15 @@ impl SimVm {
         set("proc_run", (cpu / 100.0 * self.cpu_num).ceil());
         set("proc_num", 150.0 + (cpu * 2.0).floor());
         set("uptime", self.uptime);
+    }
 
+    // The per-device metrics (disk usage in whole blocks, disk I/O and network counters); counters
+    // of other families go into `metrics`.
+    fn device_metrics(
+        &self,
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> BTreeMap<String, BTreeMap<String, f64>> {
+        let disk_used = blocks(self.disk_used);
         let mut devices: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         let disk = devices.entry(self.devices.mount.to_owned()).or_default();
         disk.insert("disk_total".into(), self.disk_total);
@@ -235,14 +266,23 @@ impl SimVm {
             }
             .insert(m.name.to_owned(), total);
         }
-        MetricMessage {
-            v: damselfly_schemas::wire::WIRE_VERSION,
-            ts: ts_ms,
-            tags: self.tags.clone(),
-            metrics,
-            devices,
-        }
+        devices
     }
+}
+
+// Bytes rounded down to whole KiB, as /proc/meminfo counts them.
+fn kib(bytes: f64) -> f64 {
+    (bytes / 1024.0).floor() * 1024.0
+}
+
+// Bytes rounded down to whole blocks, as statvfs counts them (4 KiB on the usual file systems).
+fn blocks(bytes: f64) -> f64 {
+    (bytes / 4096.0).floor() * 4096.0
+}
+
+// Records gauge `name`, rounded to hundredths.
+fn set_gauge(metrics: &mut BTreeMap<String, f64>, name: &str, value: f64) {
+    metrics.insert(name.to_owned(), (value * 100.0).round() / 100.0);
 }
 
 /// What to simulate and how fast.
