@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::config::{GroupProtocol, MAX_PAYLOAD_BYTES, RunnerConfig, StartingPosition};
 use crate::destination::{Condition, Destination, FailedBatch};
 use crate::event::{event_size, kafka_event};
-use crate::function::Function;
+use crate::function::{Function, FunctionError};
 use crate::metrics::Stats;
 use crate::runner::{RunnerError, blocking};
 
@@ -492,6 +492,17 @@ struct Failure {
     at: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
+/// The invocations of one batch so far.
+#[derive(Default)]
+struct Tries {
+    /// Invocations started.
+    count: u32,
+    /// When the first one started.
+    first_at: Option<DateTime<Utc>>,
+    /// The last failed one's error message and when it came back.
+    last: Option<(String, DateTime<Utc>)>,
+}
+
 /// How one attempt loop over a batch ended.
 enum Attempted {
     Succeeded,
@@ -725,11 +736,63 @@ impl Worker {
     }
 
     /// Invokes a batch until it succeeds, fails for good, is revoked or the worker stops.
+    ///
+    /// Each round, in this order: drop revoked records and wait out a hold ([`ready`](Self::ready)),
+    /// fail on records past `--max-record-age` ([`too_old`](Self::too_old)), invoke and commit on
+    /// success ([`invoke`](Self::invoke)), fail on a non-retryable error or spent retries
+    /// ([`gives_up`](Self::gives_up)), else back off with the partitions paused
+    /// ([`back_off`](Self::back_off)).
     async fn attempt(&mut self, part: &mut Vec<Msg>) -> Attempted {
-        let mut attempts = 0_u32;
+        let mut tries = Tries::default();
         let mut delays = retry_delays(FIRST_RETRY_DELAY);
-        let mut first_at: Option<DateTime<Utc>> = None;
-        let mut last: Option<(String, DateTime<Utc>)> = None;
+        loop {
+            if let Err(end) = self.ready(part).await {
+                return end;
+            }
+            if let Some(failure) = self.too_old(part, &tries) {
+                return Attempted::Failed(failure);
+            }
+            tries.count += 1;
+            if tries.count > 1 {
+                self.stats.retries.fetch_add(1, Relaxed);
+            }
+            tries.first_at.get_or_insert_with(Utc::now);
+            let e = match self.invoke(part).await {
+                Ok(end) => return end,
+                Err(e) => e,
+            };
+            self.stats.invocation_errors.fetch_add(1, Relaxed);
+            let now = Utc::now();
+            if let Some(condition) = self.gives_up(&e, tries.count) {
+                return Attempted::Failed(Failure {
+                    condition,
+                    attempts: tries.count,
+                    message: e.message.clone(),
+                    retryable: e.retryable,
+                    at: tries.first_at.map(|f| (f, now)),
+                });
+            }
+            self.control.idle();
+            tries.last = Some((e.message.clone(), now));
+            let delay = delays.next().unwrap_or(MAX_RETRY_DELAY);
+            tracing::warn!(
+                worker = self.id,
+                attempt = tries.count,
+                first = %first_id(part),
+                records = part.len(),
+                error = %e,
+                retry_in_ms = delay.as_millis() as u64,
+                "batch failed; retrying"
+            );
+            if let Err(end) = self.back_off(part, delay).await {
+                return end;
+            }
+        }
+    }
+
+    /// Drops the batch's revoked records and waits out a hold until the worker may invoke (it is
+    /// then marked busy); Err is how the attempt ends instead (revoked, or stopped).
+    async fn ready(&mut self, part: &mut Vec<Msg>) -> Result<(), Attempted> {
         loop {
             self.ownership.retain(part);
             if part.is_empty() {
@@ -738,107 +801,95 @@ impl Worker {
                     worker = self.id,
                     "the batch's partitions were revoked: abandoned uncommitted"
                 );
-                return Attempted::Lost;
+                return Err(Attempted::Lost);
             }
             match self.control.gate() {
-                Gate::Stop => return self.abandon(part),
+                Gate::Stop => return Err(self.abandon(part)),
                 Gate::Hold => {
                     if !self.hold().await {
-                        return self.abandon(part);
+                        return Err(self.abandon(part));
                     }
-                    continue;
                 }
-                Gate::Go => {}
+                Gate::Go => return Ok(()),
             }
-            if let Some(max_age) = self.config.max_record_age
-                && oldest_age(part).is_some_and(|age| age > max_age)
-            {
-                return Attempted::Failed(Failure {
-                    condition: Condition::RecordAgeExceeded,
-                    attempts,
-                    message: last.as_ref().map_or_else(
-                        || {
-                            format!(
-                                "records older than --max-record-age {}",
-                                humantime::format_duration(max_age)
-                            )
-                        },
-                        |l| l.0.clone(),
-                    ),
-                    retryable: true,
-                    at: first_at.zip(last.map(|l| l.1)),
-                });
+        }
+    }
+
+    /// The failure of a batch whose oldest record is older than `--max-record-age`, if it is.
+    fn too_old(&self, part: &[Msg], tries: &Tries) -> Option<Failure> {
+        let max_age = self.config.max_record_age?;
+        if oldest_age(part).is_none_or(|age| age <= max_age) {
+            return None;
+        }
+        Some(Failure {
+            condition: Condition::RecordAgeExceeded,
+            attempts: tries.count,
+            message: tries.last.as_ref().map_or_else(
+                || {
+                    format!(
+                        "records older than --max-record-age {}",
+                        humantime::format_duration(max_age)
+                    )
+                },
+                |l| l.0.clone(),
+            ),
+            retryable: true,
+            at: tries.first_at.zip(tries.last.as_ref().map(|l| l.1)),
+        })
+    }
+
+    /// Invokes the function once on the batch and, when it succeeds, commits past it: Ok is how
+    /// the attempt ends (succeeded, or stopped during the invocation), Err the function's error.
+    async fn invoke(&mut self, part: &[Msg]) -> Result<Attempted, FunctionError> {
+        let event = kafka_event(part.iter().map(|m| &m.m), &self.config.kafka.brokers);
+        let (function, control) = (self.function.clone(), self.control.clone());
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = function.invoke(event) => r,
+            _ = control.stopping() => {
+                self.control.idle();
+                return Ok(self.abandon(part));
             }
-            attempts += 1;
-            if attempts > 1 {
-                self.stats.retries.fetch_add(1, Relaxed);
-            }
-            first_at.get_or_insert_with(Utc::now);
-            let event = kafka_event(part.iter().map(|m| &m.m), &self.config.kafka.brokers);
-            let (function, control) = (self.function.clone(), self.control.clone());
-            let started = Instant::now();
-            let result = tokio::select! {
-                r = function.invoke(event) => r,
-                _ = control.stopping() => {
-                    self.control.idle();
-                    return self.abandon(part);
-                }
-            };
-            self.stats.invocation_seconds.observe(started.elapsed());
-            let e = match result {
-                Ok(result) => {
-                    tracing::debug!(worker = self.id, records = part.len(), ms = started.elapsed().as_millis() as u64, %result, "batch ok");
-                    self.stats.records.fetch_add(part.len() as u64, Relaxed);
-                    self.stats.batches.fetch_add(1, Relaxed);
-                    self.commit(part).await;
-                    self.control.idle();
-                    return Attempted::Succeeded;
-                }
-                Err(e) => e,
-            };
-            self.stats.invocation_errors.fetch_add(1, Relaxed);
-            let now = Utc::now();
-            let failure = |condition| Failure {
-                condition,
-                attempts,
-                message: e.message.clone(),
-                retryable: e.retryable,
-                at: first_at.map(|f| (f, now)),
-            };
-            if !e.retryable && self.config.fail_fast_non_retryable {
-                return Attempted::Failed(failure(Condition::NonRetryableError));
-            }
-            if self
-                .config
-                .max_retry_attempts
-                .is_some_and(|max| attempts > max)
-            {
-                return Attempted::Failed(failure(Condition::RetryAttemptsExhausted));
-            }
-            self.control.idle();
-            last = Some((e.message.clone(), now));
-            let delay = delays.next().unwrap_or(MAX_RETRY_DELAY);
-            tracing::warn!(
-                worker = self.id,
-                attempt = attempts,
-                first = %first_id(part),
-                records = part.len(),
-                error = %e,
-                retry_in_ms = delay.as_millis() as u64,
-                "batch failed; retrying"
-            );
-            // Back off with the partitions paused, serving rebalances meanwhile.
-            let deadline = Instant::now() + delay;
-            loop {
-                match self.serve(deadline).await {
-                    Served::Stopped => return self.abandon(part),
-                    Served::Deadline => break,
-                    Served::Woken => {}
-                    Served::Rebalanced => {
-                        self.ownership.retain(part);
-                        if part.is_empty() {
-                            break;
-                        }
+        };
+        self.stats.invocation_seconds.observe(started.elapsed());
+        let result = result?;
+        tracing::debug!(worker = self.id, records = part.len(), ms = started.elapsed().as_millis() as u64, %result, "batch ok");
+        self.stats.records.fetch_add(part.len() as u64, Relaxed);
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.commit(part).await;
+        self.control.idle();
+        Ok(Attempted::Succeeded)
+    }
+
+    /// Why a failed invocation is the batch's last, if it is: a non-retryable error under
+    /// `--fail-fast-non-retryable`, then more than `--max-retry-attempts` attempts.
+    fn gives_up(&self, e: &FunctionError, attempts: u32) -> Option<Condition> {
+        if !e.retryable && self.config.fail_fast_non_retryable {
+            return Some(Condition::NonRetryableError);
+        }
+        if self
+            .config
+            .max_retry_attempts
+            .is_some_and(|max| attempts > max)
+        {
+            return Some(Condition::RetryAttemptsExhausted);
+        }
+        None
+    }
+
+    /// Backs off for `delay` with the partitions paused, serving rebalances meanwhile (a batch
+    /// left empty by them ends the wait early); Err is how the attempt ends if the worker stops.
+    async fn back_off(&mut self, part: &mut Vec<Msg>, delay: Duration) -> Result<(), Attempted> {
+        let deadline = Instant::now() + delay;
+        loop {
+            match self.serve(deadline).await {
+                Served::Stopped => return Err(self.abandon(part)),
+                Served::Deadline => return Ok(()),
+                Served::Woken => {}
+                Served::Rebalanced => {
+                    self.ownership.retain(part);
+                    if part.is_empty() {
+                        return Ok(());
                     }
                 }
             }
