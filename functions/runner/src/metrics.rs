@@ -146,76 +146,90 @@ impl StatsCollector {
     }
 }
 
+/// A counter family of [`COUNTERS`]: name, help, and where the value is.
+type Counter = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
+
+/// A gauge family of [`GAUGES`]: name, help, and how to read the value.
+type Gauge = (&'static str, &'static str, fn(&Stats) -> i64);
+
+/// The runner's counters: name (after `damselfly_runner_`, and without `_total`, which the encoder
+/// appends to the samples), help, and where the value is.
+const COUNTERS: [Counter; 10] = [
+    ("records", "Records processed successfully.", |s| &s.records),
+    ("batches", "Batches processed successfully.", |s| &s.batches),
+    ("invocation_errors", "Failed invocations.", |s| {
+        &s.invocation_errors
+    }),
+    ("retries", "Invocations that retried a failed batch.", |s| {
+        &s.retries
+    }),
+    ("bisections", "Failing batches split in halves.", |s| {
+        &s.bisections
+    }),
+    (
+        "on_failure_batches",
+        "Batches sent to the on-failure destination.",
+        |s| &s.on_failure_batches,
+    ),
+    (
+        "on_failure_records",
+        "Records sent to the on-failure destination.",
+        |s| &s.on_failure_records,
+    ),
+    (
+        "abandoned_batches",
+        "Batches given up uncommitted (revoked or shut down).",
+        |s| &s.abandoned_batches,
+    ),
+    ("commit_failures", "Offset commits that failed.", |s| {
+        &s.commit_failures
+    }),
+    (
+        "rebalances",
+        "Partition assignments and revocations seen by workers.",
+        |s| &s.rebalances,
+    ),
+];
+
+/// The runner's gauges without labels of their own: name (after `damselfly_runner_`), help, and
+/// how to read the value.
+const GAUGES: [Gauge; 3] = [
+    (
+        "workers",
+        "Workers (consumer-group members) running.",
+        |s| s.workers.load(Relaxed) as i64,
+    ),
+    (
+        "desired_workers",
+        "Workers the last lag measurement called for.",
+        |s| s.desired_workers.load(Relaxed) as i64,
+    ),
+    (
+        "group_lag",
+        "Total lag of the group (high watermark - committed offset).",
+        |s| s.group_lag.load(Relaxed),
+    ),
+];
+
 impl Collector for StatsCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
         let s = &self.stats;
-        // Counter names without `_total`: the encoder appends it to the samples.
-        for (name, help, value) in [
-            ("records", "Records processed successfully.", &s.records),
-            ("batches", "Batches processed successfully.", &s.batches),
-            (
-                "invocation_errors",
-                "Failed invocations.",
-                &s.invocation_errors,
-            ),
-            (
-                "retries",
-                "Invocations that retried a failed batch.",
-                &s.retries,
-            ),
-            (
-                "bisections",
-                "Failing batches split in halves.",
-                &s.bisections,
-            ),
-            (
-                "on_failure_batches",
-                "Batches sent to the on-failure destination.",
-                &s.on_failure_batches,
-            ),
-            (
-                "on_failure_records",
-                "Records sent to the on-failure destination.",
-                &s.on_failure_records,
-            ),
-            (
-                "abandoned_batches",
-                "Batches given up uncommitted (revoked or shut down).",
-                &s.abandoned_batches,
-            ),
-            (
-                "commit_failures",
-                "Offset commits that failed.",
-                &s.commit_failures,
-            ),
-            (
-                "rebalances",
-                "Partition assignments and revocations seen by workers.",
-                &s.rebalances,
-            ),
-        ] {
-            self.counter(&mut e, &format!("damselfly_runner_{name}"), help, value)?;
+        for (name, help, value) in COUNTERS {
+            self.counter(&mut e, &format!("damselfly_runner_{name}"), help, value(s))?;
         }
-        let gauge = |a: &AtomicU64| a.load(Relaxed) as i64;
-        self.gauge(
-            &mut e,
-            "damselfly_runner_workers",
-            "Workers (consumer-group members) running.",
-            gauge(&s.workers),
-        )?;
-        self.gauge(
-            &mut e,
-            "damselfly_runner_desired_workers",
-            "Workers the last lag measurement called for.",
-            gauge(&s.desired_workers),
-        )?;
-        self.gauge(
-            &mut e,
-            "damselfly_runner_group_lag",
-            "Total lag of the group (high watermark - committed offset).",
-            s.group_lag.load(Relaxed),
-        )?;
+        for (name, help, value) in GAUGES {
+            self.gauge(&mut e, &format!("damselfly_runner_{name}"), help, value(s))?;
+        }
+        self.scaling_events(&mut e)?;
+        self.partition_lag(&mut e)?;
+        self.invocation_duration(&mut e)
+    }
+}
 
+impl StatsCollector {
+    /// Encodes the scaling decisions that changed the number of workers, one series per direction.
+    fn scaling_events(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = &self.stats;
         let mut scaling = e.encode_descriptor(
             "damselfly_runner_scaling_events",
             "Scaling decisions that changed the number of workers.",
@@ -226,8 +240,17 @@ impl Collector for StatsCollector {
             let labels = self.with("direction", direction.to_owned());
             ConstCounter::new(n.load(Relaxed)).encode(scaling.encode_family(&labels)?)?;
         }
+        Ok(())
+    }
 
-        let lags = s.partition_lag.lock().expect("not poisoned").clone();
+    /// Encodes the lag of each partition at the last measurement, one series per partition.
+    fn partition_lag(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let lags = self
+            .stats
+            .partition_lag
+            .lock()
+            .expect("not poisoned")
+            .clone();
         let mut partition_lag = e.encode_descriptor(
             "damselfly_runner_partition_lag",
             "Lag of each partition (high watermark - committed offset).",
@@ -238,16 +261,19 @@ impl Collector for StatsCollector {
             let labels = self.with("partition", p.to_string());
             ConstGauge::new(lag).encode(partition_lag.encode_family(&labels)?)?;
         }
+        Ok(())
+    }
 
+    /// Encodes the invocation latency histogram.
+    fn invocation_duration(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let histogram = &self.stats.invocation_seconds.inner;
         let mut latency = e.encode_descriptor(
             "damselfly_runner_invocation_duration_seconds",
             "Latency of function invocations.",
             None,
-            s.invocation_seconds.inner.metric_type(),
+            histogram.metric_type(),
         )?;
-        s.invocation_seconds
-            .inner
-            .encode(latency.encode_family(&self.labels)?)
+        histogram.encode(latency.encode_family(&self.labels)?)
     }
 }
 
