@@ -353,105 +353,137 @@ impl Connection {
     }
 
     /// Checks that the settings can work together and that the files they name are readable.
+    ///
+    /// The checks run in this order and the first that fails is the error.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let n = self.naming;
-        let s = &self.security;
-        let err = |field, why: String| Err(SettingsError::new(n, field, why));
+        self.check_brokers()?;
+        self.check_protocol_and_mechanism()?;
+        self.check_credentials()?;
+        self.check_tls_files_need_tls()?;
+        self.check_certificate_and_key()?;
+        self.check_files_readable()
+    }
+
+    /// The error about `field`, named the way the user wrote the settings.
+    fn error(&self, field: Field, why: impl Into<String>) -> Result<(), SettingsError> {
+        Err(SettingsError::new(self.naming, field, why))
+    }
+
+    /// Checks that there are bootstrap brokers.
+    fn check_brokers(&self) -> Result<(), SettingsError> {
         if self.brokers.trim().is_empty() {
-            return err(
-                Field::Brokers,
-                "must not be empty (host:port[,host:port])".into(),
+            return self.error(Field::Brokers, "must not be empty (host:port[,host:port])");
+        }
+        Ok(())
+    }
+
+    /// Checks that a SASL protocol has a mechanism and that a mechanism has a SASL protocol.
+    fn check_protocol_and_mechanism(&self) -> Result<(), SettingsError> {
+        let protocol = self.security.protocol();
+        match (protocol.sasl(), self.security.mechanism) {
+            (true, None) => self.error(
+                Field::SaslMechanism,
+                format!(
+                    "{protocol} needs a SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM"
+                ),
+            ),
+            (false, Some(m)) => self.error(
+                Field::SecurityProtocol,
+                format!(
+                    "is {protocol}, which does not use SASL, but the SASL mechanism is {m}: set sasl_ssl (or leave it unset)"
+                ),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that the SASL mechanism has the credentials it takes, and no others.
+    fn check_credentials(&self) -> Result<(), SettingsError> {
+        let s = &self.security;
+        let Some(m) = s.mechanism else {
+            return Ok(());
+        };
+        if m.takes_password() {
+            if s.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                return self.error(Field::SaslUsername, format!("{m} needs a user name"));
+            }
+            if s.password.as_ref().is_none_or(|p| p.expose().is_empty()) {
+                return self.error(Field::SaslPassword, format!("{m} needs a password"));
+            }
+            return Ok(());
+        }
+        if m == SaslMechanism::OAuthBearer && self.tokens.is_none() {
+            return self.error(
+                Field::SaslMechanism,
+                "OAUTHBEARER needs a token source from the program; for Amazon MSK use AWS_MSK_IAM",
             );
         }
+        if !s.protocol().tls() {
+            return self.error(
+                Field::SecurityProtocol,
+                format!("{m} works over TLS only: use sasl_ssl (MSK's IAM listener is port 9098)"),
+            );
+        }
+        if s.username.is_some() || s.password.is_some() {
+            return self.error(
+                Field::SaslUsername,
+                "AWS_MSK_IAM takes no user name or password (it signs with the AWS credentials): remove them",
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that no CA or client certificate is set on a connection without TLS.
+    fn check_tls_files_need_tls(&self) -> Result<(), SettingsError> {
+        let s = &self.security;
         let protocol = s.protocol();
-        match (protocol.sasl(), s.mechanism) {
-            (true, None) => {
-                return err(
-                    Field::SaslMechanism,
+        if protocol.tls() {
+            return Ok(());
+        }
+        for (field, path) in [
+            (Field::SslCaLocation, &s.ca_location),
+            (Field::SslCertificateLocation, &s.certificate_location),
+        ] {
+            if path.is_some() {
+                return self.error(
+                    field,
                     format!(
-                        "{protocol} needs a SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM"
+                        "is set but the security protocol is {protocol}, without TLS: use ssl or sasl_ssl"
                     ),
                 );
             }
-            (false, Some(m)) => {
-                return err(
-                    Field::SecurityProtocol,
-                    format!(
-                        "is {protocol}, which does not use SASL, but the SASL mechanism is {m}: set sasl_ssl (or leave it unset)"
-                    ),
-                );
-            }
-            _ => {}
         }
-        if let Some(m) = s.mechanism {
-            if m.takes_password() {
-                if s.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
-                    return err(Field::SaslUsername, format!("{m} needs a user name"));
-                }
-                if s.password.as_ref().is_none_or(|p| p.expose().is_empty()) {
-                    return err(Field::SaslPassword, format!("{m} needs a password"));
-                }
-            } else {
-                if m == SaslMechanism::OAuthBearer && self.tokens.is_none() {
-                    return err(
-                        Field::SaslMechanism,
-                        "OAUTHBEARER needs a token source from the program; for Amazon MSK use AWS_MSK_IAM".into(),
-                    );
-                }
-                if !protocol.tls() {
-                    return err(
-                        Field::SecurityProtocol,
-                        format!(
-                            "{m} works over TLS only: use sasl_ssl (MSK's IAM listener is port 9098)"
-                        ),
-                    );
-                }
-                if s.username.is_some() || s.password.is_some() {
-                    return err(
-                        Field::SaslUsername,
-                        "AWS_MSK_IAM takes no user name or password (it signs with the AWS credentials): remove them"
-                            .into(),
-                    );
-                }
-            }
+        Ok(())
+    }
+
+    /// Checks that a client certificate and its private key come together.
+    fn check_certificate_and_key(&self) -> Result<(), SettingsError> {
+        match (
+            &self.security.certificate_location,
+            &self.security.key_location,
+        ) {
+            (Some(_), None) => self.error(
+                Field::SslKeyLocation,
+                "a client certificate needs its private key",
+            ),
+            (None, Some(_)) => self.error(
+                Field::SslCertificateLocation,
+                "a private key was given without its client certificate",
+            ),
+            _ => Ok(()),
         }
-        if !protocol.tls() {
-            for (field, path) in [
-                (Field::SslCaLocation, &s.ca_location),
-                (Field::SslCertificateLocation, &s.certificate_location),
-            ] {
-                if path.is_some() {
-                    return err(
-                        field,
-                        format!(
-                            "is set but the security protocol is {protocol}, without TLS: use ssl or sasl_ssl"
-                        ),
-                    );
-                }
-            }
-        }
-        match (&s.certificate_location, &s.key_location) {
-            (Some(_), None) => {
-                return err(
-                    Field::SslKeyLocation,
-                    "a client certificate needs its private key".into(),
-                );
-            }
-            (None, Some(_)) => {
-                return err(
-                    Field::SslCertificateLocation,
-                    "a private key was given without its client certificate".into(),
-                );
-            }
-            _ => {}
-        }
+    }
+
+    /// Checks that the TLS files that are set are readable PEM files.
+    fn check_files_readable(&self) -> Result<(), SettingsError> {
+        let s = &self.security;
         for (field, path) in [
             (Field::SslCaLocation, &s.ca_location),
             (Field::SslCertificateLocation, &s.certificate_location),
             (Field::SslKeyLocation, &s.key_location),
         ] {
             if let Some(path) = path {
-                readable_pem(path).map_err(|why| SettingsError::new(n, field, why))?;
+                readable_pem(path).map_err(|why| SettingsError::new(self.naming, field, why))?;
             }
         }
         Ok(())
