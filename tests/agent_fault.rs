@@ -52,6 +52,22 @@ const PARTITIONS: i32 = 3;
 /// The two tests stop and start brokers and time their steps: they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Called once the agent logged its drain: waits for a collection made `AFTER_DRAIN` after that
+/// point to be on the topic (live sending resumed behind the resent backlog) and returns that
+/// point with the reads: collections made from it on came after the drain.
+fn live_after_drain(broker: &LocalBroker, topic: &str, vm: &str) -> (i64, Vec<Read>) {
+    let resumed_ms = now_ms() + AFTER_DRAIN;
+    let reads = wait_for_topic(
+        &broker.brokers(),
+        topic,
+        PARTITIONS,
+        "a collection made after the drain",
+        LIMIT,
+        |reads| reads.iter().any(|r| r.vm == vm && r.ts >= resumed_ms),
+    );
+    (resumed_ms, reads)
+}
+
 /// Writes to the process's stderr directly, so the report shows even when libtest captures output.
 macro_rules! report {
     ($($arg:tt)*) => {{
@@ -214,17 +230,8 @@ fn a_broker_outage_loses_nothing_and_keeps_order() {
     ));
 
     agent.wait_for_log("spool drained: broker is back", drained_before + 1, LIMIT);
-    // The drain was logged by now: collections made from `resumed_ms` on came after it.
-    let resumed_ms = now_ms() + AFTER_DRAIN;
     t.note("agent: spool drained");
-    let running = wait_for_topic(
-        &broker.brokers(),
-        &topic,
-        PARTITIONS,
-        "a collection made after the drain",
-        LIMIT,
-        |reads| reads.iter().any(|r| r.vm == vm && r.ts >= resumed_ms),
-    );
+    let (resumed_ms, running) = live_after_drain(&broker, &topic, vm);
     t.note(format!(
         "read back {} messages while the agent still runs, live sending resumed",
         running.len()
@@ -353,16 +360,8 @@ fn b_agent_killed_during_outage_loses_nothing() {
         (up_ms - down_ms) as f64 / 1000.0
     ));
     second.wait_for_log("spool drained: broker is back", 1, LIMIT);
-    let resumed_ms = now_ms() + AFTER_DRAIN;
     t.note("agent 2: spool drained");
-    wait_for_topic(
-        &broker.brokers(),
-        &topic,
-        PARTITIONS,
-        "a collection made after the drain",
-        LIMIT,
-        |reads| reads.iter().any(|r| r.vm == vm && r.ts >= resumed_ms),
-    );
+    live_after_drain(&broker, &topic, vm);
     t.note("agent 2: live sending resumed");
     sleep_to_half_second();
     let stats = second.stop();

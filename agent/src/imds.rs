@@ -269,6 +269,19 @@ mod tests {
 
     type Handler = fn(&Seen) -> Option<(u16, String)>;
 
+    /// Reads a request up to the end of its head; `None` if the client went away first.
+    async fn read_head(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut chunk = [0_u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Some(buf)
+    }
+
     /// A fake metadata server on 127.0.0.1:0; a handler answering `None` never answers.
     async fn fake(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -282,14 +295,9 @@ mod tests {
                 };
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0_u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
+                    let Some(buf) = read_head(&mut sock).await else {
+                        return;
+                    };
                     let text = String::from_utf8_lossy(&buf).into_owned();
                     let mut lines = text.lines();
                     let mut first = lines.next().unwrap().split(' ');
@@ -453,15 +461,9 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0_u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    if read_head(&mut sock).await.is_some() {
+                        let _ = sock.write_all(reply).await;
                     }
-                    let _ = sock.write_all(reply).await;
                 });
             }
         });

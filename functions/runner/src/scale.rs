@@ -271,6 +271,14 @@ mod tests {
         changes
     }
 
+    /// Each change as (ms, from, to, reason), the shape the scenarios assert.
+    fn moves(changes: &[(u64, Decision)]) -> Vec<(u64, usize, usize, Reason)> {
+        changes
+            .iter()
+            .map(|(ms, d)| (*ms, d.from, d.to, d.reason))
+            .collect()
+    }
+
     /// The scenario of `tests/scaling.rs` with exact times: a burst of 2,400 records published at
     /// 3.4 s, drained by 8.2 s. Scale-out is decided at the first evaluation after the lag
     /// crosses (4 s: within one interval, which the end-to-end test asserted as "within two
@@ -289,10 +297,7 @@ mod tests {
             _ => 0,
         };
         let changes = drive(end_to_end_config(), 12, 20_000, lag, |_| false);
-        let at: Vec<(u64, usize, usize, Reason)> = changes
-            .iter()
-            .map(|(ms, d)| (*ms, d.from, d.to, d.reason))
-            .collect();
+        let at = moves(&changes);
         assert_eq!(
             at,
             [
@@ -341,10 +346,7 @@ mod tests {
             _ => 0,
         };
         let changes = drive(config, 12, 30_000, lag, |_| false);
-        let at: Vec<(u64, usize, usize, Reason)> = changes
-            .iter()
-            .map(|(ms, d)| (*ms, d.from, d.to, d.reason))
-            .collect();
+        let at = moves(&changes);
         assert_eq!(
             at,
             [
