@@ -90,7 +90,7 @@ pub struct Config {
 pub use damselfly_core::env::EnvError as ConfigError;
 
 /// The rules object inside a lake when `ALARM_RULES` is not set.
-pub const DEFAULT_RULES_KEY: &str = "_config/alarm-rules.json";
+pub use damselfly_core::alarm::DEFAULT_RULES_KEY;
 
 /// The default consumer group / state namespace of the alarm function.
 pub const DEFAULT_GROUP: &str = "damselfly-alarm";

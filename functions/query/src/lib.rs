@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod live;
 pub mod prune;
 
@@ -29,6 +30,7 @@ use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
+use object_store::ObjectStore;
 use object_store::path::Path;
 
 /// Hive partition columns every table has, from its object paths.
@@ -94,6 +96,8 @@ pub struct LakeSql {
     runtime: LakeRuntime,
     /// The tables registered over files (the others are empty tables).
     with_files: BTreeSet<&'static str>,
+    /// The lake's store, rooted at the lake (for the objects that are not tables, such as rules).
+    store: Arc<dyn ObjectStore>,
 }
 
 impl LakeSql {
@@ -198,7 +202,13 @@ impl LakeSql {
             ctx,
             runtime,
             with_files,
+            store: lake.store().clone(),
         })
+    }
+
+    /// The lake's object store, rooted at the lake.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// Whether `table` has files in the lake (an empty table still answers, with no rows).

@@ -20,6 +20,9 @@ pub use eval::{
 };
 pub use import::{CbAlertTask, ImportError, import_alert_task, import_alert_tasks};
 pub use notify::alarms_batch;
+/// Where a lake keeps its alarm rules (a JSON [`RuleSet`]) unless told otherwise.
+pub const DEFAULT_RULES_KEY: &str = "_config/alarm-rules.json";
+
 pub use rules::{Comparator, MOfN, MissingData, Rule, RuleError, RuleSet, Scope, Statistic};
 
 /// Whether a metric name is a counter's derived rate (`bytes_in_rate`), computed from raw totals.

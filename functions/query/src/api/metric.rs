@@ -117,47 +117,85 @@ pub fn metric_sql(req: &MetricRequest, now_ms: i64, has_table: impl Fn(&str) -> 
         ts_literal(now_ms),
         partitions_from(from)
     );
-    // Coarsest first: each table answers up to its watermark, the next finer one after it.
-    let sources: Vec<(&str, Period)> = SOURCES
-        .iter()
-        .rev()
-        .filter(|(t, p)| {
-            *p == Period::Minute || (p.millis() <= req.period.millis() && has_table(t))
-        })
-        .copied()
-        .collect();
-    let stat = req.statistic.merge_sql();
-    let window = match req.period {
+    let stat = format!("{} AS v", req.statistic.merge_sql());
+    windows_sql(&filter, from, req.period, &stat, has_table)
+}
+
+/// The SQL that merges the rollup rows passing `filter` (which must bound `window_start` from
+/// `from`) into `period` windows, selecting `w`, `device`, `metric`, the `select` expressions over
+/// the merged partials, and the latest `csp`, `region`, `os`; ordered by window, device, metric.
+///
+/// Coarsest table first: each table answers up to its watermark, the next finer one after it, so
+/// a window is read from exactly one table; `has_table` says which coarse tables hold files.
+pub fn windows_sql(
+    filter: &str,
+    from: i64,
+    period: Period,
+    select: &str,
+    has_table: impl Fn(&str) -> bool,
+) -> String {
+    let window = match period {
         Period::Minute => "window_start".to_owned(),
         p => format!("date_trunc('{}', window_start)", p.trunc_unit()),
     };
-    let body = if sources.len() == 1 {
-        format!("rollup_1m WHERE {filter}")
-    } else {
-        let mut parts = Vec::new();
-        for (i, (table, _)) in sources.iter().enumerate() {
-            let mut where_ = filter.clone();
-            for (coarser, p) in &sources[..i] {
-                let _ = write!(
-                    where_,
-                    " AND window_start >= coalesce((SELECT max(window_start) + {} FROM {coarser} WHERE {filter}), {})",
-                    interval(*p),
-                    ts_literal(from)
-                );
-            }
-            parts.push(format!(
-                r#"SELECT window_start, device, metric, "count", "sum", "min", "max", "last", last_ts, csp, region, os FROM {table} WHERE {where_}"#
-            ));
-        }
-        format!("({}) AS src", parts.join(" UNION ALL "))
-    };
+    let body = rollup_sources_sql(
+        filter,
+        from,
+        period,
+        r#"window_start, device, metric, "count", "sum", "min", "max", "last", last_ts, csp, region, os"#,
+        has_table,
+    );
     format!(
-        "SELECT {window} AS w, device, metric, {stat} AS v, max(csp) AS csp, max(region) AS region, max(os) AS os \
+        "SELECT {window} AS w, device, metric, {select}, max(csp) AS csp, max(region) AS region, max(os) AS os \
          FROM {body} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
 }
 
-fn strings(col: &ArrayRef) -> Result<Vec<Option<String>>, ApiError> {
+/// The `FROM` clause that reads the rollup rows passing `filter` (which must bound `window_start`
+/// from `from`), `columns` of them, each window from exactly one table: the coarsest registered
+/// table no wider than `period` up to its watermark, the next finer one after it.
+pub fn rollup_sources_sql(
+    filter: &str,
+    from: i64,
+    period: Period,
+    columns: &str,
+    has_table: impl Fn(&str) -> bool,
+) -> String {
+    let sources: Vec<(&str, Period)> = SOURCES
+        .iter()
+        .rev()
+        .filter(|(t, p)| *p == Period::Minute || (p.millis() <= period.millis() && has_table(t)))
+        .copied()
+        .collect();
+    if sources.len() == 1 {
+        return format!("rollup_1m WHERE {filter}");
+    }
+    let mut parts = Vec::new();
+    for (i, (table, _)) in sources.iter().enumerate() {
+        let mut where_ = filter.to_owned();
+        for (coarser, p) in &sources[..i] {
+            let _ = write!(
+                where_,
+                " AND window_start >= coalesce((SELECT max(window_start) + {} FROM {coarser} WHERE {filter}), {})",
+                interval(*p),
+                ts_literal(from)
+            );
+        }
+        parts.push(format!("SELECT {columns} FROM {table} WHERE {where_}"));
+    }
+    format!("({}) AS src", parts.join(" UNION ALL "))
+}
+
+/// The SQL of the rollup tables that hold files besides `rollup_1m`.
+pub fn coarse_tables(sql: &LakeSql) -> Vec<&'static str> {
+    SOURCES[1..]
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| sql.holds_files(t))
+        .collect()
+}
+
+pub(crate) fn strings(col: &ArrayRef) -> Result<Vec<Option<String>>, ApiError> {
     let a = cast(col, &DataType::Utf8).map_err(ApiError::internal)?;
     Ok(a.as_string::<i32>()
         .iter()
@@ -165,19 +203,19 @@ fn strings(col: &ArrayRef) -> Result<Vec<Option<String>>, ApiError> {
         .collect())
 }
 
-fn millis(col: &ArrayRef) -> Result<Vec<Option<i64>>, ApiError> {
+pub(crate) fn millis(col: &ArrayRef) -> Result<Vec<Option<i64>>, ApiError> {
     let a = cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
         .and_then(|a| cast(&a, &DataType::Int64))
         .map_err(ApiError::internal)?;
     Ok(a.as_primitive::<Int64Type>().iter().collect())
 }
 
-fn floats(col: &ArrayRef) -> Result<Vec<Option<f64>>, ApiError> {
+pub(crate) fn floats(col: &ArrayRef) -> Result<Vec<Option<f64>>, ApiError> {
     let a = cast(col, &DataType::Float64).map_err(ApiError::internal)?;
     Ok(a.as_primitive::<Float64Type>().iter().collect())
 }
 
-fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ApiError> {
+pub(crate) fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ApiError> {
     b.column_by_name(name)
         .ok_or_else(|| ApiError::internal(format!("result lacks column {name}")))
 }
@@ -188,12 +226,7 @@ pub async fn metric_info(
     req: &MetricRequest,
     now_ms: i64,
 ) -> Result<MetricInfo, ApiError> {
-    let mut coarse = Vec::new();
-    for (table, _) in &SOURCES[1..] {
-        if sql.holds_files(table) {
-            coarse.push(*table);
-        }
-    }
+    let coarse = coarse_tables(sql);
     let query = metric_sql(req, now_ms, |t| coarse.contains(&t));
     tracing::debug!(sql = %query, "metric query");
     let batches = sql.query(&query).await?;

@@ -194,6 +194,11 @@ impl Api {
         }
     }
 
+    /// The clock's time, in milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        (self.now)()
+    }
+
     /// Answers one metric request now.
     pub async fn metric(&self, req: &MetricRequest) -> Result<MetricInfo, ApiError> {
         let sql = self.sql().await;
@@ -207,6 +212,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(HEALTHCHECK, get(|| async { StatusCode::NO_CONTENT }))
         .route(OPENAPI, get(openapi_document))
         .route(METRIC_INFO, get(metric_route))
+        .merge(crate::console::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(api)
