@@ -42,8 +42,8 @@ pub enum Command {
     /// Alarm rules and the alarm tick: rules list|put|delete|validate, import, tick.
     #[command(subcommand)]
     Alarm(AlarmCommand),
-    /// Serve the CB-Dragonfly-compatible metric API over the lake (axum; the same router as the
-    /// damselfly-query Lambda).
+    /// Serve the web console (at /) and the CB-Dragonfly-compatible metric API over the lake
+    /// (axum; the same router as the damselfly-query Lambda).
     Serve(ServeArgs),
     /// Replay the batches an on-failure destination kept (kafka://TOPIC, s3://BUCKET/PREFIX or
     /// file:///DIR) through a function; the lake gets every record once, however often it is run.
@@ -215,6 +215,10 @@ pub struct DemoArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Then keep serving the web console and the metric API over the demo lake on this address
+    /// (127.0.0.1:9090 when given without one) until Ctrl-C.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9090")]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 /// `damselfly simulate`.

@@ -90,6 +90,15 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
         print_answers(&args, &sql, &alarms).await?;
     }
     output::summary(args.json, &summary, &summary_line(&summary));
+    if let Some(listen) = args.serve {
+        if !args.json {
+            println!(
+                "\nThe console: http://{listen}/  (the fleet, each VM, the alarms; Ctrl-C stops)"
+            );
+        }
+        let limits = damselfly_query::api::Limits::default();
+        super::serve::serve_lake(&args.lake, listen, Duration::from_secs(5), limits).await?;
+    }
     Ok(())
 }
 

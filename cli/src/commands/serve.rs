@@ -1,4 +1,4 @@
-//! `damselfly serve`: the CB-Dragonfly-compatible metric API over the lake, on a TCP address (axum).
+//! `damselfly serve`: the web console and the CB-Dragonfly-compatible metric API over the lake, on a TCP address (axum).
 
 use std::sync::Arc;
 
@@ -7,26 +7,38 @@ use damselfly_query::api::{self, Api};
 
 use crate::cli::ServeArgs;
 
+/// Serves the console and the API over `args.lake` until Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let api = Arc::new(
-        Api::open(&args.lake, args.query.refresh)
-            .await
-            .with_context(|| format!("opening the lake {}", args.lake))?,
-    );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        url = %format!("http://{addr}{}", api::OPENAPI),
-        lake = %args.lake,
-        "serving the metric API (Ctrl-C stops)"
-    );
     let limits = api::Limits {
         timeout: args.request_timeout,
         concurrency: args.max_concurrent.into(),
     };
+    serve_lake(&args.lake, args.listen, args.query.refresh, limits).await
+}
+
+/// Serves the console and the API over `lake` on `listen` until Ctrl-C, saying where.
+pub async fn serve_lake(
+    lake: &str,
+    listen: std::net::SocketAddr,
+    refresh: std::time::Duration,
+    limits: api::Limits,
+) -> anyhow::Result<()> {
+    let api = Arc::new(
+        Api::open(lake, refresh)
+            .await
+            .with_context(|| format!("opening the lake {lake}"))?,
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        console = %format!("http://{addr}/"),
+        api = %format!("http://{addr}{}", api::OPENAPI),
+        lake = %lake,
+        "serving the console and the metric API (Ctrl-C stops)"
+    );
     api::serve(listener, api, limits, super::shutdown_signal()).await?;
-    tracing::info!("metric API stopped");
+    tracing::info!("console and metric API stopped");
     Ok(())
 }
