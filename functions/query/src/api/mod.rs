@@ -11,7 +11,7 @@ pub mod metric;
 pub mod openapi;
 pub mod params;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,13 +16,13 @@ use super::*;
 use crate::LakeSql;
 
 /// 2025-11-21T12:00:00Z.
-const T0: i64 = 1_763_726_400_000;
-const STEP: i64 = 20_000;
+pub(crate) const T0: i64 = 1_763_726_400_000;
+pub(crate) const STEP: i64 = 20_000;
 /// Three hours of samples every 20 s.
-const N: i64 = 540;
-const NOW: i64 = T0 + N * STEP;
+pub(crate) const N: i64 = 540;
+pub(crate) const NOW: i64 = T0 + N * STEP;
 
-fn cpu(i: i64) -> f64 {
+pub(crate) fn cpu(i: i64) -> f64 {
     ((i * 37) % 101) as f64 / 2.0
 }
 
@@ -47,7 +47,7 @@ fn message(i: i64) -> String {
 }
 
 /// Writes the samples as the aggregate function would, in batches of `per_batch` records.
-async fn write_lake(dir: &Path, per_batch: i64) -> Lake {
+pub(crate) async fn write_lake(dir: &Path, per_batch: i64) -> Lake {
     let lake = Lake::open(dir.to_str().unwrap()).unwrap();
     let mut tail = Default::default();
     for start in (0..N).step_by(per_batch as usize) {
@@ -72,7 +72,7 @@ async fn write_lake(dir: &Path, per_batch: i64) -> Lake {
 }
 
 /// The statistic of each window, recomputed from the samples.
-fn expected(
+pub(crate) fn expected(
     samples: impl Iterator<Item = (i64, f64)>,
     period: Period,
     stat: Statistic,
@@ -98,7 +98,7 @@ fn expected(
         .collect()
 }
 
-fn rates() -> Vec<(i64, f64)> {
+pub(crate) fn rates() -> Vec<(i64, f64)> {
     (1..N)
         .filter_map(|i| {
             let dv = bytes_in(i) - bytes_in(i - 1);
@@ -107,7 +107,7 @@ fn rates() -> Vec<(i64, f64)> {
         .collect()
 }
 
-fn request(family: &str, period: &str, stat: &str, duration: &str) -> MetricRequest {
+pub(crate) fn request(family: &str, period: &str, stat: &str, duration: &str) -> MetricRequest {
     let q = vec![
         ("periodType".to_owned(), period.to_owned()),
         ("statisticsCriteria".to_owned(), stat.to_owned()),
@@ -116,7 +116,7 @@ fn request(family: &str, period: &str, stat: &str, duration: &str) -> MetricRequ
     MetricRequest::parse("ns1", "web", "vm-1", family, &q).unwrap()
 }
 
-fn answered(info: &MetricInfo, field: &str) -> BTreeMap<i64, f64> {
+pub(crate) fn answered(info: &MetricInfo, field: &str) -> BTreeMap<i64, f64> {
     info.values
         .iter()
         .map(|v| {
@@ -126,7 +126,7 @@ fn answered(info: &MetricInfo, field: &str) -> BTreeMap<i64, f64> {
         .collect()
 }
 
-fn assert_close(a: &BTreeMap<i64, f64>, b: &BTreeMap<i64, f64>, what: &str) {
+pub(crate) fn assert_close(a: &BTreeMap<i64, f64>, b: &BTreeMap<i64, f64>, what: &str) {
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
         b.keys().collect::<Vec<_>>(),

@@ -5,6 +5,7 @@ use base64::Engine as _;
 use maud::{Markup, html};
 
 use super::chart;
+use super::ingest::{self, Landed};
 use super::layout::{self, Page, count_cell, empty, text_cell, time_cell};
 use super::view::{View, encode};
 use crate::LakeSql;
@@ -57,10 +58,11 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
         "SELECT received_at, topic, \"partition\", \"offset\", reason FROM dlq WHERE {w} \
          ORDER BY received_at DESC, topic, \"partition\", \"offset\" LIMIT {RECENT_ROWS}"
     );
-    let (reasons, times, recent) = tokio::try_join!(
-        sql.query(&reasons_q),
-        sql.query(&times_q),
-        sql.query(&recent_q)
+    let (reasons, times, recent, landed) = tokio::try_join!(
+        async { Ok(sql.query(&reasons_q).await?) },
+        async { Ok(sql.query(&times_q).await?) },
+        async { Ok(sql.query(&recent_q).await?) },
+        ingest::landed(sql.store(), view.from_ms(), view.end_ms),
     )?;
     let mut by_reason = Vec::new();
     for b in &reasons {
@@ -100,8 +102,17 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
         }
     }
     let total: u64 = by_reason.iter().map(|r| r.1).sum();
-    let body = render(view, total, &by_reason, &counts, &rows);
-    Ok(layout::page(Page::Dlq, "Dead letters", "/dlq", view, body))
+    let body = html! {
+        (render(view, total, &by_reason, &counts, &rows))
+        (ingest_section(view, &landed))
+    };
+    Ok(layout::page(
+        Page::Dlq,
+        "Dead letters and ingest",
+        "/dlq",
+        view,
+        body,
+    ))
 }
 
 /// The dead-letter page's body from its data.
@@ -149,6 +160,69 @@ pub fn render(
                                     a data-record=(r.offset) href={ "/dlq/record" (view.query(&[("topic", &r.topic), ("partition", &r.partition.to_string()), ("offset", &r.offset.to_string())])) } { (r.offset) }
                                 }
                                 (text_cell("reason", &r.reason))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows of the ingest table.
+const LANDED_SHOWN: usize = 20;
+
+/// The ingest-delay section: how old samples were when their batch file landed.
+pub fn ingest_section(view: &View, landed: &[Landed]) -> Markup {
+    let mut delays: Vec<i64> = landed.iter().map(Landed::delay_ms).collect();
+    delays.sort_unstable();
+    let stat = |name: &str, label: &str, v: Option<i64>| {
+        html! {
+            div { dt { (label) } dd data-stat=(name) data-value=[v] {
+                @match v { Some(ms) => { (layout::number_text(ms as f64 / 1000.0)) " s" }, None => "–" }
+            } }
+        }
+    };
+    let mut points: Vec<chart::Point> = landed
+        .iter()
+        .map(|l| {
+            let newest = l.delay_ms() as f64 / 1000.0;
+            (
+                l.written_ms,
+                newest,
+                newest,
+                (l.written_ms - l.oldest_ms) as f64 / 1000.0,
+            )
+        })
+        .collect();
+    points.sort_by_key(|p| p.0);
+    html! {
+        h2 { "Ingest delay" }
+        p.muted { "Per raw batch file written in the window (the newest " (ingest::MAX_FILES) "): its freshest sample's age when the file landed; the band reaches its oldest sample's." }
+        dl.summary {
+            div { dt { "files" } dd data-stat="ingest-files" data-value=(landed.len()) { (landed.len()) } }
+            (stat("ingest-p50", "median delay", ingest::quantile(&delays, 0.5)))
+            (stat("ingest-p95", "p95 delay", ingest::quantile(&delays, 0.95)))
+            (stat("ingest-max", "max delay", delays.last().copied()))
+        }
+        @if !landed.is_empty() {
+            div.grid.wide {
+                figure.chart data-chart="ingest-delay" {
+                    h3 { "Delay (s) by landing time" }
+                    (chart::band("ingest delay", &points, view.from_ms(), view.end_ms, view.end_ms - view.from_ms()))
+                }
+                section.panel {
+                    h3 { "Newest files" }
+                    table data-table="ingest" {
+                        thead { tr { th { "landed" } th { "file" } th.num { "rows" } th { "newest sample" } th.num { "delay (ms)" } } }
+                        tbody {
+                            @for l in landed.iter().take(LANDED_SHOWN) {
+                                tr {
+                                    (time_cell("written", l.written_ms)) (text_cell("key", &l.key))
+                                    td.num data-col="rows" data-value=(l.rows) { (l.rows) }
+                                    (time_cell("newest", l.newest_ms))
+                                    td.num data-col="delay_ms" data-value=(l.delay_ms()) { (l.delay_ms()) }
+                                }
                             }
                         }
                     }

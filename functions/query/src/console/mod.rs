@@ -14,7 +14,10 @@ pub mod alarms;
 pub mod chart;
 pub mod dlq;
 pub mod fleet;
+pub mod ingest;
 pub mod layout;
+#[cfg(test)]
+mod tests;
 pub mod view;
 pub mod vm;
 
