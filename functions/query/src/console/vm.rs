@@ -18,8 +18,7 @@ use crate::LakeSql;
 use crate::api::ApiError;
 use crate::api::families::MetricFamily;
 use crate::api::metric::{
-    coarse_tables, column, floats, millis, partitions_from, quote, rfc3339, strings, ts_literal,
-    windows_sql,
+    coarse_tables, column, floats, millis, partitions_from, quote, strings, ts_literal, windows_sql,
 };
 
 /// Which VM.
@@ -38,8 +37,10 @@ pub struct VmId {
 pub struct VmData {
     /// Points per (series, device).
     pub series: BTreeMap<(String, String), Vec<Point>>,
-    /// Latest csp, region and os, and the newest sample time.
+    /// Latest csp, region and os.
     pub tags: Vec<(&'static str, String)>,
+    /// The newest sample in the window (ms).
+    pub last_seen: Option<i64>,
 }
 
 /// The SQL of a VM's windows over every series of the catalog.
@@ -117,8 +118,8 @@ pub async fn load(sql: &LakeSql, id: &VmId, view: &View) -> Result<VmData, ApiEr
             ("csp", csp.unwrap_or_default()),
             ("region", region.unwrap_or_default()),
             ("os", os.unwrap_or_default()),
-            ("last_seen", rfc3339(seen)),
         ];
+        data.last_seen = Some(seen);
     }
     Ok(data)
 }
@@ -176,6 +177,7 @@ pub fn render(view: &View, id: &VmId, data: &VmData, hist: &[super::alarms::Tran
                 tbody {
                     @for (k, v) in ids { tr { td.key data-col="key" data-value=(k) { (k) } td data-col="value" data-value=(v) { (v) } } }
                     @for (k, v) in &data.tags { tr { td.key data-col="key" data-value=(k) { (k) } td data-col="value" data-value=(v) { (v) } } }
+                    @if let Some(ms) = data.last_seen { tr { td.key data-col="key" data-value="last_seen" { "last_seen" } (time_cell("value", ms)) } }
                 }
             }
         }
