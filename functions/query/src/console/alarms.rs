@@ -231,5 +231,5 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
             }
         }
     };
-    Ok(layout::page(Page::Alarms, "Alarms", "/alarms", view, body))
+    Ok(layout::page(Page::Alarms, "Alarms", view, body))
 }

@@ -109,7 +109,6 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
     Ok(layout::page(
         Page::Dlq,
         "Dead letters and ingest",
-        "/dlq",
         view,
         body,
     ))
@@ -157,7 +156,7 @@ pub fn render(
                                 (time_cell("received_at", r.received_at)) (text_cell("topic", &r.topic))
                                 td.num data-col="partition" data-value=(r.partition) { (r.partition) }
                                 td.num data-col="offset" data-value=(r.offset) {
-                                    a data-record=(r.offset) href={ "/dlq/record" (view.query(&[("topic", &r.topic), ("partition", &r.partition.to_string()), ("offset", &r.offset.to_string())])) } { (r.offset) }
+                                    a data-record=(r.offset) href=(view.href("dlq/record", &[("topic", &r.topic), ("partition", &r.partition.to_string()), ("offset", &r.offset.to_string())])) { (r.offset) }
                                 }
                                 (text_cell("reason", &r.reason))
                             }
@@ -272,7 +271,7 @@ pub async fn record_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError>
     let back = {
         let mut v = view.clone();
         v.extra.clear();
-        format!("/dlq{}", v.query(&[]))
+        v.href("dlq", &[])
     };
     let body = html! {
         dl.summary {
@@ -286,11 +285,5 @@ pub async fn record_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError>
         p { a href=(back) { "Back to the dead letters" } }
     };
     let title = format!("Dead letter {}/{partition}/{offset}", encode(topic));
-    Ok(layout::page(
-        Page::Record,
-        &title,
-        "/dlq/record",
-        view,
-        body,
-    ))
+    Ok(layout::page(Page::Record, &title, view, body))
 }

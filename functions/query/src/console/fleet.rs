@@ -275,7 +275,6 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
     Ok(layout::page(
         Page::Fleet,
         "Fleet",
-        "/",
         view,
         render(view, &vms, &busy, &cells, &states),
     ))
@@ -316,7 +315,7 @@ pub fn render(
                             @for (key, n) in groups(vms, tag) {
                                 tr {
                                     td data-col="key" data-value=(key) {
-                                        a href={ "/vms" (view.query(&[(tag, key)])) } { (key) }
+                                        a href=(view.href("vms", &[(tag, key)])) { (key) }
                                     }
                                     (count_cell("vms", n))
                                 }
@@ -326,7 +325,7 @@ pub fn render(
                 }
             }
         }
-        p { a href={ "/vms" (view.query(&[])) } { "All " (vms.len()) " VMs" } }
+        p { a href=(view.href("vms", &[])) { "All " (vms.len()) " VMs" } }
         h2 { "CPU across the fleet" }
         figure.chart data-chart="heatmap" {
             (chart::heatmap("VMs by average CPU utilization", cells, 10,
@@ -441,11 +440,11 @@ pub async fn vms_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
         }
         p.pager {
             "Page " (page_no) " of " (pages) " "
-            @if page_no > 1 { a rel="prev" href={ "/vms" (view.query(&[("page", &(page_no - 1).to_string())])) } { "previous" } }
-            @if page_no < pages { a rel="next" href={ "/vms" (view.query(&[("page", &(page_no + 1).to_string())])) } { "next" } }
+            @if page_no > 1 { a rel="prev" href={ (view.query(&[("page", &(page_no - 1).to_string())])) } { "previous" } }
+            @if page_no < pages { a rel="next" href={ (view.query(&[("page", &(page_no + 1).to_string())])) } { "next" } }
         }
     };
-    Ok(layout::page(Page::Vms, &title, "/vms", view, body))
+    Ok(layout::page(Page::Vms, &title, view, body))
 }
 
 #[cfg(test)]
@@ -516,7 +515,7 @@ mod tests {
             html.contains(r#"data-stat="silent" data-value="1""#),
             "{html}"
         );
-        assert!(html.contains(r#"<td data-col="key" data-value="aws"><a href="/vms?range=1h&amp;end=3600000&amp;csp=aws">aws</a></td><td class="num" data-col="vms" data-value="2">"#), "{html}");
+        assert!(html.contains(r#"<td data-col="key" data-value="aws"><a href="./vms?range=1h&amp;end=3600000&amp;csp=aws">aws</a></td><td class="num" data-col="vms" data-value="2">"#), "{html}");
         assert!(html.contains(r#"data-vm="b""#));
     }
 }

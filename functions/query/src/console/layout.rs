@@ -37,13 +37,14 @@ impl Page {
     }
 }
 
-/// A whole page: `title`, the view's pickers linking back to `path`, and `body`.
-pub fn page(page: Page, title: &str, path: &str, view: &View, body: Markup) -> Markup {
+/// A whole page: `title`, the view's pickers (linking to the same page), and `body`.
+pub fn page(page: Page, title: &str, view: &View, body: Markup) -> Markup {
     let top = [
-        ("fleet", "/", "Fleet"),
-        ("alarms", "/alarms", "Alarms"),
-        ("dlq", "/dlq", "Dead letters"),
+        ("fleet", "", "Fleet"),
+        ("alarms", "alarms", "Alarms"),
+        ("dlq", "dlq", "Dead letters"),
     ];
+    let root = view.root;
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -54,27 +55,27 @@ pub fn page(page: Page, title: &str, path: &str, view: &View, body: Markup) -> M
                     meta http-equiv="refresh" content=(view.refresh);
                 }
                 title { (title) " · Damselfly" }
-                link rel="stylesheet" href="/console/style.css";
-                link rel="icon" href="/console/favicon.svg" type="image/svg+xml";
+                link rel="stylesheet" href={ (root) "console/style.css" };
+                link rel="icon" href={ (root) "console/favicon.svg" } type="image/svg+xml";
             }
             body data-page=(page.name()) {
                 header {
-                    a.brand href={ "/" (view.query(&[])) } { "Damselfly" }
+                    a.brand href=(view.href("", &[])) { "Damselfly" }
                     nav.top {
                         @for (name, href, label) in top {
-                            a data-nav=(name) href={ (href) (view.query(&[])) }
+                            a data-nav=(name) href=(view.href(href, &[]))
                               aria-current=[(page.name() == name).then_some("page")] { (label) }
                         }
                     }
                     nav.range aria-label="time range" {
                         @for r in Range::ALL {
-                            a data-range=(r.name()) href={ (path) (view.query(&[("range", r.name())])) }
+                            a data-range=(r.name()) href=(view.query(&[("range", r.name())]))
                               aria-current=[(r == view.range).then_some("true")] { (r.name()) }
                         }
                         span.sep { "refresh" }
                         @for s in REFRESH_CHOICES {
                             @let label = if s == 0 { "off".to_owned() } else { format!("{s}s") };
-                            a data-refresh=(s) href={ (path) (view.query(&[("refresh", &s.to_string())])) }
+                            a data-refresh=(s) href=(view.query(&[("refresh", &s.to_string())]))
                               aria-current=[(s == view.refresh).then_some("true")] { (label) }
                         }
                     }
@@ -84,7 +85,7 @@ pub fn page(page: Page, title: &str, path: &str, view: &View, body: Markup) -> M
                     p.window {
                         (time_text(view.from_ms())) " to " (time_text(view.end_ms))
                         @if view.end_fixed {
-                            " · " a href={ (path) (live_query(view)) } { "follow now" }
+                            " · " a href=(live_query(view)) { "follow now" }
                         }
                     }
                     (body)
@@ -157,7 +158,7 @@ pub fn vm_link(view: &View, ns: &str, mcis: &str, vm: &str) -> Markup {
     let mut v = view.clone();
     v.extra.clear();
     html! {
-        a data-vm=(vm) href={ "/vm/" (encode(ns)) "/" (encode(mcis)) "/" (encode(vm)) (v.query(&[])) } { (vm) }
+        a data-vm=(vm) href=(v.href(&format!("vm/{}/{}/{}", encode(ns), encode(mcis), encode(vm)), &[])) { (vm) }
     }
 }
 
@@ -191,13 +192,14 @@ mod tests {
     #[test]
     fn a_page_escapes_what_it_shows_and_marks_the_current_range() {
         let view = View::parse(&[("range".into(), "6h".into())], 0, &[]).unwrap();
-        let html = page(Page::Vm, "<vm>", "/vm/a/b/c", &view, html! { p { "x" } }).into_string();
+        let view = view.at_depth(3);
+        let html = page(Page::Vm, "<vm>", &view, html! { p { "x" } }).into_string();
         assert!(
             html.contains("<title>&lt;vm&gt; · Damselfly</title>"),
             "{html}"
         );
         assert!(
-            html.contains(r#"data-range="6h" href="/vm/a/b/c?range=6h" aria-current="true""#),
+            html.contains(r#"data-range="6h" href="?range=6h" aria-current="true""#),
             "{html}"
         );
         assert!(!html.contains("http-equiv"), "no refresh unless asked");

@@ -95,25 +95,27 @@ async fn security_headers(mut res: Response) -> Response {
 
 type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-/// The view of a request, or a 400 naming the parameter.
-fn view_of(api: &Api, query: RawQuery, keep: &[&str]) -> Result<View, ApiError> {
+/// The view of a request to a page `depth` segments below the root, or a 400 naming the parameter.
+fn view_of(api: &Api, query: RawQuery, keep: &[&str], depth: usize) -> Result<View, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    View::parse(&query, api.now_ms(), keep)
+    Ok(View::parse(&query, api.now_ms(), keep)?.at_depth(depth))
 }
 
-/// An HTML response for a page, or the error as an HTML page with its status.
-fn html_response(page: Result<Markup, ApiError>) -> Response {
+/// An HTML response for a page `depth` segments below the root, or the error as an HTML page
+/// with its status.
+fn html_response(depth: usize, page: Result<Markup, ApiError>) -> Response {
     match page {
         Ok(markup) => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
             markup.into_string(),
         )
             .into_response(),
-        Err(e) => error_page(e),
+        Err(e) => error_page(e, depth),
     }
 }
 
-fn error_page(e: ApiError) -> Response {
+fn error_page(e: ApiError, depth: usize) -> Response {
+    let root = view::root_at(depth);
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
         tracing::error!(error = %e, "console page failed");
@@ -124,14 +126,14 @@ fn error_page(e: ApiError) -> Response {
             head {
                 meta charset="utf-8";
                 title { (status.as_u16()) " · Damselfly" }
-                link rel="stylesheet" href="/console/style.css";
-                link rel="icon" href="/console/favicon.svg" type="image/svg+xml";
+                link rel="stylesheet" href={ (root) "console/style.css" };
+                link rel="icon" href={ (root) "console/favicon.svg" } type="image/svg+xml";
             }
             body data-page="error" {
                 main {
                     h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
                     p.error { (e.to_string()) }
-                    p { a href="/" { "Back to the fleet" } }
+                    p { a href=(root) { "Back to the fleet" } }
                 }
             }
         }
@@ -146,18 +148,18 @@ fn error_page(e: ApiError) -> Response {
 
 async fn fleet_page(State(api): State<Arc<Api>>, query: RawQuery) -> Response {
     let page = async {
-        let view = view_of(&api, query, &[])?;
+        let view = view_of(&api, query, &[], 0)?;
         fleet::page(&*api.sql().await, &view).await
     };
-    html_response(page.await)
+    html_response(0, page.await)
 }
 
 async fn vms_page(State(api): State<Arc<Api>>, query: RawQuery) -> Response {
     let page = async {
-        let view = view_of(&api, query, &fleet::VM_FILTERS)?;
+        let view = view_of(&api, query, &fleet::VM_FILTERS, 0)?;
         fleet::vms_page(&*api.sql().await, &view).await
     };
-    html_response(page.await)
+    html_response(0, page.await)
 }
 
 async fn vm_page(
@@ -167,32 +169,32 @@ async fn vm_page(
 ) -> Response {
     let page = async {
         let Path((ns, mcis, vm)) = path.map_err(|e| ApiError::bad("path", e.body_text()))?;
-        let view = view_of(&api, query, &[])?;
+        let view = view_of(&api, query, &[], 3)?;
         vm::page(&*api.sql().await, &view, &vm::VmId { ns, mcis, vm }).await
     };
-    html_response(page.await)
+    html_response(3, page.await)
 }
 
 async fn alarms_page(State(api): State<Arc<Api>>, query: RawQuery) -> Response {
     let page = async {
-        let view = view_of(&api, query, &[])?;
+        let view = view_of(&api, query, &[], 0)?;
         alarms::page(&*api.sql().await, &view).await
     };
-    html_response(page.await)
+    html_response(0, page.await)
 }
 
 async fn dlq_page(State(api): State<Arc<Api>>, query: RawQuery) -> Response {
     let page = async {
-        let view = view_of(&api, query, &[])?;
+        let view = view_of(&api, query, &[], 0)?;
         dlq::page(&*api.sql().await, &view).await
     };
-    html_response(page.await)
+    html_response(0, page.await)
 }
 
 async fn record_page(State(api): State<Arc<Api>>, query: RawQuery) -> Response {
     let page = async {
-        let view = view_of(&api, query, &dlq::RECORD_KEYS)?;
+        let view = view_of(&api, query, &dlq::RECORD_KEYS, 1)?;
         dlq::record_page(&*api.sql().await, &view).await
     };
-    html_response(page.await)
+    html_response(1, page.await)
 }

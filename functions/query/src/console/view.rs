@@ -82,6 +82,9 @@ pub struct View {
     pub refresh: u32,
     /// The page's other parameters, in URL order, kept in every link.
     pub extra: Vec<(String, String)>,
+    /// The console's root relative to the page (`./`, `../`, ...): links are relative, so the
+    /// console works under any prefix (an API Gateway stage, a proxy's path).
+    pub root: &'static str,
 }
 
 impl View {
@@ -94,6 +97,7 @@ impl View {
             end_fixed: false,
             refresh: 0,
             extra: Vec::new(),
+            root: "./",
         };
         for (k, v) in query {
             if v.len() > MAX_VALUE_LEN {
@@ -148,6 +152,18 @@ impl View {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The same view seen from a page `depth` path segments below the console's root.
+    pub fn at_depth(mut self, depth: usize) -> Self {
+        self.root = root_at(depth);
+        self
+    }
+
+    /// The link to the console's page `page` (`""` for the fleet, `vms`, `vm/ns/mcis/vm`, ...)
+    /// with this view's state and `changes` (see [`View::query`]).
+    pub fn href(&self, page: &str, changes: &[(&str, &str)]) -> String {
+        format!("{}{page}{}", self.root, self.query(changes))
+    }
+
     /// The query string (with its `?`) of this view with `changes` applied: `range`, `refresh`
     /// and `end` are kept unless changed (a live view stays live), the page's own parameters too.
     pub fn query(&self, changes: &[(&str, &str)]) -> String {
@@ -183,6 +199,12 @@ impl View {
             .collect();
         format!("?{}", encoded.join("&"))
     }
+}
+
+/// The console's root seen from a page `depth` path segments below it (`./`, `../`, ...).
+pub fn root_at(depth: usize) -> &'static str {
+    const UP: [&str; 4] = ["./", "../", "../../", "../../../"];
+    UP[depth.min(UP.len() - 1)]
 }
 
 /// `end` as RFC 3339 or epoch milliseconds.

@@ -152,16 +152,9 @@ pub async fn page(sql: &LakeSql, view: &View, id: &VmId) -> Result<Markup, ApiEr
             id.vm, id.ns, id.mcis
         )));
     }
-    let path = format!(
-        "/vm/{}/{}/{}",
-        super::view::encode(&id.ns),
-        super::view::encode(&id.mcis),
-        super::view::encode(&id.vm)
-    );
     Ok(layout::page(
         Page::Vm,
         &id.vm,
-        &path,
         view,
         render(view, id, &data, &hist),
     ))
