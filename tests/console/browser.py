@@ -14,12 +14,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 # Everything the tests read from a page, in one pass over its DOM.
 EXTRACT = """() => {
+  // Links as the path and query they lead to (the console's hrefs are relative to the page).
+  const target = a => { const u = new URL(a.getAttribute('href'), location.href); return u.pathname + u.search; };
   const value = el => el.hasAttribute('data-value') ? el.getAttribute('data-value') : el.textContent.trim();
   const rows = t => [...t.querySelectorAll(':scope > tbody > tr')].map(tr => {
     const row = {};
     for (const td of tr.querySelectorAll('td[data-col]')) row[td.getAttribute('data-col')] = value(td);
     const a = tr.querySelector('a[href]');
-    if (a) row._href = a.getAttribute('href');
+    if (a) row._href = target(a);
     return row;
   });
   const tables = {}, charts = [];
@@ -32,10 +34,10 @@ EXTRACT = """() => {
   const stats = {};
   for (const dd of document.querySelectorAll('dd[data-stat]')) stats[dd.getAttribute('data-stat')] = value(dd);
   const links = attr => Object.fromEntries([...document.querySelectorAll(`a[${attr}]`)]
-    .map(a => [a.getAttribute(attr), a.getAttribute('href')]));
+    .map(a => [a.getAttribute(attr), target(a)]));
   const raw = document.querySelector('pre[data-raw]');
   return {page: document.body ? document.body.getAttribute('data-page') : null, tables, charts, stats,
-          vms: [...document.querySelectorAll('a[data-vm]')].map(a => a.getAttribute('href')),
+          vms: [...document.querySelectorAll('a[data-vm]')].map(target),
           nav: links('data-nav'), range: links('data-range'), refresh: links('data-refresh'),
           raw: raw ? raw.textContent : null, scripts: document.querySelectorAll('script').length};
 }"""
