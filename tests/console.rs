@@ -17,6 +17,7 @@
 //! there (relative to the repository), which is how the README's screenshots are regenerated.
 
 mod common;
+use common::lambda::LambdaEmulator;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -199,6 +200,11 @@ impl Server {
         server
     }
 
+    /// The server's base URL, `http://host:port`.
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// GETs a metric API path: its JSON answer, asserting a 200.
     fn api(&self, path: &str) -> Value {
         let (status, body) = get(&self.addr, path).unwrap_or_else(|| panic!("GET {path} failed"));
@@ -273,9 +279,10 @@ print(json.dumps(out, default=str))
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Runs `browser.py visit` over `steps` (paths, `click:SELECTOR`, `back`) and returns one JSON
-/// object per step; screenshots go to `$CARGO_TARGET_TMPDIR/console/{run}`.
-fn visit(server: &Server, run: &str, steps: &[String]) -> (Vec<Value>, PathBuf) {
+/// Runs `browser.py visit` over `steps` (paths, `click:SELECTOR`, `back`) on the server at `base`
+/// (`http://host:port`) and returns one JSON object per step; screenshots go to
+/// `$CARGO_TARGET_TMPDIR/console/{run}`.
+fn visit(base: &str, run: &str, steps: &[String]) -> (Vec<Value>, PathBuf) {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run tests/run, which installs Debian's chromium package"
@@ -284,13 +291,12 @@ fn visit(server: &Server, run: &str, steps: &[String]) -> (Vec<Value>, PathBuf) 
         .join("console")
         .join(run);
     let _ = std::fs::remove_dir_all(&out);
-    let base = format!("http://{}", server.addr);
     let output = Command::new(env("DAMSELFLY_PYTHON"))
         .args([
             BROWSER,
             "visit",
             "--base",
-            &base,
+            base,
             "--out",
             out.to_str().unwrap(),
         ])
@@ -1193,7 +1199,7 @@ fn every_page_shows_what_the_lake_holds() {
         record_path(binary, &q),
         record_path(truncated, &q),
     ];
-    let (pages, shots) = visit(&server, "pages", &steps);
+    let (pages, shots) = visit(&server.base(), "pages", &steps);
     // Every page loaded without an error: its picture is worth keeping, whatever follows.
     let names = ["fleet", "vms", "vm", "alarms", "dlq", "record"];
     publish_screenshots(&shots, &names);
@@ -1251,7 +1257,7 @@ fn fleet_to_vm_and_back() {
         "click:a[data-vm]".to_owned(),
         "back".to_owned(),
     ];
-    let (pages, _) = visit(&server, "navigation", &steps);
+    let (pages, _) = visit(&server.base(), "navigation", &steps);
     let base = format!("http://{}", server.addr);
     assert_eq!(pages[0]["page"], "fleet");
     let first = pages[0]["vms"][0].as_str().expect("the fleet links to VMs");
@@ -1272,5 +1278,106 @@ fn fleet_to_vm_and_back() {
     assert_eq!(
         pages[2]["stats"], pages[0]["stats"],
         "the same fleet after going back"
+    );
+}
+
+/// Drops the `_href` of every row: the links of a page, which name the prefix it was served under.
+fn without_links(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "_href")
+                .map(|(k, v)| (k.clone(), without_links(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_links).collect()),
+        v => v.clone(),
+    }
+}
+
+/// Whether two page extracts are equal, numbers within `close` (float sums may add in another
+/// order from one query to the next).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w))
+        }
+        (Value::String(x), Value::String(y)) => {
+            x == y || matches!((x.parse::<f64>(), y.parse::<f64>()), (Ok(p), Ok(q)) if close(p, q))
+        }
+        (x, y) => x == y,
+    }
+}
+
+/// The console served by the real `damselfly-query` Lambda binary under `cargo lambda watch`'s
+/// function URL (`/lambda-url/damselfly-query/`): the same pages as `damselfly serve`'s, and its
+/// relative links, stylesheet and icon resolve under that prefix (no failed request).
+#[test]
+#[ignore = "needs cargo-lambda, DAMSELFLY_PYTHON with playwright, and chromium: run tests/run"]
+fn the_query_lambda_serves_the_same_console_under_its_function_url() {
+    let lake = lake();
+    let q = expected(lake).query();
+    let server = Server::start(&lake.path);
+    let mut lambda = LambdaEmulator::start();
+    lambda.function(
+        "damselfly-query",
+        "damselfly-query",
+        lake.path.to_str().unwrap(),
+        &[],
+        None,
+    );
+    let prefix = "/lambda-url/damselfly-query";
+    let steps = |prefix: &str| {
+        vec![
+            format!("{prefix}/?{q}"),
+            "click:a[data-vm]".to_owned(),
+            format!("{prefix}/alarms?{q}"),
+            format!("{prefix}/dlq?{q}"),
+        ]
+    };
+    let (via_lambda, _) = visit(&lambda.url(), "lambda", &steps(prefix));
+    let (direct, _) = visit(&server.base(), "lambda-direct", &steps(""));
+    for (l, d) in via_lambda.iter().zip(&direct) {
+        assert_eq!(l["page"], d["page"]);
+        for what in ["tables", "charts", "stats"] {
+            let (l, d) = (without_links(&l[what]), without_links(&d[what]));
+            // Part by part, so that a failure names the table or chart that differs.
+            let parts = |v: &Value| -> BTreeMap<String, Value> {
+                match v {
+                    Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    Value::Array(a) => a
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (i.to_string(), v.clone()))
+                        .collect(),
+                    v => BTreeMap::from([(String::new(), v.clone())]),
+                }
+            };
+            let (lp, dp) = (parts(&l), parts(&d));
+            assert_eq!(
+                lp.keys().collect::<Vec<_>>(),
+                dp.keys().collect::<Vec<_>>(),
+                "{what}"
+            );
+            for (k, v) in &dp {
+                assert!(
+                    same(&lp[k], v),
+                    "{what} {k} through the Lambda:\n{}\nvs serve's\n{v}",
+                    lp[k]
+                );
+            }
+        }
+    }
+    assert_eq!(
+        via_lambda[1]["page"], "vm",
+        "the VM link works under the prefix"
+    );
+    let vm_url = via_lambda[1]["url"].as_str().unwrap();
+    assert!(
+        vm_url.starts_with(&format!("{}{prefix}/vm/", lambda.url())),
+        "{vm_url}"
     );
 }

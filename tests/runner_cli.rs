@@ -2,6 +2,7 @@
 //! Prometheus metrics while it runs, a clean exit on SIGTERM, and failed batches to `--on-failure`.
 
 mod common;
+use common::lambda::LambdaEmulator;
 use common::{copy_lake, create_topic, env, free_port, raw_counts, run_id, simulate};
 
 use std::io::{Read as _, Write as _};
@@ -244,96 +245,6 @@ fn read_failed(dir: &Path) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
         .collect()
-}
-
-/// `cargo lambda watch` serving Lambda's Runtime and Invoke APIs on a free port, with no function
-/// of its own: the test starts the real binaries against it (a nested `cargo` build would wait on
-/// the lock `cargo test` holds).
-struct LambdaEmulator {
-    watch: Child,
-    functions: Vec<Child>,
-    port: u16,
-}
-
-impl LambdaEmulator {
-    fn start() -> Self {
-        let port = free_port();
-        let cargo_lambda =
-            std::env::var("DAMSELFLY_CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into());
-        let watch = Command::new(&cargo_lambda)
-            .args(["lambda", "watch", "--only-lambda-apis"])
-            .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
-            .arg(port.to_string())
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{cargo_lambda}: {e} (pip install cargo-lambda; tests/run does)")
-            });
-        let until = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "cargo lambda watch did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            watch,
-            functions: Vec::new(),
-            port,
-        }
-    }
-
-    /// Starts the real `damselfly-aggregate` Lambda binary as function `name`, writing to `lake`.
-    fn aggregate(&mut self, name: &str, lake: &Path) {
-        self.aggregate_with(name, lake.to_str().unwrap(), &[], None);
-    }
-
-    /// Starts one more instance of the `damselfly-aggregate` binary as function `name`, writing
-    /// to the lake URL `lake`, with extra environment `env` and its log in `log` (if given).
-    fn aggregate_with(&mut self, name: &str, lake: &str, env: &[(&str, &str)], log: Option<&Path>) {
-        // The binary sits beside this test's directory: target/<profile>/damselfly-aggregate.
-        let bin = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join("damselfly-aggregate");
-        assert!(
-            bin.exists(),
-            "{} is not built: cargo test --workspace --no-run builds it",
-            bin.display()
-        );
-        let runtime_api = format!("http://127.0.0.1:{}/.rt/{name}", self.port);
-        let child = Command::new(bin)
-            .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
-            .env("AWS_LAMBDA_FUNCTION_NAME", name)
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-            .env("LAKE", lake)
-            .env("RUST_LOG", "warn,damselfly_core=info")
-            .envs(env.iter().copied())
-            // lambda_runtime's subscriber logs to stdout, as CloudWatch reads it.
-            .stdout(log.map_or_else(Stdio::null, |l| {
-                std::fs::File::create(l).expect("log file").into()
-            }))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("damselfly-aggregate");
-        self.functions.push(child);
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for LambdaEmulator {
-    fn drop(&mut self) {
-        for c in self.functions.iter_mut().chain([&mut self.watch]) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// `damselfly run aggregate` with extra arguments until caught up; its JSON summary.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod lambda;
 
 use std::collections::BTreeMap;
 use std::path::Path;
