@@ -139,44 +139,6 @@ fn get(addr: &str, path: &str) -> Option<(u16, Value)> {
     Some((status, body))
 }
 
-/// Runs many queries in one DuckDB session (UTC) over the lake; one JSON array of rows per query.
-fn duckdb_all(lake: &Path, queries: &[String]) -> Vec<Value> {
-    let script = format!(
-        r#"{DUCKDB_OPEN}
-import json, sys
-con = open_lake(sys.argv[1])
-con.execute("SET TimeZone = 'UTC'")
-out = []
-for q in json.load(sys.stdin):
-    cur = con.execute(q)
-    cols = [d[0] for d in cur.description]
-    out.append([dict(zip(cols, row)) for row in cur.fetchall()])
-print(json.dumps(out, default=str))
-"#
-    );
-    let mut child = Command::new(env("DAMSELFLY_PYTHON"))
-        .args(["-c", &script, lake.to_str().unwrap()])
-        .env("DUCKDB_VIEWS", DUCKDB_VIEWS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(queries).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "duckdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// (label, lake series) of a family's fields: CB-Dragonfly's names, counters as their rates.
 fn fields(family: Family) -> Vec<(&'static str, String)> {
     family

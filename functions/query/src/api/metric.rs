@@ -317,39 +317,59 @@ async fn vm_exists(sql: &LakeSql, req: &MetricRequest) -> Result<bool, ApiError>
 
 /// The SQL that lists the VMs with samples since `since_ms`.
 pub fn vm_list_sql(since_ms: i64) -> String {
+    vm_list_from_sql(&format!(
+        "rollup_1m WHERE window_start >= {} AND {}",
+        ts_literal(since_ms),
+        partitions_from(since_ms)
+    ))
+}
+
+/// The SQL that lists the VMs of the rollup rows `from` (a `FROM` clause with its filter) with
+/// their latest `csp`, `region`, `os` and newest sample (`last_seen`), by ns, mcis, vm.
+pub fn vm_list_from_sql(from: &str) -> String {
     format!(
         "SELECT ns, mcis, vm, \
          last_value(csp ORDER BY last_ts) AS csp, last_value(region ORDER BY last_ts) AS region, \
          last_value(os ORDER BY last_ts) AS os, max(last_ts) AS last_seen \
-         FROM rollup_1m WHERE window_start >= {} AND {} \
-         GROUP BY ns, mcis, vm ORDER BY ns, mcis, vm",
-        ts_literal(since_ms),
-        partitions_from(since_ms)
+         FROM {from} GROUP BY ns, mcis, vm ORDER BY ns, mcis, vm"
     )
 }
 
-/// The VMs with samples since `since_ms`, with their latest tags and when they were last seen.
-pub async fn vm_list(sql: &LakeSql, since_ms: i64) -> Result<Vec<VmSeen>, ApiError> {
-    let batches = sql.query(&vm_list_sql(since_ms)).await?;
+/// One VM of a VM list: ns, mcis, vm, csp, region, os, and its newest sample (ms).
+pub type VmRow = ([String; 6], Option<i64>);
+
+/// The rows of a [`vm_list_from_sql`] answer.
+pub fn vm_rows(batches: &[RecordBatch]) -> Result<Vec<VmRow>, ApiError> {
     let mut out = Vec::new();
-    for b in &batches {
+    for b in batches {
         let cols: Vec<Vec<Option<String>>> = ["ns", "mcis", "vm", "csp", "region", "os"]
             .iter()
             .map(|c| strings(column(b, c)?))
             .collect::<Result<_, _>>()?;
         let seen = millis(column(b, "last_seen")?)?;
-        for i in 0..b.num_rows() {
-            let s = |c: usize| cols[c][i].clone().unwrap_or_default();
-            out.push(VmSeen {
-                ns: s(0),
-                mcis: s(1),
-                vm: s(2),
-                csp: s(3),
-                region: s(4),
-                os: s(5),
-                last_seen: seen[i].map(rfc3339).unwrap_or_default(),
-            });
+        for (i, last) in seen.into_iter().enumerate() {
+            out.push((
+                std::array::from_fn(|c| cols[c][i].clone().unwrap_or_default()),
+                last,
+            ));
         }
     }
     Ok(out)
+}
+
+/// The VMs with samples since `since_ms`, with their latest tags and when they were last seen.
+pub async fn vm_list(sql: &LakeSql, since_ms: i64) -> Result<Vec<VmSeen>, ApiError> {
+    let rows = vm_rows(&sql.query(&vm_list_sql(since_ms)).await?)?;
+    Ok(rows
+        .into_iter()
+        .map(|([ns, mcis, vm, csp, region, os], last)| VmSeen {
+            ns,
+            mcis,
+            vm,
+            csp,
+            region,
+            os,
+            last_seen: last.map(rfc3339).unwrap_or_default(),
+        })
+        .collect())
 }

@@ -17,7 +17,7 @@ use crate::LakeSql;
 use crate::api::ApiError;
 use crate::api::metric::{
     coarse_tables, column, floats, millis, partitions_from, quote, rollup_sources_sql, strings,
-    ts_literal,
+    ts_literal, vm_list_from_sql, vm_rows,
 };
 
 /// The tags the VM list filters by, and its page number.
@@ -92,32 +92,19 @@ fn source(sql: &LakeSql, view: &View, metrics: &[&str], columns: &str) -> String
 /// The VMs with a sample in the window, by ns, mcis, vm.
 pub async fn seen(sql: &LakeSql, view: &View) -> Result<Vec<Seen>, ApiError> {
     let body = source(sql, view, &[], "ns, mcis, vm, csp, region, os, last_ts");
-    let q = format!(
-        "SELECT ns, mcis, vm, last_value(csp ORDER BY last_ts) AS csp, \
-         last_value(region ORDER BY last_ts) AS region, last_value(os ORDER BY last_ts) AS os, \
-         max(last_ts) AS last_seen FROM {body} GROUP BY ns, mcis, vm ORDER BY ns, mcis, vm"
-    );
-    let mut out = Vec::new();
-    for b in &sql.query(&q).await? {
-        let cols: Vec<Vec<Option<String>>> = ["ns", "mcis", "vm", "csp", "region", "os"]
-            .iter()
-            .map(|c| strings(column(b, c)?))
-            .collect::<Result<_, _>>()?;
-        let last = millis(column(b, "last_seen")?)?;
-        for i in 0..b.num_rows() {
-            let s = |c: usize| cols[c][i].clone().unwrap_or_default();
-            out.push(Seen {
-                ns: s(0),
-                mcis: s(1),
-                vm: s(2),
-                csp: s(3),
-                region: s(4),
-                os: s(5),
-                last_seen: last[i].unwrap_or_default(),
-            });
-        }
-    }
-    Ok(out)
+    let rows = vm_rows(&sql.query(&vm_list_from_sql(&body)).await?)?;
+    Ok(rows
+        .into_iter()
+        .map(|([ns, mcis, vm, csp, region, os], last)| Seen {
+            ns,
+            mcis,
+            vm,
+            csp,
+            region,
+            os,
+            last_seen: last.unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// One VM's figure in a "busiest" table.
