@@ -31,7 +31,7 @@ use crate::sys;
 /// The end of the generated data and the API's "now": 2026-11-21T21:03:00Z. Hours up to 19:00
 /// are closed (1 h grace) and compacted; 20:00 and 21:00 are still the aggregate function's
 /// batch files, as in a live lake.
-const NOW_MS: i64 = 1_795_294_980_000;
+pub(crate) const NOW_MS: i64 = 1_795_294_980_000;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -50,51 +50,51 @@ const GOAL_24H_RATIO: f64 = 1.5;
 /// VMs per MCIS in the generated fleet.
 const VMS_PER_MCIS: usize = 100;
 
-/// Options of the API benchmark.
+/// Options of the API benchmark (the lake's are also the console benchmark's).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// VMs in the generated lake.
     #[arg(long, default_value_t = 10_000)]
-    vms: usize,
+    pub(crate) vms: usize,
     /// Days of one-minute rollups, ending at 2026-11-21T21:03Z.
     #[arg(long, default_value_t = 7)]
-    days: u32,
+    pub(crate) days: u32,
     /// Metric families whose series are generated (comma-separated, or `all`); queries ask `cpu`.
     #[arg(long, default_value = "cpu", value_delimiter = ',')]
-    families: Vec<String>,
+    pub(crate) families: Vec<String>,
     /// Kafka partitions the fleet is spread over: each writes its own batch files.
     #[arg(long, default_value_t = 12)]
-    partitions: usize,
+    pub(crate) partitions: usize,
     /// Minutes per batch file in the hours compaction has not closed yet.
     #[arg(long, default_value_t = 1)]
-    batch_minutes: u32,
+    pub(crate) batch_minutes: u32,
     /// Write each closed hour as compaction leaves it (one compacted `rollup_1m` file and its
     /// `rollup_1h` file, encoded by compaction's own encoder) instead of batch files that a
     /// compaction run then merges: the way to reach the scale here, where merging
     /// 10,000 VMs x 7 days would take hours. `rollup_1d` still comes from a compaction run.
     #[arg(long)]
-    direct: bool,
+    pub(crate) direct: bool,
     /// Timed requests per query (each for a random VM), after the warm-up.
     #[arg(long, default_value_t = 200)]
-    requests: usize,
+    pub(crate) requests: usize,
     /// Untimed requests per query and engine before the timed ones.
     #[arg(long, default_value_t = 10)]
-    warm_up: usize,
+    pub(crate) warm_up: usize,
     /// Seed of the random VM choice.
     #[arg(long, default_value_t = 7)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Threads generating the lake.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// DuckDB's threads.
     #[arg(long, default_value_t = 2)]
-    duckdb_threads: usize,
+    pub(crate) duckdb_threads: usize,
     /// Where generated lakes are cached (one directory per set of generation options).
     #[arg(long, default_value = "bench/out/api")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Python with the duckdb package (tests/run puts one in ~/.cache/damselfly/tools-venv).
     #[arg(long, env = "DAMSELFLY_PYTHON", default_value = "python3")]
-    python: String,
+    pub(crate) python: String,
 }
 
 /// One generated series of every VM.
@@ -199,7 +199,7 @@ fn minute_partial(vm: usize, s: usize, series: &Series, minute: i64) -> Partial 
 }
 
 /// The fleet: `vm-00000`, ... in MCISes of 100, zero-padded so that names sort as numbers.
-fn fleet(vms: usize) -> Vec<Tags> {
+pub(crate) fn fleet(vms: usize) -> Vec<Tags> {
     const CSP: [(&str, &str); 3] = [
         ("aws", "ap-northeast-2"),
         ("azure", "koreacentral"),
@@ -389,15 +389,15 @@ fn put_file(lake: &Path, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// What the cached lake holds and what making it took.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Generated {
-    rows: u64,
-    batch_files: u64,
-    write_secs: f64,
-    compact_secs: f64,
+pub(crate) struct Generated {
+    pub(crate) rows: u64,
+    pub(crate) batch_files: u64,
+    pub(crate) write_secs: f64,
+    pub(crate) compact_secs: f64,
 }
 
 /// A progress bar over `len` things called `unit`, with its time left.
-fn bar(len: u64, prefix: &str, unit: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, prefix: &str, unit: &str) -> ProgressBar {
     sys::progress_bar(
         len,
         &format!("{{prefix:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}}, eta {{eta}})"),
@@ -642,34 +642,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "nothing to measure"
     );
     ensure!(args.partitions > 0, "--partitions must be at least 1");
-    let families = parse_families(&args.families)?;
-    let series = series_of(&families);
     let load_before = sys::load_average();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let names: Vec<&'static str> = families.iter().map(|f| f.name()).collect();
-    let dir = args.out.join(format!(
-        "{}vm-{}d-{}-{}p-{}m{}",
-        args.vms,
-        args.days,
-        names.join("+"),
-        args.partitions,
-        args.batch_minutes,
-        if args.direct { "-direct" } else { "" }
-    ));
-    let (generated, reused) = generate(args, &dir, &series, &rt)?;
-    let lake_dir = std::fs::canonicalize(dir.join("lake"))?;
-    let lake_str = lake_dir.to_str().context("utf-8 path")?.to_owned();
-    let (files, bytes) = sys::du(&lake_dir.join(Table::Rollup1m.name()))?;
-    let facts = LakeFacts {
-        names,
-        series: series.len(),
-        generated,
-        reused,
-        files,
-        bytes,
-    };
+    let (lake_str, facts) = lake(args, &rt)?;
     let work = Workload::new(args, lake_str);
     let mut served = Served::measure(args, &rt, &work)?;
     let duck = run_duckdb(args, &work)?;
@@ -682,18 +659,51 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lake of `args`' generation options, generated or found cached under `--out`: its
+/// absolute path and what it holds.
+pub(crate) fn lake(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(String, LakeFacts)> {
+    let families = parse_families(&args.families)?;
+    let series = series_of(&families);
+    let names: Vec<&'static str> = families.iter().map(|f| f.name()).collect();
+    let dir = args.out.join(format!(
+        "{}vm-{}d-{}-{}p-{}m{}",
+        args.vms,
+        args.days,
+        names.join("+"),
+        args.partitions,
+        args.batch_minutes,
+        if args.direct { "-direct" } else { "" }
+    ));
+    let (generated, reused) = generate(args, &dir, &series, rt)?;
+    let lake_dir = std::fs::canonicalize(dir.join("lake"))?;
+    let lake_str = lake_dir.to_str().context("utf-8 path")?.to_owned();
+    let (files, bytes) = sys::du(&lake_dir.join(Table::Rollup1m.name()))?;
+    let facts = LakeFacts {
+        names,
+        series: series.len(),
+        generated,
+        reused,
+        files,
+        bytes,
+    };
+    Ok((lake_str, facts))
+}
+
 /// The lake the queries run over: what it holds and how it was made.
-struct LakeFacts {
+pub(crate) struct LakeFacts {
     /// The generated metric families.
-    names: Vec<&'static str>,
+    pub(crate) names: Vec<&'static str>,
     /// Series per VM.
-    series: usize,
-    generated: Generated,
+    pub(crate) series: usize,
+    pub(crate) generated: Generated,
     /// Whether it was found cached.
-    reused: bool,
+    pub(crate) reused: bool,
     /// Files and bytes of its `rollup_1m` table.
-    files: u64,
-    bytes: u64,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
 }
 
 /// What both engines are asked: the lake's path, the fleet and, per query, the VMs asked about

@@ -4,6 +4,7 @@ mod agent;
 mod aggregate;
 mod alarm;
 mod api;
+mod console;
 mod fleet;
 mod lambda;
 mod prometheus;
@@ -27,6 +28,8 @@ enum Bench {
     Lambda(lambda::Args),
     /// The metric API's p50/p99 for 5-minute and 24-hour queries over a week of rollups, against DuckDB.
     Api(api::Args),
+    /// The console's fleet and VM pages on the API benchmark's 10,000-VM lake: p95 of 20 loads in Chromium.
+    Console(console::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
     Agent(agent::Args),
     /// `damselfly run`'s event source mapping (no-op and aggregate) against a bare rdkafka consumer.
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Alarm(args) => alarm::run(&args),
         Bench::Agent(args) => agent::run(&args),
         Bench::Api(args) => api::run(&args),
+        Bench::Console(args) => console::run(&args),
         Bench::Fleet(args) => fleet::run(&args),
         Bench::Lambda(args) => lambda::run(&args),
         Bench::Runner(args) => runner::run(&args),
