@@ -24,7 +24,6 @@ use damselfly_query::console::{alarms, fleet, view::View};
 use damselfly_schemas::Tags;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::api::NOW_MS;
 use crate::sys;
@@ -455,58 +454,16 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Logs to stderr (`RUST_LOG` wins, else info), each line written with the progress bars cleared.
+/// Logs to stderr (`RUST_LOG` wins, else info) beside the progress bars, which also draw there.
 fn init_logs() -> MultiProgress {
-    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(LogWriter(progress.clone()))
+        .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
-    progress
-}
-
-/// Writes each log line with the progress bars briefly cleared.
-#[derive(Clone)]
-struct LogWriter(MultiProgress);
-
-/// One log record, buffered until it is complete.
-struct LogLine {
-    progress: MultiProgress,
-    buf: Vec<u8>,
-}
-
-impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = LogLine;
-
-    fn make_writer(&'a self) -> LogLine {
-        LogLine {
-            progress: self.0.clone(),
-            buf: Vec::new(),
-        }
-    }
-}
-
-impl std::io::Write for LogLine {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for LogLine {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        self.progress.suspend(|| {
-            let _ = std::io::stderr().write_all(&buf);
-        });
-    }
+    MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
 }
 
 /// Chromium's version line, if it answers.
