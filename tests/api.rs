@@ -8,14 +8,13 @@
 //! `DAMSELFLY_PYTHON`: a Python with `duckdb` and `schemathesis` (tests/requirements.txt).
 
 mod common;
+use common::serve::Server;
 use common::*;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use damselfly_schemas::{Family, Kind};
 use rdkafka::mocking::MockCluster;
@@ -80,63 +79,6 @@ fn lake() -> &'static Path {
             Lake { _dir: dir, path }
         })
         .path
-}
-
-/// `damselfly serve` on a free port, stopped when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(lake: &Path) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-            .args(["serve", "--lake", lake.to_str().unwrap(), "--listen", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start damselfly serve");
-        let server = Server { child, addr };
-        let until = Instant::now() + Duration::from_secs(30);
-        while get(&server.addr, "/dragonfly/healthcheck").map(|r| r.0) != Some(204) {
-            assert!(Instant::now() < until, "damselfly serve did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        get(&self.addr, path).unwrap_or_else(|| panic!("GET {path} failed"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 GET: the status and the body as JSON (`null` when empty).
-fn get(addr: &str, path: &str) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n")?.1;
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-    };
-    Some((status, body))
 }
 
 /// (label, lake series) of a family's fields: CB-Dragonfly's names, counters as their rates.
@@ -245,7 +187,7 @@ fn ask(server: &Server, path: &str, period: &str, duration_ms: i64) -> (Value, i
     let p = period_ms(period);
     loop {
         let before = now_ms();
-        let (status, body) = server.get(path);
+        let (status, body) = server.get_json(path);
         let after = now_ms();
         assert_eq!(status, 200, "{path}: {body}");
         let from = (before - duration_ms).div_euclid(p) * p;
@@ -352,7 +294,7 @@ fn bad_parameters_are_400_naming_them_and_unknown_vms_404() {
         ("gpu/info", "metric"),
         ("network/info?device=", "device"),
     ] {
-        let (status, body) = server.get(&format!("{base}/{query}"));
+        let (status, body) = server.get_json(&format!("{base}/{query}"));
         assert_eq!(status, 400, "{query}: {body}");
         let message = body["message"].as_str().unwrap();
         assert!(
@@ -365,15 +307,15 @@ fn bad_parameters_are_400_naming_them_and_unknown_vms_404() {
         format!("/dragonfly/ns/ns-other/mcis/{MCIS}/vm/{VM}/metric/cpu/info"),
         "/dragonfly/ns".to_owned(),
     ] {
-        let (status, body) = server.get(&path);
+        let (status, body) = server.get_json(&path);
         assert_eq!(status, 404, "{path}: {body}");
         assert!(body["message"].is_string(), "{path}: {body}");
     }
-    let (status, body) = server.get("/dragonfly/openapi.json");
+    let (status, body) = server.get_json("/dragonfly/openapi.json");
     assert_eq!(status, 200);
     assert_eq!(body["info"]["title"], "Damselfly metric API");
     // A device narrows a per-device family to that device.
-    let (status, body) = server.get(&format!("{base}/disk/info?device=/&duration=10m"));
+    let (status, body) = server.get_json(&format!("{base}/disk/info?device=/&duration=10m"));
     assert_eq!(status, 200, "{body}");
     let values = body["values"].as_array().unwrap();
     assert!(!values.is_empty());

@@ -18,15 +18,14 @@
 
 mod common;
 use common::lambda::LambdaEmulator;
+use common::serve::{Server, get, get_with_head};
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use damselfly_agent::{Publisher, PublisherConfig};
@@ -174,71 +173,6 @@ fn lake() -> &'static Lake {
         let end_ms = newest.div_euclid(MINUTE) * MINUTE + MINUTE;
         Lake { _dir: dir, path, end_ms, bad }
     })
-}
-
-/// `damselfly serve` on a free port, stopped when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(lake: &Path) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_damselfly"))
-            .args(["serve", "--lake", lake.to_str().unwrap(), "--listen", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start damselfly serve");
-        let server = Server { child, addr };
-        let until = Instant::now() + Duration::from_secs(30);
-        while get(&server.addr, "/dragonfly/healthcheck").map(|r| r.0) != Some(204) {
-            assert!(Instant::now() < until, "damselfly serve did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    /// The server's base URL, `http://host:port`.
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// GETs a metric API path: its JSON answer, asserting a 200.
-    fn api(&self, path: &str) -> Value {
-        let (status, body) = get(&self.addr, path).unwrap_or_else(|| panic!("GET {path} failed"));
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 GET: the status and the body.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    get_with_head(addr, path).map(|(status, _, body)| (status, body))
-}
-
-/// One HTTP/1.1 GET: the status, the head (lower-cased) and the body.
-fn get_with_head(addr: &str, path: &str) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 /// Runs `browser.py visit` over `steps` (paths, `click:SELECTOR`, `back`) on the server at `base`
