@@ -758,7 +758,7 @@ impl Served {
     fn measure(args: &Args, rt: &tokio::runtime::Runtime, work: &Workload) -> anyhow::Result<Self> {
         let rss_before_kib = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
         let api = rt
-            .block_on(Api::open(&work.lake, api::DEFAULT_REFRESH))?
+            .block_on(Api::open(&work.lake, &Default::default()))?
             .with_clock(|| NOW_MS);
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;

@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 use damselfly_query::api::{self, Api};
-use damselfly_query::console::{alarms, fleet, view::View};
+use damselfly_query::console::{alarms, digest, fleet, view::View};
+use damselfly_query::{LakeSql, lake_runtime};
 use damselfly_schemas::Tags;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use tracing_subscriber::EnvFilter;
@@ -185,7 +186,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let rss_before_kib = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
     let api = rt
-        .block_on(Api::open(&lake, api::DEFAULT_REFRESH))?
+        .block_on(Api::open(&lake, &Default::default()))?
         .with_clock(|| NOW_MS);
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
@@ -203,7 +204,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let measured = measure(args, addr, &pages, &progress);
     let breakdown = match &measured {
-        Ok(_) => rt.block_on(fleet_breakdown(args, &api)),
+        Ok(_) => rt.block_on(fleet_breakdown(args, &api, &lake)),
         Err(_) => Ok(Vec::new()),
     };
     let _ = stop.send(());
@@ -294,17 +295,20 @@ fn measure(
 }
 
 /// The fleet page's queries as the page runs them (`tokio::try_join!`), then each alone.
-const FLEET_PARTS: [&str; 5] = [
+const FLEET_PARTS: [&str; 4] = [
     "page (all, joined)",
-    "seen",
-    "busiest",
-    "heat",
+    "fleet digests, kept",
+    "fleet digests, cold (fresh runtime)",
     "alarm states",
 ];
 
 /// Per range, the p50 ms of [`FLEET_PARTS`] over `--breakdown` sequential runs each, in process
-/// (no HTTP, no HTML for the parts).
-async fn fleet_breakdown(args: &Args, api: &Api) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+/// (no HTTP, no HTML for the parts), and the files and bytes of the digests one window keeps.
+async fn fleet_breakdown(
+    args: &Args,
+    api: &Api,
+    lake: &str,
+) -> anyhow::Result<Vec<(String, Vec<f64>, (usize, usize))>> {
     let sql = api.sql().await;
     let mut out = Vec::new();
     for range in args.ranges.iter().filter(|_| args.breakdown > 0) {
@@ -314,25 +318,33 @@ async fn fleet_breakdown(args: &Args, api: &Api) -> anyhow::Result<Vec<(String, 
         ];
         let view = View::parse(&query, NOW_MS, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut p50 = Vec::new();
+        let mut kept = (0, 0);
         for (part, name) in FLEET_PARTS.iter().enumerate() {
             let mut ms = Vec::new();
             for _ in 0..args.breakdown {
+                // Cold: a session in a runtime of its own, so no file's digest is kept yet.
+                let fresh = match part {
+                    2 => Some(LakeSql::open_in(lake, lake_runtime()?).await?),
+                    _ => None,
+                };
                 let t = Instant::now();
-                let done = match part {
-                    0 => fleet::page(&sql, &view).await.map(drop),
-                    1 => fleet::seen(&sql, &view).await.map(drop),
-                    2 => fleet::busiest(&sql, &view).await.map(drop),
-                    3 => fleet::heat(&sql, &view).await.map(drop),
+                let done = match (part, &fresh) {
+                    (0, _) => fleet::page(&sql, &view).await.map(drop),
+                    (1, _) => digest::fleet(&sql, &view).await.map(drop),
+                    (2, Some(fresh)) => digest::fleet(fresh, &view).await.map(drop),
                     _ => alarms::current_states(&sql, view.end_ms).await.map(drop),
                 };
                 done.map_err(|e| anyhow::anyhow!("fleet {name} ({range}): {e}"))?;
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
+                if let Some(fresh) = &fresh {
+                    kept = fresh.digests().kept();
+                }
             }
             ms.sort_by(f64::total_cmp);
             p50.push(sys::nearest_rank(&ms, 0.5));
         }
-        tracing::info!(range = %range, ?p50, "fleet page queries timed");
-        out.push((range.clone(), p50));
+        tracing::info!(range = %range, ?p50, files = kept.0, bytes = kept.1, "fleet page queries timed");
+        out.push((range.clone(), p50, kept));
     }
     Ok(out)
 }
@@ -571,20 +583,27 @@ fn print_spread(args: &Args, pages: &[Page], measured: &[Measured]) {
 }
 
 /// Prints where the fleet page's server time goes.
-fn print_breakdown(args: &Args, breakdown: &[(String, Vec<f64>)]) {
+fn print_breakdown(args: &Args, breakdown: &[(String, Vec<f64>, (usize, usize))]) {
     if breakdown.is_empty() {
         return;
     }
     println!(
-        "\nfleet page, server side in process (p50 of {} sequential runs each, after the loads; the page runs the four queries at once):",
+        "\nfleet page, server side in process (p50 of {} sequential runs each, after the loads; the page reads the digests and the alarm states at once):",
         args.breakdown
     );
     println!();
-    println!("| range | {} |", FLEET_PARTS.join(" ms | ") + " ms");
-    println!("|---|{}", "---:|".repeat(FLEET_PARTS.len()));
-    for (range, p50) in breakdown {
+    println!(
+        "| range | {} | digests of the window (files / MiB) |",
+        FLEET_PARTS.join(" ms | ") + " ms"
+    );
+    println!("|---|{}---:|", "---:|".repeat(FLEET_PARTS.len()));
+    for (range, p50, (files, bytes)) in breakdown {
         let cells: Vec<String> = p50.iter().map(|x| format!("{x:.0}")).collect();
-        println!("| {range} | {} |", cells.join(" | "));
+        println!(
+            "| {range} | {} | {files} / {:.1} |",
+            cells.join(" | "),
+            *bytes as f64 / (1 << 20) as f64
+        );
     }
 }
 

@@ -97,7 +97,11 @@ pub async fn demo(args: DemoArgs, progress: &MultiProgress) -> anyhow::Result<()
             );
         }
         let limits = damselfly_query::api::Limits::default();
-        super::serve::serve_lake(&args.lake, listen, Duration::from_secs(5), limits).await?;
+        let settings = damselfly_query::config::Settings {
+            refresh: Duration::from_secs(5),
+            ..Default::default()
+        };
+        super::serve::serve_lake(&args.lake, listen, &settings, limits).await?;
     }
     Ok(())
 }

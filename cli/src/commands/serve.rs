@@ -13,18 +13,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         timeout: args.request_timeout,
         concurrency: args.max_concurrent.into(),
     };
-    serve_lake(&args.lake, args.listen, args.query.refresh, limits).await
+    serve_lake(&args.lake, args.listen, &args.query, limits).await
 }
 
 /// Serves the console and the API over `lake` on `listen` until Ctrl-C, saying where.
 pub async fn serve_lake(
     lake: &str,
     listen: std::net::SocketAddr,
-    refresh: std::time::Duration,
+    settings: &damselfly_query::config::Settings,
     limits: api::Limits,
 ) -> anyhow::Result<()> {
     let api = Arc::new(
-        Api::open(lake, refresh)
+        Api::open(lake, settings)
             .await
             .with_context(|| format!("opening the lake {lake}"))?,
     );

@@ -221,6 +221,11 @@ impl LakeSql {
         Ok(self.ctx.sql(sql).await?.collect().await?)
     }
 
+    /// The fleet page's per-file digests, kept across renewed sessions (see [`console::digest`]).
+    pub fn digests(&self) -> Arc<console::digest::Digests> {
+        self.runtime.digests.clone()
+    }
+
     /// The runtime this session plans in (its caches), to open a renewed session in.
     pub fn runtime(&self) -> LakeRuntime {
         self.runtime.clone()
@@ -232,13 +237,14 @@ impl LakeSql {
     }
 }
 
-/// What lake sessions share across renewals: a DataFusion runtime and the files' statistics and
-/// bloom filters.
+/// What lake sessions share across renewals: a DataFusion runtime, the files' statistics and
+/// bloom filters, and the fleet page's digests.
 #[derive(Clone)]
 pub struct LakeRuntime {
     env: Arc<RuntimeEnv>,
     stats: Arc<prune::FileStats>,
     blooms: Arc<prune::VmBlooms>,
+    digests: Arc<console::digest::Digests>,
 }
 
 /// A runtime for lake sessions: file statistics, Parquet footers and `vm` bloom filters are
@@ -252,6 +258,7 @@ pub fn lake_runtime() -> Result<LakeRuntime, QueryError> {
             .build_arc()?,
         stats: Arc::default(),
         blooms: Arc::default(),
+        digests: Arc::default(),
     })
 }
 

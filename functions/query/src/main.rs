@@ -10,7 +10,7 @@ use damselfly_query::config::Settings;
 async fn main() -> anyhow::Result<()> {
     lambda_http::tracing::init_default_subscriber();
     let config: WithLake<Settings> = damselfly_core::env::from_env()?;
-    let api = Arc::new(Api::open(&config.lake, config.settings.refresh).await?);
+    let api = Arc::new(Api::open(&config.lake, &config.settings).await?);
     lambda_http::run(api::router(api))
         .await
         .map_err(anyhow::Error::from_boxed)

@@ -23,6 +23,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::config::Settings;
 use crate::{LakeSql, QueryError};
 pub use metric::{MetricInfo, VmSeen, metric_info, vm_list};
 pub use params::{MetricRequest, Period, Statistic};
@@ -130,12 +131,14 @@ fn wall_clock_ms() -> i64 {
 }
 
 impl Api {
-    /// Opens the lake at `url` (failing fast on a bad URL) and renews the session every `refresh`.
-    pub async fn open(url: &str, refresh: Duration) -> Result<Self, QueryError> {
+    /// Opens the lake at `url` (failing fast on a bad URL), renews the session every
+    /// `settings.refresh` and keeps the console's digests within `settings.console_cache_mib`.
+    pub async fn open(url: &str, settings: &Settings) -> Result<Self, QueryError> {
         let sql = LakeSql::open(url).await?;
+        sql.digests().set_budget(settings.console_cache_mib << 20);
         let mut api = Self::with_sql(sql);
         api.lake = Some(url.to_owned());
-        api.refresh = refresh;
+        api.refresh = settings.refresh;
         Ok(api)
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Every figure comes from the rollup partials in the window `[from, end)`, merged as the metric
 //! API merges them (an average is `sum(sum) / sum(count)` over the window's rows, whichever file
-//! or table holds them); ranges of a day or more read `rollup_1h` up to its watermark.
+//! or table holds them); ranges of a day or more read `rollup_1h` up to its watermark. The rows
+//! are read through per-file digests ([`super::digest`]), so a file is scanned once, not per page.
 
 use std::collections::BTreeMap;
 
@@ -11,14 +12,11 @@ use maud::{Markup, html};
 
 use super::alarms::{AlarmState, current_states};
 use super::chart;
+use super::digest::{DeviceMetric, Fleet, VmFigures, fleet};
 use super::layout::{self, Page, count_cell, empty, num_cell, text_cell, time_cell, vm_link};
 use super::view::View;
 use crate::LakeSql;
 use crate::api::ApiError;
-use crate::api::metric::{
-    coarse_tables, column, floats, millis, partitions_from, quote, rollup_sources_sql, strings,
-    ts_literal, vm_list_from_sql, vm_rows,
-};
 
 /// The tags the VM list filters by, and its page number.
 pub const VM_FILTERS: [&str; 5] = ["csp", "region", "ns", "mcis", "page"];
@@ -30,15 +28,6 @@ const TOP: usize = 10;
 const SILENT_SHOWN: usize = 100;
 /// VMs per page of the VM list.
 const PAGE_SIZE: usize = 100;
-/// The metrics the busiest tables rank by.
-const BUSY_METRICS: [&str; 5] = [
-    "cpu_utilization",
-    "mem_utilization",
-    "disk_utilization",
-    "bytes_in_rate",
-    "bytes_out_rate",
-];
-
 /// A VM with a sample in the window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
@@ -70,41 +59,25 @@ impl Seen {
     }
 }
 
-/// The window's rollup rows of `metrics` (all when empty), as a `FROM` clause.
-fn source(sql: &LakeSql, view: &View, metrics: &[&str], columns: &str) -> String {
-    let from = view.from_ms();
-    let mut filter = format!(
-        "window_start >= {} AND window_start < {} AND {}",
-        ts_literal(from),
-        ts_literal(view.end_ms),
-        partitions_from(from)
-    );
-    if !metrics.is_empty() {
-        let list: Vec<String> = metrics.iter().map(|m| quote(m)).collect();
-        filter = format!("metric IN ({}) AND {filter}", list.join(", "));
-    }
-    let coarse = coarse_tables(sql);
-    rollup_sources_sql(&filter, from, view.range.period(), columns, |t| {
-        coarse.contains(&t)
-    })
-}
-
 /// The VMs with a sample in the window, by ns, mcis, vm.
-pub async fn seen(sql: &LakeSql, view: &View) -> Result<Vec<Seen>, ApiError> {
-    let body = source(sql, view, &[], "ns, mcis, vm, csp, region, os, last_ts");
-    let rows = vm_rows(&sql.query(&vm_list_from_sql(&body)).await?)?;
-    Ok(rows
-        .into_iter()
-        .map(|([ns, mcis, vm, csp, region, os], last)| Seen {
-            ns,
-            mcis,
-            vm,
-            csp,
-            region,
-            os,
-            last_seen: last.unwrap_or_default(),
+pub fn seen(fleet: &Fleet) -> Vec<Seen> {
+    fleet
+        .vms
+        .iter()
+        .map(|v| {
+            let [ns, mcis, vm] = v.key.clone();
+            let [csp, region, os] = v.tags.clone();
+            Seen {
+                ns,
+                mcis,
+                vm,
+                csp,
+                region,
+                os,
+                last_seen: v.last_seen,
+            }
         })
-        .collect())
+        .collect()
 }
 
 /// One VM's figure in a "busiest" table.
@@ -133,111 +106,50 @@ pub struct Busiest {
     pub network: Vec<Busy>,
 }
 
-/// Per (ns, mcis, vm, metric, device): the window's sum and count.
-type Sums = BTreeMap<(String, String, String, String, String), (f64, f64)>;
-
-/// Ranks the VMs from their per-series sums and counts.
-pub fn rank(sums: &Sums) -> Busiest {
-    let mut per: [BTreeMap<(String, String, String), f64>; 4] = Default::default();
-    for ((ns, mcis, vm, metric, _device), (s, c)) in sums {
-        if *c <= 0.0 {
-            continue;
+/// Ranks the VMs by their window figures; a VM without samples of a figure ranks nowhere in it.
+pub fn rank(vms: &[VmFigures]) -> Busiest {
+    let mut per: [Vec<(&VmFigures, f64)>; 4] = Default::default();
+    for v in vms {
+        if let Some(avg) = v.cpu.avg() {
+            per[0].push((v, avg));
         }
-        let avg = s / c;
-        let key = (ns.clone(), mcis.clone(), vm.clone());
-        match metric.as_str() {
-            "cpu_utilization" => *per[0].entry(key).or_default() = avg,
-            "mem_utilization" => *per[1].entry(key).or_default() = avg,
-            "disk_utilization" => {
-                let e = per[2].entry(key).or_insert(f64::NEG_INFINITY);
-                *e = e.max(avg);
-            }
-            "bytes_in_rate" | "bytes_out_rate" => *per[3].entry(key).or_default() += avg,
-            _ => {}
+        if let Some(avg) = v.mem.avg() {
+            per[1].push((v, avg));
+        }
+        let disks = v
+            .devices
+            .iter()
+            .filter(|(m, _, _)| *m == DeviceMetric::Disk);
+        if let Some(max) = disks.filter_map(|(_, _, p)| p.avg()).reduce(f64::max) {
+            per[2].push((v, max));
+        }
+        let nics = v
+            .devices
+            .iter()
+            .filter(|(m, _, _)| *m != DeviceMetric::Disk);
+        if let Some(total) = nics.filter_map(|(_, _, p)| p.avg()).reduce(|a, b| a + b) {
+            per[3].push((v, total));
         }
     }
-    let top = |m: &BTreeMap<(String, String, String), f64>| {
-        let mut v: Vec<Busy> = m
-            .iter()
-            .map(|((ns, mcis, vm), value)| Busy {
-                ns: ns.clone(),
-                mcis: mcis.clone(),
-                vm: vm.clone(),
-                value: *value,
+    let [cpu, memory, disk, network] = per.map(|mut figures| {
+        figures.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.key.cmp(&b.0.key)));
+        figures
+            .into_iter()
+            .take(TOP)
+            .map(|(v, value)| Busy {
+                ns: v.key[0].clone(),
+                mcis: v.key[1].clone(),
+                vm: v.key[2].clone(),
+                value,
             })
-            .collect();
-        v.sort_by(|a, b| b.value.total_cmp(&a.value).then_with(|| a.vm.cmp(&b.vm)));
-        v.truncate(TOP);
-        v
-    };
+            .collect()
+    });
     Busiest {
-        cpu: top(&per[0]),
-        memory: top(&per[1]),
-        disk: top(&per[2]),
-        network: top(&per[3]),
+        cpu,
+        memory,
+        disk,
+        network,
     }
-}
-
-/// The busiest VMs in the window.
-pub async fn busiest(sql: &LakeSql, view: &View) -> Result<Busiest, ApiError> {
-    let body = source(
-        sql,
-        view,
-        &BUSY_METRICS,
-        r#"ns, mcis, vm, metric, device, "sum", "count""#,
-    );
-    let q = format!(
-        r#"SELECT ns, mcis, vm, metric, device, sum("sum") AS s, sum("count") AS c FROM {body} GROUP BY ns, mcis, vm, metric, device"#
-    );
-    let mut sums = Sums::new();
-    for b in &sql.query(&q).await? {
-        let cols: Vec<Vec<Option<String>>> = ["ns", "mcis", "vm", "metric", "device"]
-            .iter()
-            .map(|c| strings(column(b, c)?))
-            .collect::<Result<_, _>>()?;
-        let (s, c) = (floats(column(b, "s")?)?, floats(column(b, "c")?)?);
-        for i in 0..b.num_rows() {
-            let k = |c: usize| cols[c][i].clone().unwrap_or_default();
-            sums.insert(
-                (k(0), k(1), k(2), k(3), k(4)),
-                (s[i].unwrap_or(0.0), c[i].unwrap_or(0.0)),
-            );
-        }
-    }
-    Ok(rank(&sums))
-}
-
-/// The CPU heat map's cells: per column, VMs by 10-point band of their average `cpu_utilization`.
-pub async fn heat(sql: &LakeSql, view: &View) -> Result<Vec<chart::Cell>, ApiError> {
-    let bucket = view.range.bucket_ms();
-    let body = source(
-        sql,
-        view,
-        &["cpu_utilization"],
-        r#"window_start, ns, mcis, vm, "sum", "count""#,
-    );
-    let q = format!(
-        r#"SELECT b, CAST(least(greatest(floor(avg / 10), 0), 9) AS BIGINT) AS band, count(*) AS vms FROM (
-             SELECT date_bin(INTERVAL '{bucket} milliseconds', window_start, {origin}) AS b, ns, mcis, vm,
-                    sum("sum") / sum("count") AS avg
-             FROM {body} GROUP BY 1, 2, 3, 4) AS per_vm
-           GROUP BY 1, 2 ORDER BY 1, 2"#,
-        origin = ts_literal(0),
-    );
-    let mut cells = Vec::new();
-    for b in &sql.query(&q).await? {
-        let (t, band, n) = (
-            millis(column(b, "b")?)?,
-            floats(column(b, "band")?)?,
-            floats(column(b, "vms")?)?,
-        );
-        for i in 0..b.num_rows() {
-            if let (Some(t), Some(band), Some(n)) = (t[i], band[i], n[i]) {
-                cells.push((t, band as usize, n as u64));
-            }
-        }
-    }
-    Ok(cells)
 }
 
 /// VM counts per value of `tag`, most first.
@@ -253,17 +165,12 @@ fn groups<'a>(vms: &'a [Seen], tag: &str) -> Vec<(&'a str, u64)> {
 
 /// The fleet page.
 pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
-    let (vms, busy, cells, states) = tokio::try_join!(
-        seen(sql, view),
-        busiest(sql, view),
-        heat(sql, view),
-        current_states(sql, view.end_ms),
-    )?;
+    let (fleet, states) = tokio::try_join!(fleet(sql, view), current_states(sql, view.end_ms))?;
     Ok(layout::page(
         Page::Fleet,
         "Fleet",
         view,
-        render(view, &vms, &busy, &cells, &states),
+        render(view, &seen(&fleet), &rank(&fleet.vms), &fleet.heat, &states),
     ))
 }
 
@@ -392,7 +299,7 @@ pub async fn vms_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
             .filter(|p| *p >= 1)
             .ok_or_else(|| ApiError::bad("page", format!("{p:?}: use a page number from 1")))?,
     };
-    let all = seen(sql, view).await?;
+    let all = seen(&fleet(sql, view).await?);
     let filters: Vec<(&str, &str)> = ["csp", "region", "ns", "mcis"]
         .into_iter()
         .filter_map(|t| view.get(t).map(|v| (t, v)))
@@ -437,31 +344,44 @@ pub async fn vms_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::digest::Partial;
 
-    fn key(vm: &str, metric: &str, device: &str) -> (String, String, String, String, String) {
-        (
-            "ns".into(),
-            "m".into(),
-            vm.into(),
-            metric.into(),
-            device.into(),
-        )
+    fn vm(
+        name: &str,
+        cpu: Option<(f64, u64)>,
+        devices: &[(DeviceMetric, &str, f64, u64)],
+    ) -> VmFigures {
+        let partial = |(sum, count)| Partial { sum, count };
+        VmFigures {
+            key: ["ns".into(), "m".into(), name.into()],
+            cpu: cpu.map(partial).unwrap_or_default(),
+            devices: devices
+                .iter()
+                .map(|(m, d, s, c)| (*m, d.to_string(), partial((*s, *c))))
+                .collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn ranks_each_figure_as_documented() {
-        let mut s = Sums::new();
-        s.insert(key("a", "cpu_utilization", ""), (90.0, 3.0));
-        s.insert(key("b", "cpu_utilization", ""), (60.0, 1.0));
-        s.insert(key("c", "cpu_utilization", ""), (30.0, 1.0));
-        s.insert(key("a", "disk_utilization", "/"), (10.0, 1.0));
-        s.insert(key("a", "disk_utilization", "/data"), (80.0, 1.0));
-        s.insert(key("b", "disk_utilization", "/"), (50.0, 1.0));
-        s.insert(key("a", "bytes_in_rate", "eth0"), (100.0, 2.0));
-        s.insert(key("a", "bytes_out_rate", "eth0"), (30.0, 1.0));
-        s.insert(key("a", "bytes_in_rate", "eth1"), (5.0, 1.0));
-        s.insert(key("b", "mem_utilization", ""), (0.0, 0.0));
-        let r = rank(&s);
+        use DeviceMetric::*;
+        let vms = [
+            vm(
+                "a",
+                Some((90.0, 3)),
+                &[
+                    (Disk, "/", 10.0, 1),
+                    (Disk, "/data", 80.0, 1),
+                    (BytesIn, "eth0", 100.0, 2),
+                    (BytesOut, "eth0", 30.0, 1),
+                    (BytesIn, "eth1", 5.0, 1),
+                ],
+            ),
+            vm("b", Some((60.0, 1)), &[(Disk, "/", 50.0, 1)]),
+            vm("c", Some((30.0, 1)), &[]),
+        ];
+        let r = rank(&vms);
         let names = |v: &[Busy]| {
             v.iter()
                 .map(|b| (b.vm.clone(), b.value))

@@ -12,6 +12,7 @@
 
 pub mod alarms;
 pub mod chart;
+pub mod digest;
 pub mod dlq;
 pub mod fleet;
 pub mod ingest;
