@@ -566,13 +566,21 @@ async fn files_of(
     Ok(files)
 }
 
-/// A VM's figures over the window, merged from every file.
-#[derive(Debug, Clone, Default)]
+/// A VM with a sample in the window: its tags and figures, merged from every file.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VmFigures {
-    /// Namespace, MCIS and VM id.
-    pub key: [String; 3],
-    /// Cloud provider, region and OS of the newest sample.
-    pub tags: [String; 3],
+    /// Namespace.
+    pub ns: String,
+    /// MCIS.
+    pub mcis: String,
+    /// VM id.
+    pub vm: String,
+    /// Cloud provider of the newest sample.
+    pub csp: String,
+    /// Region of the newest sample.
+    pub region: String,
+    /// OS of the newest sample.
+    pub os: String,
     /// Newest sample time (ms).
     pub last_seen: i64,
     /// `cpu_utilization`.
@@ -758,9 +766,15 @@ fn merge(tables: &[TableDigests], from: i64, end: i64, bucket: i64) -> Fleet {
                 .map(|(m, d, p)| (m, device_names[d as usize].to_owned(), p))
                 .collect();
             devices.sort_by(|x, y| x.1.cmp(&y.1));
+            let ([ns, mcis, vm], [csp, region, os]) =
+                (key.map(str::to_owned), a.tags.map(str::to_owned));
             VmFigures {
-                key: key.map(str::to_owned),
-                tags: a.tags.map(str::to_owned),
+                ns,
+                mcis,
+                vm,
+                csp,
+                region,
+                os,
                 last_seen: a.last_seen,
                 cpu: a.cpu,
                 mem: a.mem,
@@ -768,7 +782,7 @@ fn merge(tables: &[TableDigests], from: i64, end: i64, bucket: i64) -> Fleet {
             }
         })
         .collect();
-    vms.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    vms.sort_unstable_by(|a, b| (&a.ns, &a.mcis, &a.vm).cmp(&(&b.ns, &b.mcis, &b.vm)));
     Fleet { vms, heat }
 }
 
@@ -993,9 +1007,8 @@ mod tests {
                     .vms
                     .iter()
                     .map(|v| {
-                        let [ns, mcis, vm] = v.key.clone();
-                        let [csp, region, os] = v.tags.clone();
-                        ([ns, mcis, vm, csp, region, os], v.last_seen)
+                        let tags = [&v.ns, &v.mcis, &v.vm, &v.csp, &v.region, &v.os];
+                        (tags.map(String::clone), v.last_seen)
                     })
                     .collect();
                 assert_eq!(digest_seen, seen, "{ctx}");
@@ -1004,7 +1017,7 @@ mod tests {
                 let sums = sql_sums(&sql, &view).await;
                 let mut digest_sums = BTreeMap::new();
                 for v in &got.vms {
-                    let vm = v.key[2].clone();
+                    let vm = v.vm.clone();
                     let mut put = |metric: &str, device: &str, p: Partial| {
                         if p.count > 0 {
                             digest_sums.insert(

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 
 use super::alarms::{AlarmState, current_states};
 use super::chart;
-use super::digest::{DeviceMetric, Fleet, VmFigures, fleet};
+use super::digest::{DeviceMetric, VmFigures, fleet};
 use super::layout::{self, Page, count_cell, empty, num_cell, text_cell, time_cell, vm_link};
 use super::view::View;
 use crate::LakeSql;
@@ -28,56 +28,15 @@ const TOP: usize = 10;
 const SILENT_SHOWN: usize = 100;
 /// VMs per page of the VM list.
 const PAGE_SIZE: usize = 100;
-/// A VM with a sample in the window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Seen {
-    /// Namespace, MCIS, VM id.
-    pub ns: String,
-    /// MCIS.
-    pub mcis: String,
-    /// VM id.
-    pub vm: String,
-    /// Latest cloud provider, region and OS.
-    pub csp: String,
-    /// Latest region.
-    pub region: String,
-    /// Latest OS.
-    pub os: String,
-    /// Newest sample time (ms).
-    pub last_seen: i64,
-}
-
-impl Seen {
-    fn tag(&self, name: &str) -> &str {
-        match name {
-            "csp" => &self.csp,
-            "region" => &self.region,
-            "ns" => &self.ns,
-            "mcis" => &self.mcis,
-            _ => "",
-        }
+/// A VM's value of `tag` (csp, region, ns or mcis; empty for any other name).
+fn tag_of<'a>(v: &'a VmFigures, name: &str) -> &'a str {
+    match name {
+        "csp" => &v.csp,
+        "region" => &v.region,
+        "ns" => &v.ns,
+        "mcis" => &v.mcis,
+        _ => "",
     }
-}
-
-/// The VMs with a sample in the window, by ns, mcis, vm.
-pub fn seen(fleet: &Fleet) -> Vec<Seen> {
-    fleet
-        .vms
-        .iter()
-        .map(|v| {
-            let [ns, mcis, vm] = v.key.clone();
-            let [csp, region, os] = v.tags.clone();
-            Seen {
-                ns,
-                mcis,
-                vm,
-                csp,
-                region,
-                os,
-                last_seen: v.last_seen,
-            }
-        })
-        .collect()
 }
 
 /// One VM's figure in a "busiest" table.
@@ -106,6 +65,11 @@ pub struct Busiest {
     pub network: Vec<Busy>,
 }
 
+/// A VM's (ns, mcis, vm).
+fn key(v: &VmFigures) -> (&str, &str, &str) {
+    (&v.ns, &v.mcis, &v.vm)
+}
+
 /// Ranks the VMs by their window figures; a VM without samples of a figure ranks nowhere in it.
 pub fn rank(vms: &[VmFigures]) -> Busiest {
     let mut per: [Vec<(&VmFigures, f64)>; 4] = Default::default();
@@ -132,14 +96,14 @@ pub fn rank(vms: &[VmFigures]) -> Busiest {
         }
     }
     let [cpu, memory, disk, network] = per.map(|mut figures| {
-        figures.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.key.cmp(&b.0.key)));
+        figures.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| key(a.0).cmp(&key(b.0))));
         figures
             .into_iter()
             .take(TOP)
             .map(|(v, value)| Busy {
-                ns: v.key[0].clone(),
-                mcis: v.key[1].clone(),
-                vm: v.key[2].clone(),
+                ns: v.ns.clone(),
+                mcis: v.mcis.clone(),
+                vm: v.vm.clone(),
                 value,
             })
             .collect()
@@ -153,10 +117,10 @@ pub fn rank(vms: &[VmFigures]) -> Busiest {
 }
 
 /// VM counts per value of `tag`, most first.
-fn groups<'a>(vms: &'a [Seen], tag: &str) -> Vec<(&'a str, u64)> {
+fn groups<'a>(vms: &'a [VmFigures], tag: &str) -> Vec<(&'a str, u64)> {
     let mut m: BTreeMap<&str, u64> = BTreeMap::new();
     for v in vms {
-        *m.entry(v.tag(tag)).or_default() += 1;
+        *m.entry(tag_of(v, tag)).or_default() += 1;
     }
     let mut g: Vec<_> = m.into_iter().collect();
     g.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -170,20 +134,20 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
         Page::Fleet,
         "Fleet",
         view,
-        render(view, &seen(&fleet), &rank(&fleet.vms), &fleet.heat, &states),
+        render(view, &fleet.vms, &rank(&fleet.vms), &fleet.heat, &states),
     ))
 }
 
 /// The fleet page's body from its data.
 pub fn render(
     view: &View,
-    vms: &[Seen],
+    vms: &[VmFigures],
     busy: &Busiest,
     cells: &[chart::Cell],
     states: &[AlarmState],
 ) -> Markup {
-    let silent: Vec<&Seen> = {
-        let mut s: Vec<&Seen> = vms
+    let silent: Vec<&VmFigures> = {
+        let mut s: Vec<&VmFigures> = vms
             .iter()
             .filter(|v| v.last_seen < view.end_ms - SILENT_AFTER_MS)
             .collect();
@@ -299,14 +263,14 @@ pub async fn vms_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
             .filter(|p| *p >= 1)
             .ok_or_else(|| ApiError::bad("page", format!("{p:?}: use a page number from 1")))?,
     };
-    let all = seen(&fleet(sql, view).await?);
+    let all = fleet(sql, view).await?.vms;
     let filters: Vec<(&str, &str)> = ["csp", "region", "ns", "mcis"]
         .into_iter()
         .filter_map(|t| view.get(t).map(|v| (t, v)))
         .collect();
-    let vms: Vec<&Seen> = all
+    let vms: Vec<&VmFigures> = all
         .iter()
-        .filter(|v| filters.iter().all(|(t, want)| v.tag(t) == *want))
+        .filter(|v| filters.iter().all(|(t, want)| tag_of(v, t) == *want))
         .collect();
     let pages = vms.len().div_ceil(PAGE_SIZE).max(1);
     let shown = vms.iter().skip((page_no - 1) * PAGE_SIZE).take(PAGE_SIZE);
@@ -353,7 +317,9 @@ mod tests {
     ) -> VmFigures {
         let partial = |(sum, count)| Partial { sum, count };
         VmFigures {
-            key: ["ns".into(), "m".into(), name.into()],
+            ns: "ns".into(),
+            mcis: "m".into(),
+            vm: name.into(),
             cpu: cpu.map(partial).unwrap_or_default(),
             devices: devices
                 .iter()
@@ -402,7 +368,7 @@ mod tests {
     #[test]
     fn silent_vms_and_group_counts_come_from_the_window() {
         let view = View::parse(&[("end".into(), "3600000".into())], 0, &[]).unwrap();
-        let vm = |name: &str, csp: &str, last: i64| Seen {
+        let vm = |name: &str, csp: &str, last: i64| VmFigures {
             ns: "ns".into(),
             mcis: "m".into(),
             vm: name.into(),
@@ -410,6 +376,7 @@ mod tests {
             region: "r".into(),
             os: "linux".into(),
             last_seen: last,
+            ..Default::default()
         };
         let vms = [
             vm("a", "aws", 3_590_000),
