@@ -58,11 +58,17 @@ pub async fn page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
         "SELECT received_at, topic, \"partition\", \"offset\", reason FROM dlq WHERE {w} \
          ORDER BY received_at DESC, topic, \"partition\", \"offset\" LIMIT {RECENT_ROWS}"
     );
+    // The session's footer cache: a batch file's footer is read once, not on every page.
+    let footers = sql
+        .context()
+        .runtime_env()
+        .cache_manager
+        .get_file_metadata_cache();
     let (reasons, times, recent, landed) = tokio::try_join!(
         async { Ok(sql.query(&reasons_q).await?) },
         async { Ok(sql.query(&times_q).await?) },
         async { Ok(sql.query(&recent_q).await?) },
-        ingest::landed(sql.store(), view.from_ms(), view.end_ms),
+        ingest::landed(sql.store(), &footers, view.from_ms(), view.end_ms),
     )?;
     let mut by_reason = Vec::new();
     for b in &reasons {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use damselfly_schemas::Table;
 use damselfly_schemas::paths::{HourPartition, compacted_generation};
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::statistics::Statistics;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -48,9 +49,11 @@ impl Landed {
 }
 
 /// The newest [`MAX_FILES`] `raw` batch files of the hour partitions that `[from, end)` spans (files
-/// of the window's samples), newest first.
+/// of the window's samples), newest first; footers are read through `footers`, so a page reads
+/// only the ones that landed since the last.
 pub async fn landed(
     store: &Arc<dyn ObjectStore>,
+    footers: &Arc<FileMetadataCache>,
     from_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<Landed>, ApiError> {
@@ -78,9 +81,10 @@ pub async fn landed(
     });
     metas.truncate(MAX_FILES);
     let reads = metas.into_iter().map(|m| {
-        let store = store.clone();
+        let (store, footers) = (store.clone(), footers.clone());
         async move {
             let footer = DFParquetMetadata::new(store.as_ref(), &m)
+                .with_file_metadata_cache(Some(footers))
                 .fetch_metadata()
                 .await
                 .map_err(ApiError::internal)?;
