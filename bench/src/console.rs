@@ -9,7 +9,10 @@
 //! per load so nothing is cached: Navigation Timing's `loadEventEnd`, from navigation start to the
 //! load event, stylesheet and icon included), whose p95 is held against the goal (under 1 s), and as
 //! many times by a plain HTTP client (connect, request, the whole body read): the server's share
-//! of a load.
+//! of a load. The server keeps the fleet page's per-file digests between loads, as a running
+//! `damselfly serve` or a warm Lambda does: the first fleet load of a fresh server reads the
+//! window's files (the `max` column), and the breakdown times that cold read on its own (a fresh
+//! runtime) beside the kept one.
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
