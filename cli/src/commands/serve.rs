@@ -38,7 +38,14 @@ pub async fn serve_lake(
         lake = %lake,
         "serving the console and the metric API (Ctrl-C stops)"
     );
-    api::serve(listener, api, limits, super::shutdown_signal()).await?;
+    // The fleet page's digests of the last hour are kept warm, so no visitor waits for a read.
+    let warm = tokio::spawn(damselfly_query::console::digest::keep_warm(
+        api.clone(),
+        settings.refresh,
+    ));
+    let served = api::serve(listener, api, limits, super::shutdown_signal()).await;
+    warm.abort();
+    served?;
     tracing::info!("console and metric API stopped");
     Ok(())
 }

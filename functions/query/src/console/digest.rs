@@ -50,7 +50,7 @@ use object_store::{ObjectMeta, ObjectStore};
 use super::chart::Cell;
 use super::view::View;
 use crate::LakeSql;
-use crate::api::{ApiError, Period};
+use crate::api::{Api, ApiError, Period};
 
 /// The default of `CONSOLE_CACHE_MIB`: MiB of digests kept between pages (a one-minute batch
 /// file of 830 VMs and 31 series digests to about 160 KiB; 10,000 VMs' open hour to about 120 MiB).
@@ -664,6 +664,37 @@ async fn read_window(
     Ok(tables)
 }
 
+/// Digests the default fleet view's files (the last hour) every `every`, so a long-running server
+/// has them before a page asks: the first fleet page after start, and the files that landed since
+/// the last page, then cost a merge, not a read. Runs until the task is dropped; a failure is
+/// logged and retried at the next tick.
+pub async fn keep_warm(api: Arc<Api>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = warm(&api).await {
+            tracing::warn!(error = %e, "warming the fleet digests failed; next tick retries");
+        }
+    }
+}
+
+/// Digests the files of the default fleet view (the last hour, ending now) once.
+pub async fn warm(api: &Api) -> Result<(), ApiError> {
+    let started = std::time::Instant::now();
+    let sql = api.sql().await;
+    let view = View::parse(&[], api.now_ms(), &[])?;
+    fleet(&sql, &view).await?;
+    let (files, bytes) = sql.digests().kept();
+    tracing::debug!(
+        files,
+        bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "fleet digests warm"
+    );
+    Ok(())
+}
+
 /// Merges the digests of each table (coarsest first) over `[from, end)`.
 fn merge(tables: &[TableDigests], from: i64, end: i64, bucket: i64) -> Fleet {
     #[derive(Default)]
@@ -1062,6 +1093,26 @@ mod tests {
         let view = View::parse(&[("end".to_owned(), last.to_string())], 0, &[]).unwrap();
         fleet(&sql, &view).await.unwrap();
         assert_eq!(sql.digests().lock().digests.len(), kept);
+    }
+
+    #[tokio::test]
+    async fn warming_digests_the_default_view_so_the_page_reads_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path()).await;
+        let sql = LakeSql::for_lake(&lake).await.unwrap();
+        let last = T0 + HOURS * 3_600_000;
+        let api = Api::with_sql(sql).with_clock(move || last);
+        let sql = api.sql().await;
+        assert_eq!(sql.digests().kept(), (0, 0));
+        warm(&api).await.unwrap();
+        let (files, bytes) = sql.digests().kept();
+        // The last hour: the open hour's batch files (12 five-minute batches x 2 partitions).
+        assert_eq!(files, 24);
+        assert!(bytes > 0);
+        let view = View::parse(&[], last, &[]).unwrap();
+        let page = fleet(&sql, &view).await.unwrap();
+        assert_eq!(sql.digests().kept(), (files, bytes), "nothing read again");
+        assert_eq!(page.vms.len(), 5, "vm-5 went silent in the first hour");
     }
 
     #[test]
