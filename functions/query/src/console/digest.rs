@@ -51,6 +51,7 @@ use super::chart::Cell;
 use super::view::View;
 use crate::LakeSql;
 use crate::api::{Api, ApiError, Period};
+use damselfly_schemas::Tags;
 
 /// The default of `CONSOLE_CACHE_MIB`: MiB of digests kept between pages (a one-minute batch
 /// file of 830 VMs and 31 series digests to about 160 KiB; 10,000 VMs' open hour to about 120 MiB).
@@ -260,31 +261,15 @@ impl FileDigest {
                 prev.filter(|(p, _)| cols.iter().all(|c| c.value(*p) == c.value(i)))
                     .map(|(_, id)| id)
             };
-            let vm_id = match same(last_vm, [ns, mcis, vm]) {
-                Some(id) => id,
-                None => {
-                    let key = [ns, mcis, vm].map(|c| self.strings.id(c.value(i)));
-                    let next = self.vms.len() as u32;
-                    let id = *vms.entry(key).or_insert(next);
-                    if id == next {
-                        self.vms.push(key);
-                    }
-                    id
-                }
-            };
+            let vm_id = same(last_vm, [ns, mcis, vm]).unwrap_or_else(|| {
+                let key = [ns, mcis, vm].map(|c| self.strings.id(c.value(i)));
+                triple_id(&mut self.vms, vms, key)
+            });
             last_vm = Some((i, vm_id));
-            let tags_id = match same(last_tags, [csp, region, os]) {
-                Some(id) => id,
-                None => {
-                    let key = [csp, region, os].map(|c| self.strings.id(c.value(i)));
-                    let next = self.tags.len() as u32;
-                    let id = *tags.entry(key).or_insert(next);
-                    if id == next {
-                        self.tags.push(key);
-                    }
-                    id
-                }
-            };
+            let tags_id = same(last_tags, [csp, region, os]).unwrap_or_else(|| {
+                let key = [csp, region, os].map(|c| self.strings.id(c.value(i)));
+                triple_id(&mut self.tags, tags, key)
+            });
             last_tags = Some((i, tags_id));
             let (w, ts) = (window.value(i), last_ts.value(i));
             let next = self.rows.len() as u32;
@@ -324,6 +309,16 @@ impl FileDigest {
         }
         Ok(())
     }
+}
+
+/// The id of `key` in `list` (indexed by `ids`), added when new.
+fn triple_id(list: &mut Vec<[u32; 3]>, ids: &mut HashMap<[u32; 3], u32>, key: [u32; 3]) -> u32 {
+    let next = list.len() as u32;
+    let id = *ids.entry(key).or_insert(next);
+    if id == next {
+        list.push(key);
+    }
+    id
 }
 
 /// Reads one rollup file into its digest.
@@ -569,18 +564,9 @@ async fn files_of(
 /// A VM with a sample in the window: its tags and figures, merged from every file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VmFigures {
-    /// Namespace.
-    pub ns: String,
-    /// MCIS.
-    pub mcis: String,
-    /// VM id.
-    pub vm: String,
-    /// Cloud provider of the newest sample.
-    pub csp: String,
-    /// Region of the newest sample.
-    pub region: String,
-    /// OS of the newest sample.
-    pub os: String,
+    /// Its identity; csp, region and os as of the newest sample (`host` is empty: the rollups do
+    /// not keep it).
+    pub tags: Tags,
     /// Newest sample time (ms).
     pub last_seen: i64,
     /// `cpu_utilization`.
@@ -800,12 +786,15 @@ fn merge(tables: &[TableDigests], from: i64, end: i64, bucket: i64) -> Fleet {
             let ([ns, mcis, vm], [csp, region, os]) =
                 (key.map(str::to_owned), a.tags.map(str::to_owned));
             VmFigures {
-                ns,
-                mcis,
-                vm,
-                csp,
-                region,
-                os,
+                tags: Tags {
+                    ns,
+                    mcis,
+                    vm,
+                    csp,
+                    region,
+                    os,
+                    host: String::new(),
+                },
                 last_seen: a.last_seen,
                 cpu: a.cpu,
                 mem: a.mem,
@@ -813,7 +802,8 @@ fn merge(tables: &[TableDigests], from: i64, end: i64, bucket: i64) -> Fleet {
             }
         })
         .collect();
-    vms.sort_unstable_by(|a, b| (&a.ns, &a.mcis, &a.vm).cmp(&(&b.ns, &b.mcis, &b.vm)));
+    // By ns, mcis, vm: the fields `Tags` orders by first (a VM's key is unique).
+    vms.sort_unstable_by(|a, b| a.tags.cmp(&b.tags));
     Fleet { vms, heat }
 }
 
@@ -1038,7 +1028,8 @@ mod tests {
                     .vms
                     .iter()
                     .map(|v| {
-                        let tags = [&v.ns, &v.mcis, &v.vm, &v.csp, &v.region, &v.os];
+                        let t = &v.tags;
+                        let tags = [&t.ns, &t.mcis, &t.vm, &t.csp, &t.region, &t.os];
                         (tags.map(String::clone), v.last_seen)
                     })
                     .collect();
@@ -1048,7 +1039,7 @@ mod tests {
                 let sums = sql_sums(&sql, &view).await;
                 let mut digest_sums = BTreeMap::new();
                 for v in &got.vms {
-                    let vm = v.vm.clone();
+                    let vm = v.tags.vm.clone();
                     let mut put = |metric: &str, device: &str, p: Partial| {
                         if p.count > 0 {
                             digest_sums.insert(

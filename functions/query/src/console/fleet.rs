@@ -31,10 +31,10 @@ const PAGE_SIZE: usize = 100;
 /// A VM's value of `tag` (csp, region, ns or mcis; empty for any other name).
 fn tag_of<'a>(v: &'a VmFigures, name: &str) -> &'a str {
     match name {
-        "csp" => &v.csp,
-        "region" => &v.region,
-        "ns" => &v.ns,
-        "mcis" => &v.mcis,
+        "csp" => &v.tags.csp,
+        "region" => &v.tags.region,
+        "ns" => &v.tags.ns,
+        "mcis" => &v.tags.mcis,
         _ => "",
     }
 }
@@ -67,7 +67,7 @@ pub struct Busiest {
 
 /// A VM's (ns, mcis, vm).
 fn key(v: &VmFigures) -> (&str, &str, &str) {
-    (&v.ns, &v.mcis, &v.vm)
+    (&v.tags.ns, &v.tags.mcis, &v.tags.vm)
 }
 
 /// Ranks the VMs by their window figures; a VM without samples of a figure ranks nowhere in it.
@@ -101,9 +101,9 @@ pub fn rank(vms: &[VmFigures]) -> Busiest {
             .into_iter()
             .take(TOP)
             .map(|(v, value)| Busy {
-                ns: v.ns.clone(),
-                mcis: v.mcis.clone(),
-                vm: v.vm.clone(),
+                ns: v.tags.ns.clone(),
+                mcis: v.tags.mcis.clone(),
+                vm: v.tags.vm.clone(),
                 value,
             })
             .collect()
@@ -220,8 +220,8 @@ pub fn render(
                     tbody {
                         @for v in silent.iter().take(SILENT_SHOWN) {
                             tr {
-                                td data-col="vm" data-value=(v.vm) { (vm_link(view, &v.ns, &v.mcis, &v.vm)) }
-                                (text_cell("ns", &v.ns)) (text_cell("mcis", &v.mcis)) (time_cell("last_seen", v.last_seen))
+                                td data-col="vm" data-value=(v.tags.vm) { (vm_link(view, &v.tags.ns, &v.tags.mcis, &v.tags.vm)) }
+                                (text_cell("ns", &v.tags.ns)) (text_cell("mcis", &v.tags.mcis)) (time_cell("last_seen", v.last_seen))
                             }
                         }
                     }
@@ -288,9 +288,9 @@ pub async fn vms_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
                 tbody {
                     @for v in shown {
                         tr {
-                            td data-col="vm" data-value=(v.vm) { (vm_link(view, &v.ns, &v.mcis, &v.vm)) }
-                            (text_cell("ns", &v.ns)) (text_cell("mcis", &v.mcis)) (text_cell("csp", &v.csp))
-                            (text_cell("region", &v.region)) (text_cell("os", &v.os)) (time_cell("last_seen", v.last_seen))
+                            td data-col="vm" data-value=(v.tags.vm) { (vm_link(view, &v.tags.ns, &v.tags.mcis, &v.tags.vm)) }
+                            (text_cell("ns", &v.tags.ns)) (text_cell("mcis", &v.tags.mcis)) (text_cell("csp", &v.tags.csp))
+                            (text_cell("region", &v.tags.region)) (text_cell("os", &v.tags.os)) (time_cell("last_seen", v.last_seen))
                         }
                     }
                 }
@@ -309,6 +309,7 @@ pub async fn vms_page(sql: &LakeSql, view: &View) -> Result<Markup, ApiError> {
 mod tests {
     use super::*;
     use crate::console::digest::Partial;
+    use damselfly_schemas::Tags;
 
     fn vm(
         name: &str,
@@ -317,9 +318,12 @@ mod tests {
     ) -> VmFigures {
         let partial = |(sum, count)| Partial { sum, count };
         VmFigures {
-            ns: "ns".into(),
-            mcis: "m".into(),
-            vm: name.into(),
+            tags: Tags {
+                ns: "ns".into(),
+                mcis: "m".into(),
+                vm: name.into(),
+                ..Default::default()
+            },
             cpu: cpu.map(partial).unwrap_or_default(),
             devices: devices
                 .iter()
@@ -369,12 +373,15 @@ mod tests {
     fn silent_vms_and_group_counts_come_from_the_window() {
         let view = View::parse(&[("end".into(), "3600000".into())], 0, &[]).unwrap();
         let vm = |name: &str, csp: &str, last: i64| VmFigures {
-            ns: "ns".into(),
-            mcis: "m".into(),
-            vm: name.into(),
-            csp: csp.into(),
-            region: "r".into(),
-            os: "linux".into(),
+            tags: Tags {
+                ns: "ns".into(),
+                mcis: "m".into(),
+                vm: name.into(),
+                csp: csp.into(),
+                region: "r".into(),
+                os: "linux".into(),
+                host: String::new(),
+            },
             last_seen: last,
             ..Default::default()
         };
