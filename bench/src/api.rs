@@ -1,8 +1,8 @@
 //! The metric API latency benchmark (issue 7): 5-minute and 24-hour queries over a week of 1m rollups, beside DuckDB.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use damselfly_schemas::paths::{
 use damselfly_schemas::{Family, Kind, Table, Tags};
 use indicatif::ProgressBar;
 
-use crate::sys;
+use crate::{http, sys};
 
 /// The end of the generated data and the API's "now": 2026-11-21T21:03:00Z. Hours up to 19:00
 /// are closed (1 h grace) and compacted; 20:00 and 21:00 are still the aggregate function's
@@ -563,33 +563,6 @@ print(json.dumps({"results": out, "version": duckdb.__version__,
                   "peak_rss_kib": peak_rss_kib()}))
 "#;
 
-/// One GET over a fresh connection (`Connection: close`): the status and the body.
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
-    ensure!(
-        !head.contains("transfer-encoding: chunked"),
-        "chunked answers are not decoded here"
-    );
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, buf[split + 4..].to_vec()))
-}
-
 /// An answer reduced to (window start, series) -> value, to compare engines.
 type Answer = std::collections::BTreeMap<(String, String), f64>;
 
@@ -803,7 +776,7 @@ fn ask_api(
     let (mut ms, mut answers) = (Vec::with_capacity(args.requests), Vec::new());
     for (i, &vm) in picks.iter().enumerate() {
         let t = Instant::now();
-        let (status, body) = http_get(addr, &api_path(q, &tags[vm]))?;
+        let (status, body) = http::get(addr, &api_path(q, &tags[vm]), "application/json")?;
         let elapsed = t.elapsed().as_secs_f64() * 1e3;
         if status != 200 {
             bail!(

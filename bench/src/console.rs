@@ -14,8 +14,8 @@
 //! window's files (the `max` column), and the breakdown times that cold read on its own (a fresh
 //! runtime) beside the kept one.
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 use tracing_subscriber::EnvFilter;
 
 use crate::api::NOW_MS;
-use crate::sys;
+use crate::{http, sys};
 
 /// The goal: each page loads in under 1 s, p95 over 20 loads in the browser.
 const GOAL_P95_MS: f64 = 1000.0;
@@ -405,7 +405,7 @@ fn http_loads(loads: usize, addr: SocketAddr, page: &Page) -> anyhow::Result<(Ve
     let (mut ms, mut size) = (Vec::with_capacity(loads), 0);
     for _ in 0..loads {
         let t = Instant::now();
-        let (status, body) = http_get(addr, &page.path)?;
+        let (status, body) = http::get(addr, &page.path, "text/html")?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         let html = String::from_utf8_lossy(&body);
         ensure!(
@@ -418,55 +418,6 @@ fn http_loads(loads: usize, addr: SocketAddr, page: &Page) -> anyhow::Result<(Ve
     }
     ms.sort_by(f64::total_cmp);
     Ok((ms, size))
-}
-
-/// One GET over a fresh connection (`Connection: close`): the status and the body (chunked
-/// transfer decoded).
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    let body = &buf[split + 4..];
-    if head.contains("transfer-encoding: chunked") {
-        return Ok((status, dechunk(body)?));
-    }
-    Ok((status, body.to_vec()))
-}
-
-/// The payload of a chunked body.
-fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("a chunk without its size line")?;
-        let size_line = std::str::from_utf8(&body[..eol])?;
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .with_context(|| format!("chunk size {size_line:?}"))?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        ensure!(body.len() >= size + 2, "a chunk cut short");
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
 }
 
 /// Logs to stderr (`RUST_LOG` wins, else info) beside the progress bars, which also draw there.
@@ -645,13 +596,6 @@ fn print_footer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dechunk_joins_chunks_and_stops_at_the_last() {
-        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
-        assert_eq!(dechunk(body).unwrap(), b"hello, world");
-        assert!(dechunk(b"5\r\nhel").is_err());
-    }
 
     #[test]
     fn pages_end_at_now_for_every_range() {

@@ -6,6 +6,7 @@ mod alarm;
 mod api;
 mod console;
 mod fleet;
+mod http;
 mod lambda;
 mod prometheus;
 mod runner;
