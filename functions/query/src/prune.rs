@@ -197,7 +197,7 @@ struct ObjectCache<T> {
 }
 
 /// An object as listed: path, size and modification time (ns).
-type ObjectVersion = (Path, u64, i64);
+pub(crate) type ObjectVersion = (Path, u64, i64);
 
 /// Cached files beyond which a cache starts over (an entry is a few hundred bytes to a few KB).
 const MAX_CACHED_FILES: usize = 100_000;
@@ -258,7 +258,7 @@ impl<T: Clone> ObjectCache<T> {
 }
 
 /// The cache key of a listed object.
-fn version(meta: &ObjectMeta) -> ObjectVersion {
+pub(crate) fn version(meta: &ObjectMeta) -> ObjectVersion {
     (
         meta.location.clone(),
         meta.size,

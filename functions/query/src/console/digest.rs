@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{AsArray as _, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
-use chrono::NaiveDate;
 use damselfly_core::compact::{FooterCache, list_live};
 use damselfly_schemas::Tags;
+use damselfly_schemas::paths::HourPartition;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::{
     DefaultParquetFileReaderFactory, ParquetFileReaderFactory as _,
@@ -53,6 +53,7 @@ use super::chart::Cell;
 use super::view::View;
 use crate::LakeSql;
 use crate::api::{Api, ApiError, Period};
+use crate::prune::{ObjectVersion as Version, version};
 
 /// The default of `CONSOLE_CACHE_MIB`: MiB of digests kept between pages (a one-minute batch
 /// file of 830 VMs and 31 series digests to about 160 KiB; 10,000 VMs' open hour to about 120 MiB).
@@ -379,17 +380,6 @@ impl ReadError {
     }
 }
 
-/// An object as listed: path, size and modification time (ns).
-type Version = (Path, u64, i64);
-
-fn version(meta: &ObjectMeta) -> Version {
-    (
-        meta.location.clone(),
-        meta.size,
-        meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
-    )
-}
-
 /// The digests of lake files, kept up to a budget of bytes, least recently used dropped first.
 #[derive(Debug)]
 pub struct Digests {
@@ -520,21 +510,6 @@ impl Kept {
     }
 }
 
-/// The start (ms) of the `dt=…/hour=…` partition a lake path lies in.
-fn partition_start(path: &Path) -> Option<i64> {
-    let (mut day, mut hour) = (None, None);
-    for part in path.parts() {
-        let part = part.as_ref();
-        if let Some(d) = part.strip_prefix("dt=") {
-            day = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
-        } else if let Some(h) = part.strip_prefix("hour=") {
-            hour = h.parse::<i64>().ok();
-        }
-    }
-    let midnight = day?.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
-    Some(midnight + hour? * Period::Hour.millis())
-}
-
 /// The live files of `table` whose partitions meet `[from, end)`.
 async fn files_of(
     digests: &Digests,
@@ -555,7 +530,9 @@ async fn files_of(
         let split = list_live(store, Some(&prefix), &digests.footers).await?;
         files.extend(split.live.into_iter().filter(|m| {
             m.location.as_ref().ends_with(".parquet")
-                && partition_start(&m.location).is_some_and(|s| s < end && s + span > from)
+                && HourPartition::parse_key(m.location.as_ref())
+                    .map(|(_, p)| p.start_ms())
+                    .is_some_and(|s| s < end && s + span > from)
         }));
         day += Period::Day.millis();
     }
@@ -1147,12 +1124,5 @@ mod tests {
             "the least recently used (f1) goes"
         );
         assert!(kept.bytes <= budget);
-    }
-
-    #[test]
-    fn partitions_are_read_from_paths() {
-        let p = Path::from("rollup_1m/dt=2025-11-21/hour=13/metrics+0+1.parquet");
-        assert_eq!(partition_start(&p), Some(T0 + 3_600_000));
-        assert_eq!(partition_start(&Path::from("rollup_1m/x.parquet")), None);
     }
 }
