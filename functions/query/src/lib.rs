@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod live;
+pub mod prom;
 pub mod prune;
 
 use std::collections::BTreeSet;

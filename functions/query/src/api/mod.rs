@@ -216,6 +216,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(OPENAPI, get(openapi_document))
         .route(METRIC_INFO, get(metric_route))
         .merge(crate::console::routes())
+        .merge(crate::prom::http::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(api)
