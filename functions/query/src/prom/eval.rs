@@ -555,6 +555,10 @@ impl<'a> Evaluator<'a> {
             .iter()
             .map(|a| self.scalar(a, t))
             .collect::<Result<_, _>>()?;
+        if name == "clamp" && params[1] < params[0] {
+            // Prometheus answers nothing when the bounds are crossed.
+            return Ok(Val::Vector(Vec::new()));
+        }
         let out: Vec<Sample> = v
             .into_iter()
             .map(|s| {

@@ -248,6 +248,8 @@ fn label_replace_absent_and_clamping() {
     );
     assert!(vector("absent(cpu)", 0).is_empty());
     assert_eq!(one(r#"clamp_max(cpu{vm="b"}, 40)"#, 0), 40.0);
+    assert_eq!(one(r#"clamp(cpu{vm="b"}, 0, 45)"#, 0), 45.0);
+    assert!(vector(r#"clamp(cpu{vm="b"}, 45, 0)"#, 0).is_empty());
     assert_eq!(one(r#"round(cpu{vm="a"} / 3, 0.5)"#, 0), 3.5);
 }
 
