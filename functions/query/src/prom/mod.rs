@@ -23,6 +23,8 @@
 //! - **The time-out passes.** The query is dropped at its next await and answered 503 `timeout`;
 //!   the evaluation itself is bounded by the limits of step 3.
 
+#[cfg(test)]
+mod dashboards;
 pub mod eval;
 pub mod functions;
 pub mod http;
