@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod broker;
 pub mod lambda;
+pub mod prometheus;
 pub mod serve;
 
 use std::collections::BTreeMap;
