@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, env = "DAMSELFLY_PYTHON", default_value = "python3")]
     python: String,
     /// Prometheus's promtool, to store the same samples as a TSDB block
-    /// [default: where `bench/install-prometheus` puts it, if there]
+    /// [default: where `tests/prometheus-install` puts it, if there]
     #[arg(long, env = "DAMSELFLY_PROMTOOL")]
     promtool: Option<PathBuf>,
 }
@@ -442,7 +442,7 @@ fn print_storage(args: &Args, ours: &Ours, duck: &Duck, storage: &Storage) {
             );
         }
         None => println!(
-            "| Prometheus TSDB, same samples | not run: `bench/install-prometheus` installs promtool | - |"
+            "| Prometheus TSDB, same samples | not run: `tests/prometheus-install` installs promtool | - |"
         ),
     }
     println!("| Prometheus TSDB (published, real data) | - | 1.3 |");

@@ -11,7 +11,7 @@ use damselfly_schemas::MetricMessage;
 
 use crate::sys;
 
-/// Where `bench/install-prometheus` unpacks Debian's `prometheus` package (under
+/// Where `tests/prometheus-install` unpacks Debian's `prometheus` package (under
 /// `$DAMSELFLY_CACHE`, default `~/.cache/damselfly`, as the project's scripts cache).
 pub fn default_promtool() -> Option<PathBuf> {
     let cache = match std::env::var_os("DAMSELFLY_CACHE") {
