@@ -58,22 +58,7 @@ fn lake() -> &'static Path {
             ]);
             let messages = published["published"].as_u64().unwrap();
             assert_eq!(messages, 2 * 26 * 180);
-            let run = damselfly(&[
-                "run",
-                "aggregate",
-                "--brokers",
-                &brokers,
-                "--topic",
-                "metrics",
-                "--group",
-                "api-test",
-                "--lake",
-                path.to_str().unwrap(),
-                "--batch-size",
-                "2000",
-                "--until-caught-up",
-                "--json",
-            ]);
+            let run = aggregate_caught_up(&brokers, "metrics", "api-test", path.to_str().unwrap());
             assert_eq!(run["records"], messages, "{run}");
             assert_eq!(run["rejected"], 0, "{run}");
             Lake { _dir: dir, path }

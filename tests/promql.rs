@@ -94,22 +94,7 @@ fn lake() -> &'static Lake {
             messages += published["published"].as_u64().unwrap();
         }
         assert_eq!(messages, 9 * 3 * 240);
-        let run = damselfly(&[
-            "run",
-            "aggregate",
-            "--brokers",
-            &brokers,
-            "--topic",
-            "metrics",
-            "--group",
-            "promql-test",
-            "--lake",
-            path.to_str().unwrap(),
-            "--batch-size",
-            "2000",
-            "--until-caught-up",
-            "--json",
-        ]);
+        let run = aggregate_caught_up(&brokers, "metrics", "promql-test", path.to_str().unwrap());
         assert_eq!(run["records"], messages, "{run}");
         assert_eq!(run["rejected"], 0, "{run}");
         let openmetrics = export_openmetrics(&path);

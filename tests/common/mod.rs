@@ -134,6 +134,27 @@ pub fn damselfly_without(unset: &[&str], args: &[&str]) -> Value {
     })
 }
 
+/// Runs the aggregate function over everything on `topic` into the lake at `lake` (batches of
+/// 2000, stopping once caught up) as consumer group `group`: its JSON summary.
+pub fn aggregate_caught_up(brokers: &str, topic: &str, group: &str, lake: &str) -> Value {
+    damselfly(&[
+        "run",
+        "aggregate",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--lake",
+        lake,
+        "--batch-size",
+        "2000",
+        "--until-caught-up",
+        "--json",
+    ])
+}
+
 /// Publishes `vms` simulated VMs for `seconds` one-second intervals, as fast as the broker takes
 /// them (timestamps ending now); returns the messages, asserting all were acknowledged.
 pub fn simulate(brokers: &str, topic: &str, vms: u64, seconds: u64) -> u64 {
@@ -223,7 +244,10 @@ pub const DUCKDB_VIEWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/
 pub const DUCKDB_OPEN: &str = r#"
 import duckdb, os
 def open_lake(lake):
+    # DuckDB draws a progress bar on stdout once a query runs past 2 s (a loaded machine): off, so
+    # that stdout holds only the answer.
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     os.chdir(lake)
     for stmt in open(os.environ["DUCKDB_VIEWS"]).read().split(";"):
         if "CREATE" not in stmt:

@@ -1,13 +1,12 @@
 //! A real Prometheus over a lake's raw samples (OpenMetrics export, promtool's blocks, the server) and an HTTP client for its API.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::serve::get;
 use super::{DUCKDB_OPEN, DUCKDB_VIEWS, free_port, wait_bounded};
 
 /// The directory holding `prometheus` and `promtool` (`DAMSELFLY_PROMETHEUS`); panics with how to get it.
@@ -95,7 +94,12 @@ pub fn export_openmetrics(lake_dir: &Path) -> PathBuf {
         "OpenMetrics export: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let counts: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let counts: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "OpenMetrics export printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
     assert!(
         counts["samples"].as_u64().unwrap() > 0,
         "the lake has no raw samples: {counts}"
@@ -298,43 +302,6 @@ pub fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// One HTTP/1.1 GET (chunked bodies decoded): the status and the body.
-pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("\r\ntransfer-encoding: chunked") {
-        body = dechunk(&body)?;
-    }
-    Some((status, String::from_utf8(body).ok()?))
-}
-
-// Decodes a chunked transfer encoding (no trailers expected).
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_field = std::str::from_utf8(&raw[..eol]).ok()?;
-        let size = usize::from_str_radix(size_field.split(';').next()?.trim(), 16).ok()?;
-        raw = &raw[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
 }
 
 /// GETs `path` from `addr`: the status and the body as JSON (`null` when empty or not JSON, so

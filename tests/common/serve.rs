@@ -72,18 +72,40 @@ pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     get_with_head(addr, path).map(|(status, _, body)| (status, body))
 }
 
-/// One HTTP/1.1 GET: the status, the head (lower-cased) and the body.
+/// One HTTP/1.1 GET: the status, the head (lower-cased) and the body (a chunked one decoded, as
+/// Go's servers send them).
 pub fn get_with_head(addr: &str, path: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((status, head.to_ascii_lowercase(), body.to_owned()))
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("\r\ntransfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Some((status, head, String::from_utf8(body).ok()?))
+}
+
+/// Decodes a chunked transfer encoding (no trailers expected).
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_field = std::str::from_utf8(&raw[..eol]).ok()?;
+        let size = usize::from_str_radix(size_field.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
 }

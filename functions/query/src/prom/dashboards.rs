@@ -11,13 +11,12 @@ use axum::http::{Request, StatusCode, header};
 use damselfly_schemas::catalog::{self, Family};
 use promql_parser::label::MatchOp;
 use serde_json::Value;
-use tower::ServiceExt as _;
 
 use super::eval::{self, Range};
 use super::model::METRIC_NAME;
-use crate::LakeSql;
-use crate::api::tests::{NOW, T0, write_lake};
-use crate::api::{Api, router};
+use super::tests::over_the_lake::{api, call};
+use crate::api::Api;
+use crate::api::tests::{NOW, T0};
 
 /// The dashboards as Grafana's file provider reads them: file name, uid, title, JSON.
 const DASHBOARDS: [(&str, &str, &str, &str); 2] = [
@@ -283,17 +282,6 @@ fn dashboards_are_grafana_dashboards_over_the_damselfly_data_source() {
     }
 }
 
-async fn call(api: &Arc<Api>, req: Request<Body>) -> (StatusCode, Value) {
-    let res = router(api.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, body)
-}
-
 fn form(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
@@ -339,10 +327,7 @@ async fn label_values(api: &Arc<Api>, label: &str, selector: Option<&str>) -> (S
 
 #[tokio::test]
 async fn every_dashboard_query_is_answered_over_the_lake() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = write_lake(dir.path(), 50).await;
-    let sql = LakeSql::for_lake(&lake).await.unwrap();
-    let api = Arc::new(Api::with_sql(sql).with_clock(|| NOW));
+    let (_dir, api) = api().await;
 
     let mut failures = Vec::new();
     let mut answered = BTreeSet::new();

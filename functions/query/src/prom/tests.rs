@@ -312,7 +312,7 @@ fn bad_requests_and_unsupported_constructs_are_refused_before_reading() {
     );
 }
 
-mod over_the_lake {
+pub(super) mod over_the_lake {
     //! The routes over a lake written by the pipeline's encoder (`api::tests::write_lake`: one VM,
     //! every 20 s for 3 h, `bytes_in` of eth0 a counter that resets once).
 
@@ -327,20 +327,25 @@ mod over_the_lake {
     use crate::api::tests::{NOW, STEP, T0, cpu, write_lake};
     use crate::api::{Api, router};
 
-    async fn api() -> (tempfile::TempDir, Arc<Api>) {
+    /// The router's state over the test lake, at `NOW`.
+    pub(in crate::prom) async fn api() -> (tempfile::TempDir, Arc<Api>) {
         let dir = tempfile::tempdir().unwrap();
         let lake = write_lake(dir.path(), 50).await;
         let sql = LakeSql::for_lake(&lake).await.unwrap();
         (dir, Arc::new(Api::with_sql(sql).with_clock(|| NOW)))
     }
 
-    async fn call(api: &Arc<Api>, req: Request<Body>) -> (StatusCode, Value) {
+    /// One request through the router: the status and the body as JSON (a body that is not
+    /// JSON as a string).
+    pub(in crate::prom) async fn call(api: &Arc<Api>, req: Request<Body>) -> (StatusCode, Value) {
         let res = router(api.clone()).oneshot(req).await.unwrap();
         let status = res.status();
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
             .await
             .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, body)
     }
 
     async fn get(api: &Arc<Api>, path: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
