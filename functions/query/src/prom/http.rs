@@ -109,6 +109,11 @@ impl Params {
         })
     }
 
+    fn required_time(&self, name: &str) -> Result<i64, PromError> {
+        self.required(name)?;
+        self.time(name, 0)
+    }
+
     fn duration(&self, name: &str) -> Result<Option<i64>, PromError> {
         self.get(name)
             .map(|s| {
@@ -228,16 +233,8 @@ async fn range_query(
     body: Bytes,
 ) -> Result<Response, PromError> {
     let params = Params::read(&uri, &body);
-    let start = params.time("start", i64::MIN).and_then(|t| {
-        (t != i64::MIN)
-            .then_some(t)
-            .ok_or_else(|| PromError::BadData("invalid parameter \"start\": missing".into()))
-    })?;
-    let end = params.time("end", i64::MIN).and_then(|t| {
-        (t != i64::MIN)
-            .then_some(t)
-            .ok_or_else(|| PromError::BadData("invalid parameter \"end\": missing".into()))
-    })?;
+    let start = params.required_time("start")?;
+    let end = params.required_time("end")?;
     let step = params
         .duration("step")?
         .ok_or_else(|| PromError::BadData("invalid parameter \"step\": missing".into()))?;
