@@ -42,8 +42,9 @@ pub enum Command {
     /// Alarm rules and the alarm tick: rules list|put|delete|validate, import, tick.
     #[command(subcommand)]
     Alarm(AlarmCommand),
-    /// Serve the web console (at /) and the CB-Dragonfly-compatible metric API over the lake
-    /// (axum; the same router as the damselfly-query Lambda).
+    /// Serve the web console (at /), the CB-Dragonfly-compatible metric API and Prometheus's
+    /// query API (/api/v1, for Grafana) over the lake (axum; the same router as the
+    /// damselfly-query Lambda).
     Serve(ServeArgs),
     /// Replay the batches an on-failure destination kept (kafka://TOPIC, s3://BUCKET/PREFIX or
     /// file:///DIR) through a function; the lake gets every record once, however often it is run.

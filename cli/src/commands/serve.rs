@@ -35,8 +35,9 @@ pub async fn serve_lake(
     tracing::info!(
         console = %format!("http://{addr}/"),
         api = %format!("http://{addr}{}", api::OPENAPI),
+        prometheus = %format!("http://{addr}"),
         lake = %lake,
-        "serving the console and the metric API (Ctrl-C stops)"
+        "serving the console, the metric API and Prometheus's query API (Ctrl-C stops)"
     );
     // The fleet page's digests of the last hour are kept warm, so no visitor waits for a read.
     let warm = tokio::spawn(damselfly_query::console::digest::keep_warm(
