@@ -157,7 +157,7 @@ impl Input {
 }
 
 /// The validation of the run: any age is accepted (the simulated span lies in the past).
-fn limits() -> Validation {
+pub(crate) fn limits() -> Validation {
     Validation {
         max_past: Duration::from_secs(u32::MAX as u64),
         ..Validation::default()
@@ -165,7 +165,13 @@ fn limits() -> Validation {
 }
 
 /// Adds the message at `offset` of partition 0 to `batch`, received at `now_ms`.
-fn push(batch: &mut PartitionBatch, offset: i64, value: &[u8], now_ms: i64, limits: &Validation) {
+pub(crate) fn push(
+    batch: &mut PartitionBatch,
+    offset: i64,
+    value: &[u8],
+    now_ms: i64,
+    limits: &Validation,
+) {
     let rec = InputRecord {
         topic: "metrics",
         partition: 0,

@@ -421,7 +421,7 @@ fn http_loads(loads: usize, addr: SocketAddr, page: &Page) -> anyhow::Result<(Ve
 }
 
 /// Logs to stderr (`RUST_LOG` wins, else info) beside the progress bars, which also draw there.
-fn init_logs() -> MultiProgress {
+pub(crate) fn init_logs() -> MultiProgress {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -562,7 +562,7 @@ fn print_breakdown(args: &Args, breakdown: &[(String, Vec<f64>, (usize, usize))]
 }
 
 /// Smallest and largest of non-empty `xs`.
-fn spread(xs: &[f64]) -> (f64, f64) {
+pub(crate) fn spread(xs: &[f64]) -> (f64, f64) {
     xs.iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
             (lo.min(x), hi.max(x))

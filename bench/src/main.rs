@@ -9,6 +9,7 @@ mod fleet;
 mod http;
 mod lambda;
 mod prometheus;
+mod promql;
 mod runner;
 mod simulate;
 mod sys;
@@ -29,6 +30,8 @@ enum Bench {
     Lambda(lambda::Args),
     /// The metric API's p50/p99 for 5-minute and 24-hour queries over a week of rollups, against DuckDB.
     Api(api::Args),
+    /// A Grafana VM dashboard's refresh and a fleet-wide topk via the Prometheus API, against a real Prometheus.
+    Promql(promql::Args),
     /// The console's fleet and VM pages on the API benchmark's 10,000-VM lake: p95 of 20 loads in Chromium.
     Console(console::Args),
     /// `damselfly agent` against a local broker: CPU % of one core and peak RSS, from /proc.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Agent(args) => agent::run(&args),
         Bench::Api(args) => api::run(&args),
         Bench::Console(args) => console::run(&args),
+        Bench::Promql(args) => promql::run(&args),
         Bench::Fleet(args) => fleet::run(&args),
         Bench::Lambda(args) => lambda::run(&args),
         Bench::Runner(args) => runner::run(&args),
