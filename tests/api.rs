@@ -58,7 +58,13 @@ fn lake() -> &'static Path {
             ]);
             let messages = published["published"].as_u64().unwrap();
             assert_eq!(messages, 2 * 26 * 180);
-            let run = aggregate_caught_up(&brokers, "metrics", "api-test", path.to_str().unwrap());
+            let run = aggregate_caught_up(
+                &brokers,
+                "metrics",
+                "api-test",
+                path.to_str().unwrap(),
+                &["--batch-size", "2000"],
+            );
             assert_eq!(run["records"], messages, "{run}");
             assert_eq!(run["rejected"], 0, "{run}");
             Lake { _dir: dir, path }

@@ -137,7 +137,7 @@ fn lake() -> &'static Lake {
         publisher.flush(Duration::from_secs(30)).unwrap();
         published += bad.len() as u64;
 
-        let run = aggregate_caught_up(&brokers, TOPIC, "console-test", lake);
+        let run = aggregate_caught_up(&brokers, TOPIC, "console-test", lake, &["--batch-size", "2000"]);
         assert_eq!(run["records"], published, "{run}");
         assert_eq!(run["rejected"], bad.len() as u64, "{run}");
 

@@ -24,26 +24,6 @@ fn lake_conformance_on_localstack_s3() {
         .unwrap();
 }
 
-/// `damselfly run aggregate` of `topic` (group named after it) into `lake` with `extra`
-/// arguments, until caught up; its JSON summary.
-fn aggregate_until_caught_up(brokers: &str, topic: &str, lake: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "run",
-        "aggregate",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--group",
-        topic,
-        "--lake",
-        lake,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--until-caught-up", "--json"]);
-    damselfly(&args)
-}
-
 fn spawn(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_damselfly"))
         .args(args)
@@ -244,7 +224,7 @@ fn a_replay_from_the_earliest_offset_doubles_nothing() {
     let lake = format!("s3://{}/tests/replay-{id}", env("LAKE_BUCKET"));
     create_topic(&brokers, &topic, 4);
     let messages = simulate(&brokers, &topic, 8, 10);
-    let run = || aggregate_until_caught_up(&brokers, &topic, &lake, &["--batch-size", "7"]);
+    let run = || aggregate_caught_up(&brokers, &topic, &topic, &lake, &["--batch-size", "7"]);
     let first = run();
     assert_eq!(first["records"], messages, "{first}");
     assert_eq!(first["skipped"], 0, "{first}");
@@ -299,7 +279,7 @@ fn batches_given_up_in_a_lake_outage_are_redriven_exactly_once() {
     create_topic(&brokers, &topic, 4);
     let run = |lake: &str, extra: &[&str]| {
         let args = [&["--batch-size", "9"], extra].concat();
-        aggregate_until_caught_up(&brokers, &topic, lake, &args)
+        aggregate_caught_up(&brokers, &topic, &topic, lake, &args)
     };
     let before = simulate_ns(&brokers, &topic, "before", 6, 5);
     assert_eq!(run(&lake, &[])["records"], before);
@@ -453,8 +433,9 @@ fn a_cardinality_flood_is_bounded_and_counted() {
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let cap = 1_000;
-    let summary = aggregate_until_caught_up(
+    let summary = aggregate_caught_up(
         &brokers,
+        &topic,
         &topic,
         &lake,
         &["--batch-size", "500", "--max-tail-series", &cap.to_string()],

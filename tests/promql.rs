@@ -94,7 +94,13 @@ fn lake() -> &'static Lake {
             messages += published["published"].as_u64().unwrap();
         }
         assert_eq!(messages, 9 * 3 * 240);
-        let run = aggregate_caught_up(&brokers, "metrics", "promql-test", path.to_str().unwrap());
+        let run = aggregate_caught_up(
+            &brokers,
+            "metrics",
+            "promql-test",
+            path.to_str().unwrap(),
+            &["--batch-size", "2000"],
+        );
         assert_eq!(run["records"], messages, "{run}");
         assert_eq!(run["rejected"], 0, "{run}");
         let openmetrics = export_openmetrics(&path);

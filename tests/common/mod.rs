@@ -134,10 +134,16 @@ pub fn damselfly_without(unset: &[&str], args: &[&str]) -> Value {
     })
 }
 
-/// Runs the aggregate function over everything on `topic` into the lake at `lake` (batches of
-/// 2000, stopping once caught up) as consumer group `group`: its JSON summary.
-pub fn aggregate_caught_up(brokers: &str, topic: &str, group: &str, lake: &str) -> Value {
-    damselfly(&[
+/// Runs the aggregate function over everything on `topic` into the lake at `lake` as consumer
+/// group `group`, with `extra` arguments, stopping once caught up: its JSON summary.
+pub fn aggregate_caught_up(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    lake: &str,
+    extra: &[&str],
+) -> Value {
+    let mut args = vec![
         "run",
         "aggregate",
         "--brokers",
@@ -148,11 +154,10 @@ pub fn aggregate_caught_up(brokers: &str, topic: &str, group: &str, lake: &str) 
         group,
         "--lake",
         lake,
-        "--batch-size",
-        "2000",
-        "--until-caught-up",
-        "--json",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--until-caught-up", "--json"]);
+    damselfly(&args)
 }
 
 /// Publishes `vms` simulated VMs for `seconds` one-second intervals, as fast as the broker takes
