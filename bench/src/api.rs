@@ -733,17 +733,8 @@ impl Served {
         let api = rt
             .block_on(Api::open(&work.lake, &Default::default()))?
             .with_clock(|| NOW_MS);
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = rt.spawn(api::serve(
-            listener,
-            Arc::new(api),
-            api::Limits::default(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let served = http::InProcess::start(rt, Arc::new(api))?;
+        let addr = served.addr;
         let mut ms_per_query: Vec<Vec<f64>> = Vec::new();
         let mut checks: Vec<Vec<Answer>> = Vec::new();
         for (qi, q) in QUERIES.iter().enumerate() {
@@ -751,8 +742,7 @@ impl Served {
             ms_per_query.push(ms);
             checks.push(answers);
         }
-        let _ = stop.send(());
-        rt.block_on(server)??;
+        served.stop(rt)?;
         let rss_serving_kib = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
         Ok(Self {
             ms: ms_per_query,

@@ -191,18 +191,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let api = rt
         .block_on(Api::open(&lake, &Default::default()))?
         .with_clock(|| NOW_MS);
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let api = Arc::new(api);
-    let server = rt.spawn(api::serve(
-        listener,
-        api.clone(),
-        api::Limits::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let served = http::InProcess::start(&rt, api.clone())?;
+    let addr = served.addr;
     tracing::info!(%addr, "serving the lake (metric API and console), now = {}", api::metric::rfc3339(NOW_MS));
 
     let measured = measure(args, addr, &pages, &progress);
@@ -210,8 +201,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok(_) => rt.block_on(fleet_breakdown(args, &api, &lake)),
         Err(_) => Ok(Vec::new()),
     };
-    let _ = stop.send(());
-    rt.block_on(server)??;
+    served.stop(&rt)?;
     let (measured, breakdown) = (measured?, breakdown?);
     let rss_after_kib = sys::sample_self().map(|s| s.rss_kib).unwrap_or(0);
     let load_after = sys::load_average();

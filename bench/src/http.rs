@@ -54,6 +54,39 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Damselfly's router served by `damselfly serve`'s own code on a free 127.0.0.1 port of `rt`,
+/// until [`InProcess::stop`].
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    /// Serves `api` within the default limits.
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        api: std::sync::Arc<damselfly_query::api::Api>,
+    ) -> anyhow::Result<Self> {
+        use damselfly_query::api;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(api::serve(listener, api, api::Limits::default(), async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, server })
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        rt.block_on(self.server)??;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

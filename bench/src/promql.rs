@@ -28,7 +28,7 @@ use damselfly_core::Lake;
 use damselfly_core::batch::PartitionBatch;
 use damselfly_core::compact::{self, CompactConfig};
 use damselfly_core::rates::Tail;
-use damselfly_query::api::{self, Api};
+use damselfly_query::api::Api;
 use indicatif::{MultiProgress, ProgressBar};
 use serde_json::Value;
 
@@ -215,17 +215,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             &Default::default(),
         ))?
         .with_clock(|| END_MS);
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let ours = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(api::serve(
-        listener,
-        Arc::new(api),
-        api::Limits::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let served = http::InProcess::start(&rt, Arc::new(api))?;
+    let ours = served.addr;
     tracing::info!(%ours, prometheus = %prom.addr, "serving the lake in process");
 
     let sets = query_sets(args, &targets, &dash_vm);
@@ -237,8 +228,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })();
     let prom_rss = sys::sample(prom.pid()).ok();
     let our_rss = sys::sample_self().ok();
-    let _ = stop.send(());
-    rt.block_on(server)??;
+    served.stop(&rt)?;
     let prom_version = prom.version.clone();
     drop(prom);
     let (agreement, timed, breakdown) = result?;
